@@ -1,0 +1,28 @@
+# s2seg — every target installs what it needs first (tools/setup.sh is idempotent).
+VENV := .venv
+PY := $(VENV)/bin/python
+S2SEG := $(VENV)/bin/s2seg
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: setup demo test bench install package clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	@bash tools/demo.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(S2SEG) bench
+
+install: setup
+	@bash tools/install_plugin.sh
+
+package:
+	@bash tools/package.sh
+
+clean:
+	rm -rf out dist .pytest_cache .hypothesis

@@ -1,0 +1,57 @@
+"""The Sentinel-2 MSI band table: the single source of band ids, resolutions and wavelengths."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Band:
+    """One MSI band: id as written in file names, native resolution, centre wavelength."""
+
+    id: str  # "B02", "B8A" …
+    resolution: int  # metres
+    wavelength_nm: int
+    band_index: int  # position in the product metadata (band_id attribute, 0…12)
+
+    @property
+    def scale(self) -> int:
+        """Size of one native pixel in 10 m pixels (1, 2 or 6)."""
+        return self.resolution // 10
+
+
+BANDS: tuple[Band, ...] = (
+    Band("B01", 60, 443, 0),
+    Band("B02", 10, 490, 1),
+    Band("B03", 10, 560, 2),
+    Band("B04", 10, 665, 3),
+    Band("B05", 20, 705, 4),
+    Band("B06", 20, 740, 5),
+    Band("B07", 20, 783, 6),
+    Band("B08", 10, 842, 7),
+    Band("B8A", 20, 865, 8),
+    Band("B09", 60, 945, 9),
+    Band("B10", 60, 1375, 10),
+    Band("B11", 20, 1610, 11),
+    Band("B12", 20, 2190, 12),
+)
+BAND_BY_ID: dict[str, Band] = {b.id: b for b in BANDS}
+BAND_IDS: tuple[str, ...] = tuple(b.id for b in BANDS)
+#: Every band resolution is a divisor of this many 10 m pixels.
+RESOLUTION_LCM = 6
+
+
+def band(band_id: str) -> Band:
+    """Look a band up by id, accepting "B2"/"b02"/"B8a" spellings."""
+    key = normalise_band_id(band_id)
+    try:
+        return BAND_BY_ID[key]
+    except KeyError:
+        raise KeyError(f"unknown Sentinel-2 band {band_id!r}; known: {', '.join(BAND_IDS)}") from None
+
+
+def normalise_band_id(band_id: str) -> str:
+    """"b2" → "B02", "B8a" → "B8A"; other strings are upper-cased unchanged."""
+    value = band_id.strip().upper()
+    if value.startswith("B") and value[1:].isdigit():
+        return f"B{int(value[1:]):02d}"
+    return value

@@ -1,0 +1,61 @@
+"""Engine configuration: one dataclass with the defaults, overridable from the CLI and the API.
+
+The seed script's constants keep their names as class attributes
+(``PATCH_SIZE``, ``PREFERRED_CHUNK_SIZE``, ``GPU_BATCH_SIZE``); band lists and
+normalisation constants (the seed's ``BANDS``, ``NORM_M``, ``NORM_S``) belong to
+the model card (:mod:`s2seg.core.models.card`), never to this file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a tile is processed. ``0`` means "choose automatically" for sizes."""
+
+    PATCH_SIZE: ClassVar[int] = 120  # default patch size of BigEarthNet-style models
+    PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520  # 10 m pixels; a multiple of lcm(6, 60)
+    GPU_BATCH_SIZE: ClassVar[int] = 64
+    CPU_BATCH_SIZE: ClassVar[int] = 16
+    #: Upper bound of the per-chunk model output held for blending (dense models).
+    DENSE_OUTPUT_BUDGET_BYTES: ClassVar[int] = 768 * 2**20
+
+    chunk_size: int = 0
+    batch_size: int = 0
+    device: str = "auto"
+    write_probs: bool = False
+    overwrite: bool = False
+    read_threads: int = 4
+    queue_size: int = 2
+    compress: str = "ZSTD"
+    preview_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad parameter."""
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
+            raise ConfigError(f"chunk size must be 0 (automatic) or a positive number of pixels, got {self.chunk_size!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 0:
+            raise ConfigError(f"batch size must be 0 (automatic) or a positive number of patches, got {self.batch_size!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.read_threads < 1:
+            raise ConfigError(f"read threads must be at least 1, got {self.read_threads!r}")
+        if self.queue_size < 1:
+            raise ConfigError(f"queue size must be at least 1, got {self.queue_size!r}")
+        if self.compress not in ("ZSTD", "DEFLATE", "LZW", "NONE"):
+            raise ConfigError(f"compress must be ZSTD, DEFLATE, LZW or NONE, got {self.compress!r}")
+        if self.preview_size < 16:
+            raise ConfigError(f"preview size must be at least 16 pixels, got {self.preview_size!r}")
+
+    def with_(self, **changes: object) -> "EngineConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)

@@ -1,0 +1,136 @@
+"""Chunk sizing and the global patch grid.
+
+Patches of size ``P`` start at ``k * S`` (``S = P / 2``) for ``k = -1 … (n - 1) // S``,
+anchored to the tile, not to the chunk. Every 10 m pixel ``y`` is therefore
+covered by exactly the two patches ``y // S - 1`` and ``y // S`` along each axis,
+whatever the chunk size, and a chunk computes all patches touching its output
+window from a halo of ``S`` pixels (reflected outside the tile). That is what
+makes the outputs independent of the chunk size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .bands import RESOLUTION_LCM
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One output window of the tile and the range of global patches that cover it."""
+
+    index: int
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    #: global patch indices [ky0, ky1) × [kx0, kx1)
+    ky0: int
+    ky1: int
+    kx0: int
+    kx1: int
+    stride: int
+
+    @property
+    def height(self) -> int:
+        return self.row1 - self.row0
+
+    @property
+    def width(self) -> int:
+        return self.col1 - self.col0
+
+    @property
+    def n_patches_y(self) -> int:
+        return self.ky1 - self.ky0
+
+    @property
+    def n_patches_x(self) -> int:
+        return self.kx1 - self.kx0
+
+    @property
+    def input_rows(self) -> tuple[int, int]:
+        """10 m rows read for this chunk (may extend beyond the tile: reflected)."""
+        return self.ky0 * self.stride, (self.ky1 + 1) * self.stride
+
+    @property
+    def input_cols(self) -> tuple[int, int]:
+        return self.kx0 * self.stride, (self.kx1 + 1) * self.stride
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """How a tile of ``height × width`` 10 m pixels is cut into chunks and patches."""
+
+    height: int
+    width: int
+    patch_size: int
+    chunk_size: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def stride(self) -> int:
+        return self.patch_size // 2
+
+    @property
+    def n_patches(self) -> int:
+        """Distinct global patches (before skipping nodata ones)."""
+        return (_last_patch(self.height, self.stride) + 2) * (_last_patch(self.width, self.stride) + 2)
+
+
+def chunk_unit(patch_size: int) -> int:
+    """Chunk sizes are multiples of lcm(6, stride): edges on every band's pixel grid and on the patch grid."""
+    return math.lcm(RESOLUTION_LCM, patch_size // 2)
+
+
+def choose_chunk_size(preferred: int, patch_size: int, height: int, width: int) -> int:
+    """The multiple of the chunk unit nearest ``preferred`` (not above it), at least one unit,
+    and no larger than needed to cover the tile in one chunk."""
+    unit = chunk_unit(patch_size)
+    size = max(unit, (preferred // unit) * unit)
+    whole = math.ceil(max(height, width) / unit) * unit
+    return min(size, whole)
+
+
+def plan(height: int, width: int, patch_size: int, chunk_size: int) -> GridPlan:
+    """Cut the tile into chunks of ``chunk_size`` (a multiple of :func:`chunk_unit`)."""
+    if patch_size < 2 or patch_size % 2:
+        raise ConfigError(f"patch size must be an even number of pixels, got {patch_size}")
+    if height < patch_size or width < patch_size:
+        raise ConfigError(f"the tile ({width} × {height} px) is smaller than one patch ({patch_size} px)")
+    unit = chunk_unit(patch_size)
+    if chunk_size <= 0 or chunk_size % unit:
+        lower = max(unit, (chunk_size // unit) * unit)
+        raise ConfigError(
+            f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
+            f"the patch stride {patch_size // 2}); nearest valid: {lower} or {lower + unit}"
+        )
+    stride = patch_size // 2
+    chunks = []
+    for row0 in range(0, height, chunk_size):
+        row1 = min(row0 + chunk_size, height)
+        for col0 in range(0, width, chunk_size):
+            col1 = min(col0 + chunk_size, width)
+            chunks.append(
+                Chunk(
+                    index=len(chunks), row0=row0, row1=row1, col0=col0, col1=col1,
+                    ky0=row0 // stride - 1, ky1=(row1 - 1) // stride + 1,
+                    kx0=col0 // stride - 1, kx1=(col1 - 1) // stride + 1,
+                    stride=stride,
+                )
+            )
+    return GridPlan(height, width, patch_size, chunk_size, tuple(chunks))
+
+
+def _last_patch(n: int, stride: int) -> int:
+    return (n - 1) // stride
+
+
+def reflect_indices(start: int, stop: int, n: int) -> "np.ndarray":
+    """Global indices ``start … stop-1`` folded into ``0 … n-1`` by symmetric reflection at the edges."""
+    import numpy as np
+
+    idx = np.arange(start, stop)
+    period = 2 * n
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - 1 - idx, idx)

@@ -1,0 +1,104 @@
+"""The interface every loaded model offers to the pipeline."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..errors import ModelError
+from .card import ModelCard
+
+
+@runtime_checkable
+class SegmentationModel(Protocol):
+    """A model ready to run: its card, its device, and a batched forward pass.
+
+    ``predict`` takes normalised float32 patches ``(N, bands, P, P)`` already on
+    ``device`` and returns probabilities (the card's activation applied) as
+    float32: ``(N, C)`` for patch-level models, ``(N, C, P, P)`` for dense ones.
+    """
+
+    card: ModelCard
+    device: torch.device
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def apply_activation(logits: torch.Tensor, activation: str, dim: int = 1) -> torch.Tensor:
+    """Turn raw outputs into probabilities as the card says."""
+    if activation == "softmax":
+        return torch.softmax(logits, dim=dim)
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits
+
+
+def check_output(output: torch.Tensor, card: ModelCard, batch_size: int) -> torch.Tensor:
+    """Verify the shape and finiteness of a model's output; raise ModelError naming the model."""
+    p = card.patch_size
+    expected = (batch_size, card.num_classes) if card.output_kind == "patch" else (batch_size, card.num_classes, p, p)
+    if tuple(output.shape) != expected:
+        raise ModelError(
+            f"model {card.name!r} returned shape {tuple(output.shape)}, expected {expected} "
+            f"({card.num_classes} classes, {card.output_kind} output); check the card's class_names and output_kind"
+        )
+    if not torch.isfinite(output).all():
+        raise ModelError(f"model {card.name!r} produced NaN or Inf values")
+    return output.float()
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was requested but no CUDA GPU is available to torch; use --device auto or cpu")
+    return torch.device(requested)
+
+
+class TorchModel:
+    """A torch module (eager or TorchScript) behind the :class:`SegmentationModel` interface."""
+
+    def __init__(self, card: ModelCard, device: torch.device, module: torch.nn.Module) -> None:
+        self.card = card
+        self.device = device
+        self.module = module
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            output = self.module(batch)
+            if not isinstance(output, torch.Tensor):
+                raise ModelError(f"model {self.card.name!r} returned {type(output).__name__}, expected one tensor")
+            # float() first: a half-precision model's logits would lose precision in softmax.
+            probabilities = apply_activation(output.float(), self.card.activation)
+            return check_output(probabilities, self.card, batch.shape[0])
+
+
+def smoke_test(model: SegmentationModel) -> None:
+    """Run one all-zero patch through a freshly loaded model so that a card that does
+    not fit the model (band count, patch size, classes, output kind) fails at load
+    time with a message naming the model, not in the middle of a tile."""
+    card = model.card
+    batch = torch.zeros(1, len(card.bands), card.patch_size, card.patch_size, device=model.device)
+    try:
+        model.predict(batch)
+    except ModelError:
+        raise
+    except Exception as exc:  # torch and onnxruntime raise many types; all mean the same here
+        raise ModelError(
+            f"model {card.name!r} fails on a ({len(card.bands)}, {card.patch_size}, {card.patch_size}) patch "
+            f"as its card describes it: {error_summary(exc)}"
+        ) from exc
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line saying what went wrong: the first line of the message, or for the
+    TorchScript interpreter (whose message starts with two tracebacks) the last one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "TorchScript interpreter" in lines[0]:
+        last = lines[-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and head.endswith(("Error", "Exception")) else last
+    return lines[0]

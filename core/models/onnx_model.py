@@ -1,0 +1,277 @@
+"""ONNX models run with onnxruntime, described by Deepness-style metadata.
+
+Deepness (the QGIS deep-learning plugin) stores its model description in the ONNX
+file's ``metadata_props``, each value a JSON string. s2seg reads:
+
+* ``model_type``: ``"segmentor"`` → dense output ``(N, C, H, W)``; ``"classifier"``
+  → one output per patch ``(N, C)``. Without it, the output rank decides.
+* ``class_names``: ``{"0": "water", …}`` or ``["water", …]``.
+* ``resolution``: centimetres per pixel (Deepness convention), so 10 m is ``1000``.
+* ``tile_size`` (the patch size), ``tiles_overlap`` (kept in ``extra``),
+  ``standardization_mean`` / ``standardization_std``.
+* s2seg's own keys: ``s2seg_bands`` (list of band ids, e.g. ``["B04", "B03", "B02", "B08"]``),
+  and optionally ``s2seg_input_scale`` (``"dn"`` or ``"reflectance"``),
+  ``s2seg_activation`` and ``s2seg_class_colours``.
+
+Deepness requires models to output probabilities, so the activation is ``"none"``
+unless ``s2seg_activation`` or the sidecar card says otherwise. A sidecar card
+``model.card.json`` next to ``model.onnx`` overrides any of these; a model whose
+metadata lacks the bands (every plain Deepness model) needs one.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
+from .base import apply_activation, check_output, smoke_test
+from .card import ModelCard
+
+log = logging.getLogger(__name__)
+
+#: Deepness ``model_type`` (lower-cased) → card output_kind.
+MODEL_TYPES = {"segmentor": "dense", "classifier": "patch"}
+#: Deepness resolutions are in cm/px.
+CM_PER_METRE = 100
+#: ONNX input element types s2seg can feed.
+INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_REQUIRED = ("bands", "class_names", "patch_size")
+
+
+def _open_session(path: Path, providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's provider warnings are noise in QGIS
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, NoSuchFile …)
+        raise ModelError(f"cannot open ONNX model {path}: {exc}") from None
+
+
+def read_metadata(session) -> dict[str, Any]:
+    """The model's ``metadata_props`` with each JSON value decoded (plain strings kept)."""
+    metadata = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key] = value
+    return metadata
+
+
+def palette(count: int) -> list[str]:
+    """Distinct, reproducible colours for classes the metadata gives no colours for."""
+    colours = []
+    for i in range(count):
+        # Golden-ratio hue steps keep neighbouring class indices apart.
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
+        colours.append(f"#{round(r * 255):02X}{round(g * 255):02X}{round(b * 255):02X}")
+    return colours
+
+
+def default_colours(class_names: list[str]) -> list[str]:
+    """BigEarthNet colours for the BigEarthNet classes, else a generated palette."""
+    if tuple(class_names) == BIGEARTHNET19_NAMES:
+        return list(BIGEARTHNET19_COLOURS)
+    return palette(len(class_names))
+
+
+def _sidecar_data(path: Path) -> dict[str, Any]:
+    """The sidecar's JSON object, or {} when unreadable (ModelCard.load then reports why)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _class_names(value: Any, path: Path) -> list[str]:
+    if isinstance(value, dict):
+        try:
+            return [str(value[k]) for k in sorted(value, key=int)]
+        except ValueError:
+            raise ModelError(f"ONNX model {path}: class_names keys must be class indices, got {sorted(value)}") from None
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    raise ModelError(f"ONNX model {path}: class_names must be a JSON object or list, got {value!r}")
+
+
+def _static(dim: Any) -> int | None:
+    """An ONNX dimension as an int, or None when symbolic/unknown."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
+    """Card fields derived from the ONNX file itself (metadata and input/output shapes)."""
+    meta = read_metadata(session)
+    fields: dict[str, Any] = {
+        "name": path.stem,
+        "format": "onnx",
+        "path": str(path),
+        "activation": str(meta.get("s2seg_activation", "none")),
+        "description": f"ONNX model {path.name}",
+        "extra": {"onnx_metadata": meta},
+    }
+    model_type = meta.get("model_type")
+    if model_type is not None:
+        kind = MODEL_TYPES.get(str(model_type).lower())
+        if kind is None:
+            raise ModelError(
+                f"ONNX model {path}: model_type {model_type!r} is not supported; s2seg runs {', '.join(MODEL_TYPES)} models"
+            )
+        fields["output_kind"] = kind
+    else:
+        rank = len(session.get_outputs()[0].shape)
+        if rank not in (2, 4):
+            raise ModelError(f"ONNX model {path}: no model_type in its metadata and an output of rank {rank}; expected 2 or 4")
+        fields["output_kind"] = "dense" if rank == 4 else "patch"
+    if "class_names" in meta:
+        fields["class_names"] = _class_names(meta["class_names"], path)
+        if "s2seg_class_colours" in meta:
+            fields["class_colours"] = list(meta["s2seg_class_colours"])
+        else:
+            fields["class_colours"] = default_colours(fields["class_names"])
+    if "resolution" in meta:
+        try:
+            metres = float(meta["resolution"]) / CM_PER_METRE
+        except (TypeError, ValueError):
+            raise ModelError(f"ONNX model {path}: resolution must be a number of cm/px, got {meta['resolution']!r}") from None
+        if abs(metres - 10) > 1e-6:
+            raise ModelError(
+                f"ONNX model {path}: metadata resolution {meta['resolution']} cm/px is {metres:g} m; "
+                "s2seg runs 10 m models only (resolution 1000)"
+            )
+        fields["resolution"] = 10
+    shape = session.get_inputs()[0].shape
+    if "tile_size" in meta:
+        fields["patch_size"] = meta["tile_size"]
+    elif len(shape) == 4 and _static(shape[2]) and shape[2] == shape[3]:
+        fields["patch_size"] = shape[2]
+    if "tiles_overlap" in meta:
+        fields["extra"]["tiles_overlap"] = meta["tiles_overlap"]
+    if "s2seg_bands" in meta:
+        fields["bands"] = list(meta["s2seg_bands"])
+    if "s2seg_input_scale" in meta:
+        fields["input_scale"] = meta["s2seg_input_scale"]
+    for source, target in (("standardization_mean", "mean"), ("standardization_std", "std")):
+        if source in meta:
+            value = meta[source]
+            fields[target] = list(value) if isinstance(value, list) else [value]
+    return fields
+
+
+def card_from_file(path: str | Path) -> ModelCard:
+    """Derive a card from an ONNX file's metadata; a sidecar card overrides or completes it."""
+    from . import sidecar_card_path  # the package imports loaders lazily, so no cycle
+
+    path = Path(path).expanduser().resolve()
+    session = _open_session(path, ["CPUExecutionProvider"])
+    derived = card_fields_from_metadata(session, path)
+    sidecar = sidecar_card_path(path)
+    if sidecar is None:
+        missing = [f for f in _REQUIRED if f not in derived]
+        if missing:
+            example = {"bands": ["B04", "B03", "B02", "B08"], "class_names": ["…"], "patch_size": 256}
+            raise ModelError(
+                f"ONNX model {path} does not say its {', '.join(missing)} in its metadata, so a sidecar card is required: "
+                f"write {path.with_suffix('.card.json')} with at least "
+                + json.dumps({k: example[k] for k in missing})
+                + " (any other card field, e.g. mean, std, input_scale, activation, class_colours, overrides the metadata)"
+            )
+        return ModelCard.from_dict(derived, origin=f"ONNX model {path}")
+    overrides = _sidecar_data(sidecar)
+    if isinstance(overrides.get("class_names"), list) and "class_colours" not in overrides:
+        # The sidecar renames the classes: colour its classes, not the metadata's.
+        derived["class_colours"] = default_colours([str(n) for n in overrides["class_names"]])
+    card = ModelCard.load(sidecar, defaults=derived)
+    if card.format != "onnx":
+        raise ModelError(f"model card {sidecar}: format must be 'onnx' for the ONNX model {path}, got {card.format!r}")
+    return card
+
+
+class OnnxModel:
+    """An onnxruntime session behind the :class:`SegmentationModel` interface."""
+
+    def __init__(self, card: ModelCard, device: torch.device, session, path: Path) -> None:
+        self.card = card
+        self.device = device
+        self.session = session
+        model_input = session.get_inputs()
+        if len(model_input) != 1:
+            raise ModelError(f"ONNX model {path} has {len(model_input)} inputs; s2seg feeds exactly one (N, bands, P, P)")
+        self._input = model_input[0]
+        self._output = session.get_outputs()[0].name
+        shape = self._input.shape
+        if len(shape) != 4:
+            raise ModelError(f"ONNX model {path}: input {self._input.name!r} has shape {shape}; expected (N, bands, P, P)")
+        if _static(shape[1]) and shape[1] != len(card.bands):
+            raise ModelError(
+                f"ONNX model {path} takes {shape[1]} channels but its card {card.name!r} lists {len(card.bands)} bands"
+            )
+        for size in shape[2:]:
+            if _static(size) and size != card.patch_size:
+                raise ModelError(
+                    f"ONNX model {path} takes {shape[2]}×{shape[3]} patches but its card {card.name!r} says patch_size {card.patch_size}"
+                )
+        try:
+            self._dtype = INPUT_DTYPES[self._input.type]
+        except KeyError:
+            raise ModelError(f"ONNX model {path}: input type {self._input.type} is not supported (float32 or float16)") from None
+        #: A model exported with a fixed batch size gets batches of exactly that size.
+        self.fixed_batch = _static(shape[0])
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output], {self._input.name: array})[0]
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            n = batch.shape[0]
+            array = batch.detach().to("cpu", torch.float32).numpy().astype(self._dtype, copy=False)
+            if self.fixed_batch is None:
+                output = self._run(array)
+            else:
+                step = self.fixed_batch
+                chunks = []
+                for start in range(0, n, step):
+                    chunk = array[start:start + step]
+                    if len(chunk) < step:  # pad the last chunk with zeros; their outputs are dropped
+                        pad = np.zeros((step - len(chunk),) + chunk.shape[1:], dtype=chunk.dtype)
+                        chunk = np.concatenate([chunk, pad])
+                    chunks.append(self._run(chunk))
+                output = np.concatenate(chunks)[:n]
+            result = torch.from_numpy(np.ascontiguousarray(output)).float()
+            if self.card.output_kind == "patch" and result.ndim == 4 and result.shape[2:] == (1, 1):
+                result = result[:, :, 0, 0]  # classifiers ending in a 1×1 conv
+            result = apply_activation(result.to(self.device), self.card.activation)
+            return check_output(result, self.card, n)
+
+
+def providers_for(device: torch.device) -> list[str]:
+    """CUDA first when both torch's device and onnxruntime offer it; CPU always as fallback."""
+    import onnxruntime as ort
+
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("onnxruntime has no CUDA support installed (onnxruntime-gpu); the ONNX model runs on the CPU")
+    return ["CPUExecutionProvider"]
+
+
+def load(card: ModelCard, device: torch.device) -> OnnxModel:
+    """Open the card's ONNX file with onnxruntime for ``device``."""
+    if not card.path:
+        raise ModelError(f"model card {card.name!r} has no path to its ONNX file")
+    path = Path(card.path)
+    if not path.is_file():
+        raise ModelError(f"ONNX model file {path} of model card {card.name!r} does not exist")
+    model = OnnxModel(card, device, _open_session(path, providers_for(device)), path)
+    smoke_test(model)
+    return model

@@ -1,0 +1,66 @@
+"""The 19-class BigEarthNet v2 nomenclature: the single source of class names and colours.
+
+Names are in the alphabetical order used by the BigEarthNet v2 (reBEN) models;
+colours are the CORINE Land Cover legend colours.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LandCoverClass:
+    """One class of a nomenclature: its index, name and display colour."""
+
+    index: int
+    name: str
+    colour: str  # "#RRGGBB"
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return hex_to_rgb(self.colour)
+
+
+def hex_to_rgb(colour: str) -> tuple[int, int, int]:
+    """``"#E6004D"`` → ``(230, 0, 77)``."""
+    value = colour.lstrip("#")
+    if len(value) != 6:
+        raise ValueError(f"colour {colour!r} is not of the form #RRGGBB")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+_BIGEARTHNET19 = (
+    ("Agro-forestry areas", "#F2CCA6"),
+    ("Arable land", "#FFFFA8"),
+    ("Beaches, dunes, sands", "#E6E6E6"),
+    ("Broad-leaved forest", "#80FF00"),
+    ("Coastal wetlands", "#CCCCFF"),
+    ("Complex cultivation patterns", "#FFE64D"),
+    ("Coniferous forest", "#00A600"),
+    ("Industrial or commercial units", "#CC4DF2"),
+    ("Inland waters", "#80F2E6"),
+    ("Inland wetlands", "#A6A6FF"),
+    ("Land principally occupied by agriculture, with significant areas of natural vegetation", "#E6CC4D"),
+    ("Marine waters", "#E6F2FF"),
+    ("Mixed forest", "#4DFF00"),
+    ("Moors, heathland and sclerophyllous vegetation", "#A6FF80"),
+    ("Natural grassland and sparsely vegetated areas", "#CCF24D"),
+    ("Pastures", "#E6E64D"),
+    ("Permanent crops", "#E68000"),
+    ("Transitional woodland, shrub", "#A6F200"),
+    ("Urban fabric", "#E6004D"),
+)
+
+BIGEARTHNET19: tuple[LandCoverClass, ...] = tuple(
+    LandCoverClass(i, name, colour) for i, (name, colour) in enumerate(_BIGEARTHNET19)
+)
+BIGEARTHNET19_NAMES: tuple[str, ...] = tuple(c.name for c in BIGEARTHNET19)
+BIGEARTHNET19_COLOURS: tuple[str, ...] = tuple(c.colour for c in BIGEARTHNET19)
+
+
+def class_index(name: str) -> int:
+    """Index of a BigEarthNet-19 class by its exact name."""
+    try:
+        return BIGEARTHNET19_NAMES.index(name)
+    except ValueError:
+        raise KeyError(f"{name!r} is not a BigEarthNet-19 class") from None

@@ -1,0 +1,435 @@
+"""The streaming engine: reader → inference → blend/write threads joined by bounded queues.
+
+Memory stays O(chunk): every queue holds at most ``config.queue_size`` chunks.
+Any thread's exception stops the others and is raised in the caller with its
+context; the cancel event is checked at least once per batch; progress goes to
+a plain ``(fraction, message)`` callback that the CLI and QGIS forward.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import __version__
+from .blend import blend_dense, blend_patch_level
+from .config import EngineConfig
+from .errors import Cancelled, ModelError, S2SegError
+from .grid import Chunk, GridPlan, choose_chunk_size, plan
+from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
+from .models.base import SegmentationModel, check_output
+from .preview import PreviewBuilder
+from .reader import ChunkPixels, ChunkReader
+from .sentinel2 import BandSet, discover
+from .uncertainty import LOW_GAP, confidence
+from .writer import ProductWriter, check_output_folder, product_paths
+
+ProgressCallback = Callable[[float, str], None]
+LogCallback = Callable[[str], None]
+STRIP_ROWS = 512  # rows blended at once: bounds the (C, rows, width) probability buffer
+_END = object()
+
+
+@dataclass
+class ClassStat:
+    """Area and confidence summary of one class over the valid pixels of the tile."""
+
+    index: int
+    name: str
+    colour: str
+    pixels: int
+    area_km2: float
+    share: float
+    mean_maxprob: float
+    low_gap_share: float
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` produced, and how."""
+
+    tile_name: str
+    output_dir: Path
+    products: dict[str, Path]
+    preview: Path
+    report: Path
+    device: str
+    model_name: str
+    card: ModelCard
+    chunk_size: int
+    n_chunks: int
+    seconds: float
+    timings: dict[str, float]
+    valid_pixels: int
+    pixel_area_m2: float
+    class_stats: list[ClassStat] = field(default_factory=list)
+
+
+def segment(
+    tile: str | Path,
+    output_dir: str | Path,
+    model: str | Path | ModelCard | SegmentationModel = DEFAULT_MODEL,
+    config: EngineConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    log: LogCallback | None = None,
+) -> SegmentResult:
+    """Segment one Sentinel-2 tile into ``output_dir``; see DESIGN §2–§7.
+
+    ``model`` is a model name, card file, model folder/file, a :class:`ModelCard`,
+    or an already loaded :class:`SegmentationModel` (then its device is used).
+    Raises :class:`S2SegError` subclasses naming the bad file or parameter, and
+    :class:`Cancelled` when ``cancel`` is set; no finished-looking output is left
+    behind in either case.
+    """
+    started = time.perf_counter()
+    config = config or EngineConfig()
+    log = log or (lambda message: None)
+    cancel = cancel or threading.Event()
+    output_dir = Path(output_dir).expanduser()
+
+    bandset = discover(tile)
+    preloaded = model if isinstance(model, SegmentationModel) else None
+    card = preloaded.card if preloaded is not None else resolve_card(model)
+    bandset.require(card.bands, card.name)
+    if bandset.level and bandset.level not in card.levels:
+        log(f"warning: model {card.name!r} was trained on {'/'.join(card.levels)} data but {bandset.source.name} is {bandset.level}; results may be poor")
+    device = preloaded.device if preloaded is not None else pick_device(config.device)
+    chunk_size = config.chunk_size or _auto_chunk_size(card, bandset, device)
+    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
+    batch_size = config.batch_size or (EngineConfig.GPU_BATCH_SIZE if device.type == "cuda" else EngineConfig.CPU_BATCH_SIZE)
+    paths = product_paths(output_dir, bandset.name, config.write_probs)
+    preview_path = output_dir / "preview.png"
+    report_path = output_dir / f"{bandset.name}_report.json"
+    check_output_folder(output_dir, {**paths, "preview": preview_path, "report": report_path}, config.overwrite)
+
+    loaded = preloaded or load_model(card, device)
+    log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes) on {device}; "
+        f"tile {bandset.name} {bandset.width} × {bandset.height} px, {len(grid.chunks)} chunk(s) of {grid.chunk_size} px, batch {batch_size}")
+    run = _Run(bandset, card, loaded, grid, config, batch_size, output_dir, progress, cancel, log)
+    stats = run.execute()
+
+    pixel_area = abs(bandset.transform.a * bandset.transform.e)
+    class_stats = _class_stats(card, stats, pixel_area)
+    valid_pixels = int(stats["count"].sum())
+    run.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in class_stats])
+    seconds = time.perf_counter() - started
+    result = SegmentResult(
+        tile_name=bandset.name, output_dir=output_dir, products=run.products, preview=preview_path, report=report_path,
+        device=str(device), model_name=card.name, card=card, chunk_size=grid.chunk_size, n_chunks=len(grid.chunks),
+        seconds=seconds, timings={**run.busy, "total": seconds}, valid_pixels=valid_pixels, pixel_area_m2=pixel_area,
+        class_stats=class_stats,
+    )
+    _write_report(result, bandset, config, batch_size)
+    return result
+
+
+def _auto_chunk_size(card: ModelCard, bandset: BandSet, device: torch.device) -> int:
+    """The preferred chunk size, reduced for dense models so their per-chunk outputs fit the budget."""
+    preferred = EngineConfig.PREFERRED_CHUNK_SIZE
+    if card.output_kind == "dense":
+        # Dense outputs cover each pixel four times: 4 · C · chunk² float32 values.
+        per_pixel = 4 * card.num_classes * 4
+        preferred = min(preferred, int(math.sqrt(EngineConfig.DENSE_OUTPUT_BUDGET_BYTES / per_pixel)))
+    return choose_chunk_size(preferred, card.patch_size, bandset.height, bandset.width)
+
+
+class _Failure:
+    """The first exception raised by any stage, and the event that stops them all."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.stage = ""
+        self._lock = threading.Lock()
+
+    def record(self, stage: str, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error, self.stage = error, stage
+        self.stop.set()
+
+
+class _Stopped(Exception):
+    """Raised inside a stage when another stage failed or the run was cancelled."""
+
+
+class _Run:
+    """One execution of the three-stage pipeline over a planned grid."""
+
+    def __init__(self, bandset: BandSet, card: ModelCard, model: SegmentationModel, grid: GridPlan, config: EngineConfig,
+                 batch_size: int, output_dir: Path, progress: ProgressCallback | None, cancel: threading.Event, log: LogCallback):
+        self.bandset, self.card, self.model, self.grid, self.config = bandset, card, model, grid, config
+        self.batch_size = batch_size
+        self.output_dir = output_dir
+        self.cancel = cancel
+        self.log = log
+        self.failure = _Failure()
+        self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0}
+        self.preview = PreviewBuilder(bandset.width, bandset.height, config.preview_size)
+        self.products: dict[str, Path] = {}
+        self._progress = progress
+        self._progress_lock = threading.Lock()
+        self._chunks_done = 0
+        device = model.device
+        c = card.num_classes
+        self.stats = {k: torch.zeros(c, dtype=torch.float64, device=device) for k in ("count", "maxprob", "low_gap")}
+        self.normaliser = _Normaliser(card, bandset, device)
+
+    # --- orchestration --------------------------------------------------------------
+    def execute(self) -> dict[str, np.ndarray]:
+        writer = ProductWriter(
+            self.output_dir, self.bandset.name, width=self.bandset.width, height=self.bandset.height,
+            crs=self.bandset.crs, transform=self.bandset.transform, class_names=self.card.class_names,
+            class_colours=self.card.class_colours, write_probs=self.config.write_probs, compress=self.config.compress,
+        )
+        read_q: queue.Queue = queue.Queue(self.config.queue_size)
+        infer_q: queue.Queue = queue.Queue(self.config.queue_size)
+        stages = [
+            threading.Thread(target=self._stage, args=("reader", self._read_stage, read_q), name="s2seg-reader", daemon=True),
+            threading.Thread(target=self._stage, args=("inference", self._infer_stage, read_q, infer_q), name="s2seg-inference", daemon=True),
+            threading.Thread(target=self._stage, args=("writer", self._write_stage, infer_q, writer), name="s2seg-writer", daemon=True),
+        ]
+        for thread in stages:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in stages):
+                for thread in stages:
+                    thread.join(timeout=0.1)
+                if self.cancel.is_set():
+                    self.failure.stop.set()
+        except KeyboardInterrupt:
+            self.cancel.set()
+            self.failure.stop.set()
+            for thread in stages:
+                thread.join()
+        if self.failure.error is not None or self.cancel.is_set():
+            writer.abort()
+            if self.failure.error is not None and not isinstance(self.failure.error, _Stopped):
+                raise _surface(self.failure.stage, self.failure.error)
+            raise Cancelled(f"cancelled after {self._chunks_done} of {len(self.grid.chunks)} chunk(s); partial outputs were removed")
+        self._report(0.97, "building overviews")
+        self.products = writer.commit()
+        self._report(1.0, "done")
+        return {k: v.cpu().numpy() for k, v in self.stats.items()}
+
+    def _stage(self, name: str, body: Callable[..., None], *args: Any) -> None:
+        try:
+            body(*args)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the caller
+            self.failure.record(name, exc)
+
+    def _check(self) -> None:
+        if self.failure.stop.is_set() or self.cancel.is_set():
+            raise _Stopped
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            self._check()
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            self._check()
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self._progress is not None:
+            with self._progress_lock:
+                self._progress(min(max(fraction, 0.0), 1.0), message)
+
+    # --- stages -----------------------------------------------------------------------
+    def _read_stage(self, out_q: queue.Queue) -> None:
+        with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads) as reader:
+            for chunk in self.grid.chunks:
+                self._check()
+                t0 = time.perf_counter()
+                pixels = reader.read(chunk.input_rows, chunk.input_cols)
+                self.busy["read"] += time.perf_counter() - t0
+                self._put(out_q, (chunk, pixels))
+        self._put(out_q, _END)
+
+    def _infer_stage(self, in_q: queue.Queue, out_q: queue.Queue) -> None:
+        n_chunks = len(self.grid.chunks)
+        while (item := self._get(in_q)) is not _END:
+            chunk, pixels = item
+            t0 = time.perf_counter()
+            grid = self._infer_chunk(chunk, pixels, n_chunks)
+            self.busy["inference"] += time.perf_counter() - t0
+            self._put(out_q, (chunk, pixels.valid, grid))
+        self._put(out_q, _END)
+
+    def _infer_chunk(self, chunk: Chunk, pixels: ChunkPixels, n_chunks: int) -> torch.Tensor | None:
+        p, s = self.card.patch_size, self.card.stride
+        ny, nx = chunk.n_patches_y, chunk.n_patches_x
+        todo = np.argwhere(_patch_has_data(pixels.valid, ny, nx, s))  # nodata-only patches cost nothing
+        if len(todo) == 0:
+            return None
+        device = self.model.device
+        shape = (ny, nx, self.card.num_classes) + ((p, p) if self.card.output_kind == "dense" else ())
+        grid = torch.zeros(shape, dtype=torch.float32, device=device)
+        windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]  # (B, ny, nx, P, P), a view
+        n_batches = math.ceil(len(todo) / self.batch_size)
+        for b in range(n_batches):
+            self._check()
+            ky, kx = todo[b * self.batch_size: (b + 1) * self.batch_size].T
+            batch = np.ascontiguousarray(windows[:, ky, kx].transpose(1, 0, 2, 3))
+            tensor = torch.from_numpy(batch)
+            if device.type == "cuda":
+                tensor = tensor.pin_memory().to(device, non_blocking=True)
+            try:
+                with torch.inference_mode():
+                    out = self.model.predict(self.normaliser(tensor))
+            except S2SegError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
+            out = check_output(out, self.card, len(ky))
+            grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
+            self._report((chunk.index + (b + 1) / n_batches * 0.9) / n_chunks * 0.95,
+                         f"chunk {chunk.index + 1}/{n_chunks}: batch {b + 1}/{n_batches}")
+        return grid
+
+    def _write_stage(self, in_q: queue.Queue, writer: ProductWriter) -> None:
+        n_chunks = len(self.grid.chunks)
+        s = self.card.stride
+        while (item := self._get(in_q)) is not _END:
+            chunk, valid_region, grid = item
+            t0 = time.perf_counter()
+            # The input region starts one stride above/left of the output window.
+            valid = valid_region[s: s + chunk.height, s: s + chunk.width]
+            if grid is None:
+                self._write_nodata(writer, chunk)
+            else:
+                dense = blend_dense(grid, chunk, self.card.patch_size) if self.card.output_kind == "dense" else None
+                for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
+                    self._check()
+                    r1 = min(r0 + STRIP_ROWS, chunk.row1)
+                    if dense is None:
+                        probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
+                    else:
+                        probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]
+                    strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
+                    self._write_strip(writer, probs, strip_valid, r0, chunk.col0)
+            self.busy["write"] += time.perf_counter() - t0
+            self._chunks_done += 1
+            self._report(self._chunks_done / n_chunks * 0.95, f"chunk {self._chunks_done}/{n_chunks} written")
+
+    def _write_strip(self, writer: ProductWriter, probs: torch.Tensor, valid: torch.Tensor, row0: int, col0: int) -> None:
+        conf = confidence(probs, valid)
+        classes = conf.classes.cpu().numpy()
+        writer.write("class", classes, row0, col0)
+        writer.write("maxprob", conf.maxprob.cpu().numpy(), row0, col0)
+        writer.write("entropy", conf.entropy.cpu().numpy(), row0, col0)
+        writer.write("gap", conf.gap.cpu().numpy(), row0, col0)
+        if self.config.write_probs:
+            nan = torch.tensor(float("nan"), device=probs.device)
+            writer.write("probs", torch.where(valid, probs, nan).cpu().numpy(), row0, col0)
+        self.preview.add(classes, row0, col0)
+        c = self.card.num_classes
+        cls = conf.classes[valid].long()
+        self.stats["count"] += torch.bincount(cls, minlength=c).double()
+        self.stats["maxprob"] += torch.bincount(cls, weights=conf.maxprob[valid].double(), minlength=c)
+        self.stats["low_gap"] += torch.bincount(cls[conf.gap[valid] < LOW_GAP], minlength=c).double()
+
+    def _write_nodata(self, writer: ProductWriter, chunk: Chunk) -> None:
+        h, w = chunk.height, chunk.width
+        classes = np.full((h, w), 255, dtype=np.uint8)
+        nan = np.full((h, w), np.nan, dtype=np.float32)
+        writer.write("class", classes, chunk.row0, chunk.col0)
+        for key in ("maxprob", "entropy", "gap"):
+            writer.write(key, nan, chunk.row0, chunk.col0)
+        if self.config.write_probs:
+            writer.write("probs", np.full((self.card.num_classes, h, w), np.nan, dtype=np.float32), chunk.row0, chunk.col0)
+        self.preview.add(classes, chunk.row0, chunk.col0)
+
+
+class _Normaliser:
+    """Product DN → model input on the device: remove the baseline offset, scale, standardise."""
+
+    def __init__(self, card: ModelCard, bandset: BandSet, device: torch.device):
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+        self.offset = column([bandset.offset(b) for b in card.bands])
+        self.scale = card.scale_factor
+        self.mean = column(list(card.mean)) if card.mean else None
+        self.std = column(list(card.std)) if card.std else None
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        x = (raw.to(torch.float32) + self.offset) * self.scale
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def _patch_has_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndarray:
+    """(ny, nx) bool: does patch (ky, kx) hold at least one valid pixel? Block-reduce, no loop."""
+    blocks = valid.reshape(ny + 1, stride, nx + 1, stride).any(axis=(1, 3))
+    return blocks[:-1, :-1] | blocks[1:, :-1] | blocks[:-1, 1:] | blocks[1:, 1:]
+
+
+def _surface(stage: str, error: BaseException) -> S2SegError:
+    if isinstance(error, S2SegError):
+        return error
+    wrapped = S2SegError(f"{stage} thread failed: {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _class_stats(card: ModelCard, stats: dict[str, np.ndarray], pixel_area_m2: float) -> list[ClassStat]:
+    total = float(stats["count"].sum())
+    result = []
+    for i, (name, colour) in enumerate(zip(card.class_names, card.class_colours)):
+        n = float(stats["count"][i])
+        result.append(ClassStat(
+            index=i, name=name, colour=colour, pixels=int(n), area_km2=n * pixel_area_m2 / 1e6,
+            share=n / total if total else 0.0,
+            mean_maxprob=float(stats["maxprob"][i]) / n if n else float("nan"),
+            low_gap_share=float(stats["low_gap"][i]) / n if n else float("nan"),
+        ))
+    return result
+
+
+def _write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig, batch_size: int) -> None:
+    import rasterio
+    from osgeo import gdal
+
+    report = {
+        "s2seg_version": __version__,
+        "tile": {"name": bandset.name, "source": str(bandset.source), "level": bandset.level, "baseline": bandset.baseline,
+                 "width": bandset.width, "height": bandset.height, "crs": bandset.crs.to_string(),
+                 "offsets": bandset.offsets, "bands": {b: f.path for b, f in sorted(bandset.files.items())}},
+        "model": result.card.to_dict(),
+        "config": {**asdict(config), "chunk_size": result.chunk_size, "batch_size": batch_size},
+        "device": result.device,
+        "n_chunks": result.n_chunks,
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "valid_pixels": result.valid_pixels,
+        "classes": [asdict(s) for s in result.class_stats if s.pixels],
+        "products": {k: str(v) for k, v in result.products.items()} | {"preview": str(result.preview)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "rasterio": rasterio.__version__, "gdal": gdal.__version__},
+    }
+    tmp = result.report.with_name(result.report.name + ".part")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(result.report)

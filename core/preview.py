@@ -1,0 +1,55 @@
+"""A downsampled colour preview of the class map, with a legend of the classes present."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .nomenclature import hex_to_rgb
+from .uncertainty import CLASS_NODATA
+
+NODATA_RGB = (0, 0, 0)
+
+
+class PreviewBuilder:
+    """Collects every ``step``-th pixel of the class map as chunks arrive (no second pass over the file)."""
+
+    def __init__(self, width: int, height: int, max_size: int):
+        self.step = max(1, math.ceil(max(width, height) / max_size))
+        self.classes = np.full((math.ceil(height / self.step), math.ceil(width / self.step)), CLASS_NODATA, dtype=np.uint8)
+
+    def add(self, classes: np.ndarray, row0: int, col0: int) -> None:
+        step = self.step
+        first_row = (-row0) % step  # first row of this window on the global sampling lattice
+        first_col = (-col0) % step
+        sample = classes[first_row::step, first_col::step]
+        r, c = (row0 + first_row) // step, (col0 + first_col) // step
+        self.classes[r: r + sample.shape[0], c: c + sample.shape[1]] = sample
+
+    def save(self, path: Path, class_names: Sequence[str], class_colours: Sequence[str], shares: Sequence[float]) -> None:
+        """Write the PNG: the map on the left, a legend of the classes present (with shares) on the right."""
+        palette = np.zeros((256, 3), dtype=np.uint8)
+        palette[:] = NODATA_RGB
+        for i, colour in enumerate(class_colours):
+            palette[i] = hex_to_rgb(colour)
+        rgb = palette[self.classes]
+        present = [i for i in np.argsort(shares)[::-1] if shares[i] > 0]
+        font = ImageFont.load_default()
+        row_h, swatch, pad = 14, 10, 6
+        labels = [f"{class_names[i][:48]} {100 * shares[i]:.1f}%" for i in present]
+        legend_w = max([font.getlength(t) for t in labels] + [80]) + swatch + 3 * pad
+        height = max(rgb.shape[0], len(labels) * row_h + 2 * pad)
+        canvas = Image.new("RGB", (rgb.shape[1] + int(legend_w), height), (255, 255, 255))
+        canvas.paste(Image.fromarray(rgb), (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        x0 = rgb.shape[1] + pad
+        for row, (i, text) in enumerate(zip(present, labels)):
+            y = pad + row * row_h
+            draw.rectangle([x0, y, x0 + swatch, y + swatch], fill=tuple(int(v) for v in palette[i]), outline=(0, 0, 0))
+            draw.text((x0 + swatch + pad, y - 1), text, fill=(0, 0, 0), font=font)
+        tmp = path.with_name(path.name + ".part")
+        canvas.save(tmp, format="PNG")
+        tmp.replace(path)

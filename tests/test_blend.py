@@ -1,0 +1,87 @@
+"""Blending against a direct, slow implementation of P = Σ PᵢWᵢ / Σ Wᵢ."""
+import math
+
+import numpy as np
+import torch
+
+from s2seg.core.blend import blend_dense, blend_patch_level, window_1d
+from s2seg.core.grid import plan
+
+
+def reference(height, width, patch, values_at):
+    """Loop over every global patch; values_at(ky, kx) gives its (C, P, P) prediction."""
+    s = patch // 2
+    w = np.sin(np.pi * (np.arange(patch) + 0.5) / patch)
+    window = np.outer(w, w)
+    num = None
+    den = np.zeros((height + 2 * patch, width + 2 * patch))
+    for ky in range(-1, (height - 1) // s + 1):
+        for kx in range(-1, (width - 1) // s + 1):
+            v = values_at(ky, kx)
+            if num is None:
+                num = np.zeros((v.shape[0],) + den.shape)
+            y, x = (ky + 1) * s, (kx + 1) * s  # shifted so patch -1 starts at 0
+            num[:, y:y + patch, x:x + patch] += v * window
+            den[y:y + patch, x:x + patch] += window
+    return (num / den)[:, s:s + height, s:s + width]
+
+
+def test_window_is_positive_and_peaks_in_the_middle():
+    w = window_1d(120)
+    assert (w > 0).all() and w[0] == w[-1] and torch.argmax(w) in (59, 60)
+    assert math.isclose(float(w[0]), math.sin(math.pi * 0.5 / 120), rel_tol=1e-6)
+
+
+def _patch_values(c, seed=0):
+    rng = np.random.default_rng(seed)
+    table = {}
+
+    def at(ky, kx):
+        if (ky, kx) not in table:
+            table[ky, kx] = rng.random(c)
+        return table[ky, kx]
+    return at
+
+
+def test_patch_level_blend_matches_reference_for_any_chunking():
+    height, width, patch, c = 130, 100, 20, 3
+    at = _patch_values(c)
+    expected = reference(height, width, patch, lambda ky, kx: np.broadcast_to(at(ky, kx)[:, None, None], (c, patch, patch)))
+    for chunk_size in (30, 60, 150):
+        out = np.full((c, height, width), np.nan)
+        for chunk in plan(height, width, patch, chunk_size).chunks:
+            grid = torch.tensor(np.array([[at(ky, kx) for kx in range(chunk.kx0, chunk.kx1)] for ky in range(chunk.ky0, chunk.ky1)]), dtype=torch.float32)
+            out[:, chunk.row0:chunk.row1, chunk.col0:chunk.col1] = blend_patch_level(grid, chunk, patch).numpy()
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_patch_level_strips_equal_whole_chunk():
+    chunk = plan(120, 120, 20, 120).chunks[0]
+    grid = torch.rand(chunk.n_patches_y, chunk.n_patches_x, 4)
+    whole = blend_patch_level(grid, chunk, 20)
+    strip = blend_patch_level(grid, chunk, 20, rows=(40, 70))
+    torch.testing.assert_close(strip, whole[:, 40:70])
+
+
+def test_dense_blend_matches_reference_for_any_chunking():
+    height, width, patch, c = 70, 95, 12, 2
+    rng = np.random.default_rng(1)
+    table = {}
+
+    def at(ky, kx):
+        if (ky, kx) not in table:
+            table[ky, kx] = rng.random((c, patch, patch))
+        return table[ky, kx]
+    expected = reference(height, width, patch, at)
+    for chunk_size in (6, 30, 96):
+        out = np.full((c, height, width), np.nan)
+        for chunk in plan(height, width, patch, chunk_size).chunks:
+            grid = torch.tensor(np.array([[at(ky, kx) for kx in range(chunk.kx0, chunk.kx1)] for ky in range(chunk.ky0, chunk.ky1)]), dtype=torch.float32)
+            out[:, chunk.row0:chunk.row1, chunk.col0:chunk.col1] = blend_dense(grid, chunk, patch).numpy()
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_constant_predictions_blend_to_the_same_constant():
+    chunk = plan(240, 240, 120, 240).chunks[0]
+    grid = torch.full((chunk.n_patches_y, chunk.n_patches_x, 2, 120, 120), 0.25)
+    torch.testing.assert_close(blend_dense(grid, chunk, 120), torch.full((2, 240, 240), 0.25))

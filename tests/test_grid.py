@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from s2seg.core.errors import ConfigError
+from s2seg.core.grid import chunk_unit, choose_chunk_size, plan, reflect_indices
+
+
+def test_chunk_unit_is_lcm_of_band_scale_and_stride():
+    assert chunk_unit(120) == 60
+    assert chunk_unit(64) == 96  # lcm(6, 32)
+    assert chunk_unit(20) == 30
+
+
+def test_choose_chunk_size_never_above_preferred_and_capped_by_tile():
+    assert choose_chunk_size(2520, 120, 10980, 10980) == 2520
+    assert choose_chunk_size(2500, 120, 10980, 10980) == 2460
+    assert choose_chunk_size(2520, 120, 300, 250) == 300
+    assert choose_chunk_size(10, 120, 10980, 10980) == 60
+
+
+@pytest.mark.parametrize("bad", [0, -60, 100])
+def test_plan_rejects_bad_chunk_sizes_with_the_nearest_valid(bad):
+    with pytest.raises(ConfigError, match="multiple of 60"):
+        plan(600, 600, 120, bad)
+
+
+def test_plan_rejects_tile_smaller_than_patch():
+    with pytest.raises(ConfigError, match="smaller than one patch"):
+        plan(100, 600, 120, 60)
+
+
+def test_reflect_indices_symmetric():
+    assert reflect_indices(-3, 8, 5).tolist() == [2, 1, 0, 0, 1, 2, 3, 4, 4, 3, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(60, 700), width=st.integers(60, 700), half=st.sampled_from([6, 10, 30, 60]),
+       units_a=st.integers(1, 6), units_b=st.integers(1, 6))
+def test_chunks_tile_exactly_once_and_pixels_see_the_same_patches(height, width, half, units_a, units_b):
+    patch = 2 * half
+    if height < patch or width < patch:
+        return
+    unit = chunk_unit(patch)
+    coverage_by_size = []
+    for size in (units_a * unit, units_b * unit):
+        grid = plan(height, width, patch, size)
+        count = np.zeros((height, width), dtype=int)
+        patches_y = np.zeros(height, dtype=object)
+        for c in grid.chunks:
+            count[c.row0:c.row1, c.col0:c.col1] += 1
+            # every chunk edge lies on the 60 m grid (6 px) and on the patch grid
+            for edge in (c.row0, c.col0):
+                assert edge % 6 == 0 and edge % half == 0
+            # rows of the input region: exactly the patches covering the output rows
+            rows = np.arange(c.row0, c.row1)
+            assert (rows // half - 1 >= c.ky0).all() and (rows // half < c.ky1).all()
+            assert c.input_rows[0] <= c.row0 - half and c.input_rows[1] >= c.row1 + half - 1
+        assert (count == 1).all()
+        coverage_by_size.append(grid.n_patches)
+    assert coverage_by_size[0] == coverage_by_size[1]

@@ -1,0 +1,147 @@
+"""Model cards: validation messages, JSON round trip, partial sidecars, resolve_card."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from s2seg.core.errors import ModelError
+from s2seg.core.models import DEFAULT_MODEL, resolve_card
+from s2seg.core.models.card import ModelCard
+
+VALID = {
+    "name": "tiny",
+    "format": "torchscript",
+    "bands": ["B04", "B03", "B02"],
+    "patch_size": 64,
+    "class_names": ["land", "water"],
+    "class_colours": ["#C8B48C", "#1E64C8"],
+    "mean": [0.1, 0.1, 0.1],
+    "std": [0.05, 0.05, 0.05],
+    "input_scale": "reflectance",
+}
+
+
+def card_with(**changes) -> ModelCard:
+    return ModelCard.from_dict({**VALID, **changes}, origin="test card")
+
+
+def test_valid_card_and_derived_values():
+    card = card_with(bands=["b4", "B3", "b02"])
+    assert card.bands == ("B04", "B03", "B02")  # spellings normalised
+    assert (card.num_classes, card.stride, card.scale_factor) == (2, 32, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"bands": ["B04", "B99"]}, r"unknown Sentinel-2 band ids \['B99'\]"),
+        ({"bands": ["VV", "VH", "B04"], "mean": [], "std": []}, r"unknown Sentinel-2 band ids \['VV', 'VH'\]"),
+        ({"bands": ["B04", "B04", "B02"]}, r"bands contain duplicates"),
+        ({"mean": [0.1, 0.1]}, r"mean has 2 values for 3 bands"),
+        ({"std": [0.1, 0.1, 0.1, 0.1]}, r"std has 4 values for 3 bands"),
+        ({"std": []}, r"give both mean and std, or neither"),
+        ({"std": [0.1, 0.0, 0.1]}, r"std values must be positive"),
+        ({"patch_size": 121}, r"patch_size must be an even number of pixels ≥ 12, got 121"),
+        ({"patch_size": 8}, r"patch_size must be an even number"),
+        ({"class_colours": ["#000000"]}, r"2 class names but 1 class colours"),
+        ({"class_colours": ["#000000", "blue"]}, r"colour 'blue' is not of the form #RRGGBB"),
+        ({"class_names": []}, r"class_names is empty"),
+        ({"format": "keras"}, r"format must be one of builtin, ben-v2, torchscript, onnx, got 'keras'"),
+        ({"output_kind": "pixel"}, r"output_kind must be one of patch, dense"),
+        ({"activation": "relu"}, r"activation must be one of sigmoid, softmax, none"),
+        ({"input_scale": "toa"}, r"input_scale must be one of dn, reflectance"),
+        ({"resampling": "cubic"}, r"resampling must be one of nearest, bilinear"),
+        ({"resolution": 20}, r"only 10 m models are supported, got resolution 20"),
+        ({"levels": ["L3"]}, r"levels must be a non-empty subset"),
+    ],
+)
+def test_validation_errors_name_the_field(changes, pattern):
+    with pytest.raises(ModelError, match=rf"test card: model card 'tiny': {pattern}"):
+        card_with(**changes)
+
+
+def test_unknown_and_missing_json_fields(tmp_path):
+    path = tmp_path / "bad.card.json"
+    path.write_text(json.dumps({**VALID, "colour": "red"}))
+    with pytest.raises(ModelError, match=rf"model card {path}: unknown fields \['colour'\]"):
+        ModelCard.load(path)
+    path.write_text(json.dumps({k: v for k, v in VALID.items() if k != "bands"}))
+    with pytest.raises(ModelError, match=r"missing required fields \['bands'\]"):
+        ModelCard.load(path)
+
+
+def test_unreadable_card_files(tmp_path):
+    with pytest.raises(ModelError, match=r"cannot read model card .*nope\.json"):
+        ModelCard.load(tmp_path / "nope.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ModelError, match=rf"model card {broken} is not valid JSON"):
+        ModelCard.load(broken)
+    broken.write_text("[1, 2]")
+    with pytest.raises(ModelError, match="must hold a JSON object"):
+        ModelCard.load(broken)
+
+
+def test_json_round_trip_and_relative_path(tmp_path):
+    card = card_with(path="weights/tiny.pt", extra={"note": [1, 2]}, levels=["L2A"])
+    path = tmp_path / "tiny.card.json"
+    card.save(path)
+    loaded = ModelCard.load(path)
+    assert loaded.path == str((tmp_path / "weights" / "tiny.pt").resolve())  # relative to the card file
+    assert loaded == ModelCard.from_dict({**card.to_dict(), "path": loaded.path})
+    assert json.loads(path.read_text())["bands"] == ["B04", "B03", "B02"]
+
+
+def test_partial_card_completed_by_defaults(tmp_path):
+    path = tmp_path / "partial.card.json"
+    path.write_text(json.dumps({"name": "override", "class_names": ["a", "b"]}))
+    card = ModelCard.load(path, defaults={**VALID, "path": "/models/tiny.pt"})
+    assert (card.name, card.class_names, card.bands, card.path) == ("override", ("a", "b"), ("B04", "B03", "B02"), "/models/tiny.pt")
+
+
+# --- resolve_card -----------------------------------------------------------------------------
+def test_resolve_card_by_name_and_instance():
+    card = resolve_card(DEFAULT_MODEL)
+    assert card.name == DEFAULT_MODEL
+    assert resolve_card(card) is card
+
+
+def test_resolve_card_file(tmp_path):
+    path = tmp_path / "tiny.card.json"
+    card_with().save(path)
+    assert resolve_card(path) == card_with()
+    assert resolve_card(str(path)).name == "tiny"
+
+
+def test_resolve_ben_v2_folder(tmp_path):
+    folder = tmp_path / "resnet-s2-v0.1.1"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"config": {"network_type": "test_resnet", "channels": 10, "classes": 19, "image_size": 120}}))
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=19, in_chans=10)
+    save_file({f"model.vision_encoder.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    card = resolve_card(folder)
+    assert (card.format, card.name, card.bands[3]) == ("ben-v2", "resnet-s2-v0.1.1", "B08")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_resolve_torchscript_file_needs_its_sidecar(tmp_path):
+    path = tmp_path / "net.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 2, 1)).save(str(path))
+    with pytest.raises(ModelError, match="needs a sidecar card"):
+        resolve_card(path)
+    path.with_suffix(".card.json").write_text(json.dumps({k: v for k, v in VALID.items() if k not in ("name", "format")}))
+    card = resolve_card(path)
+    assert (card.name, card.format, card.path) == ("net", "torchscript", str(path.resolve()))
+
+
+def test_resolve_unknown_spec(tmp_path):
+    with pytest.raises(ModelError, match=rf"model 'no-such-model' is neither a known model name \(.*{DEFAULT_MODEL}.*\)"):
+        resolve_card("no-such-model")
+    odd = tmp_path / "weights.h5"
+    odd.write_bytes(b"\x89HDF")
+    with pytest.raises(ModelError, match=rf"cannot tell what kind of model {odd} is"):
+        resolve_card(odd)

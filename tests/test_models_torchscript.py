@@ -1,0 +1,181 @@
+"""TorchScript models: scripted/traced tiny modules with sidecar cards; torch.save pickles refused."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from s2seg.core.errors import ModelError
+from s2seg.core.models import torchscript_model
+from s2seg.core.models.card import ModelCard
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+CPU = torch.device("cpu")
+PATCH = 16
+
+
+class TinySegmenter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class TinyClassifier(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class Evil:
+    """Unpickling this creates a folder: proof of whether a file was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+DENSE_CARD = {
+    "bands": ["B04", "B03", "B02"],
+    "patch_size": PATCH,
+    "output_kind": "dense",
+    "activation": "softmax",
+    "input_scale": "reflectance",
+    "class_names": ["land", "water"],
+    "class_colours": ["#C8B48C", "#1E64C8"],
+}
+
+
+def save_scripted(module: torch.nn.Module, path: Path, card: dict | None = None) -> Path:
+    torch.manual_seed(0)
+    module.eval()
+    torch.jit.script(module).save(str(path))
+    if card is not None:
+        path.with_suffix(".card.json").write_text(json.dumps(card))
+    return path
+
+
+def test_scripted_dense_model_with_sidecar(tmp_path):
+    torch.manual_seed(0)
+    net = TinySegmenter().eval()
+    path = save_scripted(net, tmp_path / "seg.pt", DENSE_CARD)
+    card = torchscript_model.card_from_file(path)
+    assert (card.name, card.format, card.path) == ("seg", "torchscript", str(path.resolve()))
+    assert card.bands == ("B04", "B03", "B02") and card.output_kind == "dense"
+    model = torchscript_model.load(card, CPU)
+    batch = torch.randn(3, 3, PATCH, PATCH)
+    with torch.no_grad():
+        expected = torch.softmax(net(batch), dim=1)
+    result = model.predict(batch)
+    assert result.dtype == torch.float32 and result.shape == (3, 2, PATCH, PATCH)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_traced_patch_classifier_with_sidecar_next_to_full_name(tmp_path):
+    torch.manual_seed(0)
+    net = TinyClassifier().eval()
+    path = tmp_path / "cls.torchscript"
+    torch.jit.trace(net, torch.zeros(1, 3, PATCH, PATCH)).save(str(path))
+    card = {**DENSE_CARD, "name": "classifier", "output_kind": "patch", "activation": "sigmoid",
+            "class_names": list("abcd"), "class_colours": ["#000000", "#111111", "#222222", "#333333"]}
+    (tmp_path / "cls.torchscript.card.json").write_text(json.dumps(card))
+    model = torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+    assert model.card.name == "classifier"
+    batch = torch.randn(2, 3, PATCH, PATCH)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(batch))
+    torch.testing.assert_close(model.predict(batch), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_sidecar_is_an_error_naming_the_file(tmp_path):
+    path = save_scripted(TinySegmenter(), tmp_path / "seg.pt")
+    with pytest.raises(ModelError, match=rf"TorchScript model {path} needs a sidecar card {tmp_path / 'seg.card.json'}"):
+        torchscript_model.card_from_file(path)
+
+
+def test_torch_save_pickle_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "evil.pt"
+    torch.save(Evil(marker), str(path))
+    path.with_suffix(".card.json").write_text(json.dumps(DENSE_CARD))
+    with pytest.raises(ModelError, match=r"evil\.pt was written with torch\.save .* refuses to unpickle it"):
+        torchscript_model.card_from_file(path)
+    # A hand-written card pointing at the pickle is refused by load() too.
+    card = ModelCard.from_dict({**DENSE_CARD, "name": "evil", "format": "torchscript", "path": str(path)})
+    with pytest.raises(ModelError, match=r"written with torch\.save"):
+        torchscript_model.load(card, CPU)
+    assert not marker.exists()
+
+
+def test_whole_module_pickle_and_legacy_pickle_are_refused(tmp_path):
+    whole = tmp_path / "whole.pt"
+    torch.save(TinySegmenter(), str(whole))
+    with pytest.raises(ModelError, match=r"whole\.pt was written with torch\.save"):
+        torchscript_model.check_torchscript_archive(whole)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(TinySegmenter().state_dict(), str(legacy), _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelError, match=r"legacy\.pt is not a TorchScript archive \(not a zip file\)"):
+        torchscript_model.check_torchscript_archive(legacy)
+
+
+def test_sidecar_with_another_format_is_refused(tmp_path):
+    path = save_scripted(TinySegmenter(), tmp_path / "seg.pt", {**DENSE_CARD, "format": "onnx"})
+    with pytest.raises(ModelError, match=r"format must be 'torchscript'"):
+        torchscript_model.card_from_file(path)
+
+
+def test_card_that_does_not_fit_the_model_fails_at_load(tmp_path):
+    card = {**DENSE_CARD, "bands": ["B04", "B03", "B02", "B08"]}
+    path = save_scripted(TinySegmenter(), tmp_path / "seg.pt", card)
+    with pytest.raises(ModelError, match=r"model 'seg' fails on a \(4, 16, 16\) patch as its card describes it: .*channels"):
+        torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+
+
+def test_missing_model_file(tmp_path):
+    card = torchscript_model.card_from_file(save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD))
+    Path(card.path).unlink()
+    with pytest.raises(ModelError, match=r"TorchScript model file .*seg\.pt does not exist"):
+        torchscript_model.load(card, CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_map_location_cuda(tmp_path):
+    card = torchscript_model.card_from_file(save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD))
+    model = torchscript_model.load(card, torch.device("cuda"))
+    batch = torch.randn(2, 3, PATCH, PATCH)
+    on_gpu = model.predict(batch.cuda())
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), torchscript_model.load(card, CPU).predict(batch), rtol=1e-3, atol=1e-4)
+
+
+class TupleOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :2], x[:, :2]
+
+
+def test_model_returning_a_tuple_is_refused_at_load(tmp_path):
+    path = save_scripted(TupleOutput(), tmp_path / "pair.pt", DENSE_CARD)
+    with pytest.raises(ModelError, match=r"model 'pair' returned tuple, expected one tensor"):
+        torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+
+
+def test_broken_torchscript_archive(tmp_path):
+    import zipfile
+
+    path = tmp_path / "broken.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("broken/code/__torch__.py", "not torchscript")
+        archive.writestr("broken/constants.pkl", b"")
+    path.with_suffix(".card.json").write_text(json.dumps(DENSE_CARD))
+    with pytest.raises(ModelError, match=rf"cannot load TorchScript model {path}: "):
+        torchscript_model.load(torchscript_model.card_from_file(path), CPU)

@@ -1,0 +1,157 @@
+"""End-to-end runs of the engine on small real-format tiles (GeoTIFF/JP2 bands, SAFE metadata)."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from osgeo import gdal
+
+from s2seg.core.config import EngineConfig
+from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError
+from s2seg.core.models.base import apply_activation
+from s2seg.core.models.card import ModelCard
+from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
+from s2seg.core.pipeline import segment
+from s2seg.core.sample import write_sample_tile
+
+FLOATS = ("maxprob", "entropy", "gap")
+
+
+class SpectralPatchModel:
+    """A patch-level model: class scores from the patch's mean normalised band values."""
+
+    def __init__(self, fail_on_call=None, classes=5):
+        self.card = ModelCard(name="patch-test", format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=60,
+                              class_names=BIGEARTHNET19_NAMES[:classes], class_colours=BIGEARTHNET19_COLOURS[:classes],
+                              output_kind="patch", activation="softmax", input_scale="reflectance")
+        self.device = torch.device("cpu")
+        torch.manual_seed(0)
+        self.weights = torch.randn(4, classes) * 20
+        self.calls = 0
+        self.patches = 0
+        self.fail_on_call = fail_on_call
+
+    def predict(self, batch):
+        self.calls += 1
+        self.patches += batch.shape[0]
+        if self.fail_on_call == self.calls:
+            raise RuntimeError("simulated CUDA out of memory")
+        return apply_activation(batch.mean(dim=(2, 3)) @ self.weights, "softmax")
+
+
+@pytest.fixture(scope="module")
+def tile(tmp_path_factory):
+    return write_sample_tile(tmp_path_factory.mktemp("tile"), size=360, seed=3, level="L2A", layout="safe", nodata_corner=True)
+
+
+def read(path, band=None):
+    with rasterio.open(path) as ds:
+        return ds.read(band) if band else ds.read()
+
+
+def test_builtin_end_to_end_outputs(tile, tmp_path):
+    result = segment(tile, tmp_path / "out", config=EngineConfig(write_probs=True))
+    paths = result.products
+    assert set(paths) == {"class", "maxprob", "entropy", "gap", "probs"}
+    with rasterio.open(paths["class"]) as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.crs.to_epsg() == 32632
+        assert ds.profile["tiled"] and ds.compression is not None
+        assert ds.colormap(1)[11][:3] == (0xE6, 0xF2, 0xFF)
+        classes = ds.read(1)
+    # (Band.GetCategoryNames() returns None in Debian's GDAL 3.6 bindings; gdalinfo's JSON reads them.)
+    assert gdal.Info(str(paths["class"]), format="json")["bands"][0]["categories"][11] == "Marine waters"
+    with rasterio.open(paths["probs"]) as ds:
+        assert ds.count == 19 and ds.descriptions[0] == "Agro-forestry areas"
+        probs = ds.read()
+    nodata = classes == 255
+    assert 0 < nodata.sum() < classes.size / 2  # the nodata corner, and only it
+    maxprob, entropy, gap = (read(paths[k], 1) for k in FLOATS)
+    for product in (maxprob, entropy, gap):
+        assert np.isnan(product[nodata]).all() and np.isfinite(product[~nodata]).all()
+    assert (maxprob[~nodata] <= 1 + 1e-6).all() and (gap[~nodata] >= 0).all()
+    assert (entropy[~nodata] >= 0).all() and (entropy[~nodata] <= np.log2(19) + 1e-5).all()
+    np.testing.assert_allclose(probs[:, ~nodata].max(axis=0), maxprob[~nodata], atol=1e-6)
+    assert np.array_equal(probs[:, ~nodata].argmax(axis=0), classes[~nodata])
+    assert result.preview.is_file() and len(np.unique(classes[~nodata])) >= 3
+    report = json.loads(result.report.read_text())
+    assert report["model"]["name"] == "builtin" and report["tile"]["level"] == "L2A" and report["n_chunks"] == result.n_chunks
+    assert abs(sum(s.share for s in result.class_stats) - 1) < 1e-9
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+@pytest.mark.parametrize("make_model", [lambda: "builtin", SpectralPatchModel], ids=["dense", "patch"])
+def test_outputs_do_not_depend_on_chunk_size(tile, tmp_path, make_model):
+    outs = []
+    for chunk_size in (120, 360):
+        result = segment(tile, tmp_path / str(chunk_size), model=make_model(), config=EngineConfig(chunk_size=chunk_size))
+        assert result.n_chunks == (9 if chunk_size == 120 else 1)
+        outs.append(result.products)
+    assert np.array_equal(read(outs[0]["class"]), read(outs[1]["class"]))
+    for key in FLOATS:
+        np.testing.assert_allclose(read(outs[0][key]), read(outs[1][key]), atol=1e-5, equal_nan=True)
+
+
+def test_nodata_only_patches_are_not_sent_to_the_model(tmp_path):
+    full = write_sample_tile(tmp_path / "a", size=360, seed=1)
+    corner = write_sample_tile(tmp_path / "b", size=360, seed=1, nodata_corner=True)
+    counts = []
+    for tile in (full, corner):
+        model = SpectralPatchModel()
+        segment(tile, tmp_path / f"out-{len(counts)}", model=model, config=EngineConfig(chunk_size=360))
+        counts.append(model.patches)
+    assert counts[0] == (360 // 30 + 1) ** 2  # one chunk: every global patch once
+    assert counts[1] < counts[0]
+
+
+def test_model_error_mid_tile_stops_everything_and_leaves_no_outputs(tile, tmp_path):
+    model = SpectralPatchModel(fail_on_call=3)
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="simulated CUDA out of memory"):
+        segment(tile, out, model=model, config=EngineConfig(chunk_size=60, batch_size=4))
+    assert not [p for p in out.iterdir() if p.suffix in (".tif", ".png", ".json", ".part")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("s2seg-")]
+
+
+def test_wrong_number_of_classes_is_a_model_error(tile, tmp_path):
+    model = SpectralPatchModel()
+    model.card = ModelCard(**{**model.card.to_dict(), "class_names": BIGEARTHNET19_NAMES[:4], "class_colours": BIGEARTHNET19_COLOURS[:4]})
+    with pytest.raises(ModelError, match=r"returned shape \(\d+, 5\), expected \(\d+, 4\)"):
+        segment(tile, tmp_path / "out", model=model)
+
+
+def test_cancel_stops_within_a_batch_and_removes_partial_outputs(tile, tmp_path):
+    cancel = threading.Event()
+    model = SpectralPatchModel()
+    calls_at_cancel = []
+
+    def progress(fraction, message):
+        if "batch" in message and not cancel.is_set():
+            cancel.set()
+            calls_at_cancel.append(model.calls)
+
+    with pytest.raises(Cancelled):
+        segment(tile, tmp_path / "out", model=model, config=EngineConfig(chunk_size=60, batch_size=2), progress=progress, cancel=cancel)
+    assert model.calls <= calls_at_cancel[0] + 1
+    assert not list((tmp_path / "out").glob("*.tif*"))
+
+
+def test_existing_outputs_need_overwrite(tile, tmp_path):
+    segment(tile, tmp_path, model=SpectralPatchModel())
+    with pytest.raises(OutputError, match="already exist.*--overwrite"):
+        segment(tile, tmp_path, model=SpectralPatchModel())
+    segment(tile, tmp_path, model=SpectralPatchModel(), config=EngineConfig(overwrite=True))
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ConfigError, match="batch size"):
+        EngineConfig(batch_size=-1)
+    with pytest.raises(ConfigError, match="device"):
+        EngineConfig(device="tpu")
+
+
+def test_chunk_size_not_on_the_grid_is_refused_before_any_output(tile, tmp_path):
+    with pytest.raises(ConfigError, match="chunk size 100 must be a positive multiple of 60"):
+        segment(tile, tmp_path / "out", config=EngineConfig(chunk_size=100))
+    assert not (tmp_path / "out").exists()

