@@ -1,0 +1,1 @@
+"""s2seg Processing algorithms, one ``QgsProcessingAlgorithm`` per module."""

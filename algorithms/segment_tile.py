@@ -1,0 +1,360 @@
+"""Processing algorithm ``s2seg:segmenttile``: a whole Sentinel-2 tile → land cover + confidence rasters.
+
+A thin adapter over :func:`s2seg.core.pipeline.segment`: Processing parameters
+become an ``EngineConfig``, engine progress/log/cancel are bridged to the
+feedback, engine errors become ``QgsProcessingException`` with the engine's
+message. It touches no GUI, so the Toolbox dialog runs it as a background task
+and ``qgis_process`` runs it as is; styled layers are loaded by Processing
+afterwards through layer post-processors (main thread).
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.core import (
+    QgsMessageLog,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputHtml,
+    QgsProcessingOutputRasterLayer,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingUtils,
+    Qgis,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..s2seg_plugin import ICON_PATH
+from ..s2seg_plugin.dependencies import missing_dependencies_message
+
+#: Used only when the engine cannot be imported (torch missing): the provider must still load,
+#: and the algorithm then stops at its first line with the install command.
+_FALLBACK_MODEL = "builtin"
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: BigEarthNet v2 checkpoints are folders; the file dialog can only pick files, so picking
+#: one of these files inside the folder selects the folder.
+_BEN_FOLDER_FILES = ("config.json", "model.safetensors")
+
+
+def model_names() -> list[str]:
+    """Names of the built-in and shipped models, the default first.
+
+    Never raises: without torch (or with a broken shipped card) the provider
+    must still load, so fall back to the default name and log why.
+    """
+    try:
+        from ..core.models import DEFAULT_MODEL, available_cards
+
+        names = sorted(available_cards())
+    except Exception as exc:  # noqa: BLE001 - ImportError without torch, S2SegError on a bad card
+        QgsMessageLog.logMessage(f"s2seg: model list unavailable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
+        return [_FALLBACK_MODEL]
+    if DEFAULT_MODEL in names:
+        names.remove(DEFAULT_MODEL)
+        names.insert(0, DEFAULT_MODEL)
+    return names or [DEFAULT_MODEL]
+
+
+def is_model_child_step(context: QgsProcessingContext) -> bool:
+    """True while the algorithm runs as a step of a graphical model.
+
+    QgsProcessingModelAlgorithm gives each child an expression scope named
+    ``algorithm_inputs`` (an untranslated name, unlike the "Model" scope).
+    """
+    return any(scope.name() == "algorithm_inputs" for scope in context.expressionContext().scopes())
+
+
+def model_spec(name: str, model_file: str) -> str:
+    """What to pass to the engine as ``model``: the file/folder when given, else the built-in name."""
+    if not model_file:
+        return name
+    path = Path(model_file)
+    if path.is_file() and path.name in _BEN_FOLDER_FILES:
+        return str(path.parent)
+    return str(path)
+
+
+class SegmentTileAlgorithm(QgsProcessingAlgorithm):
+    """Segment a Sentinel-2 tile into land cover with per-pixel confidence."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    CHUNK_SIZE = "CHUNK_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    WRITE_PROBS = "WRITE_PROBS"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    CLASS = "CLASS"
+    MAXPROB = "MAXPROB"
+    ENTROPY = "ENTROPY"
+    GAP = "GAP"
+    PROBS = "PROBS"
+    PREVIEW = "PREVIEW"
+    REPORT = "REPORT"
+
+    #: Output name → engine product key.
+    RASTER_OUTPUTS = {CLASS: "class", MAXPROB: "maxprob", ENTROPY: "entropy", GAP: "gap", PROBS: "probs"}
+
+    def tr(self, text: str) -> str:  # noqa: D102 - Qt convention
+        return QCoreApplication.translate("SegmentTileAlgorithm", text)
+
+    def createInstance(self) -> "SegmentTileAlgorithm":  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def name(self) -> str:
+        return "segmenttile"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Segment Sentinel-2 tile")
+
+    def group(self) -> str:
+        return self.tr("Segmentation")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "segmentation"
+
+    def tags(self) -> list[str]:
+        return self.tr(
+            "sentinel,sentinel-2,s2,safe,land cover,landcover,classification,segmentation,"
+            "deep learning,pytorch,uncertainty,confidence,entropy,corine,bigearthnet"
+        ).split(",")
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
+        return str(ICON_PATH)
+
+    def shortDescription(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Land cover and confidence rasters for a whole Sentinel-2 tile.")
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(
+            "<p>Classifies every 10 m pixel of a Sentinel-2 tile into land-cover classes with a deep-learning "
+            "model and tells you how sure the model is. The tile is processed in chunks, so memory stays bounded "
+            "whatever its size; a CUDA GPU is used when PyTorch sees one.</p>"
+            "<h3>Parameters</h3>"
+            "<p><b>Sentinel-2 tile</b>: a .SAFE folder (Level-1C or Level-2A), the .zip it came in (type or paste "
+            "its path), the IMG_DATA folder of a granule, or a folder holding one file per band "
+            "(…_B02.jp2, …_B03.tif …). Bands are recognised by name; the processing-baseline offset is applied.</p>"
+            "<p><b>Model</b>: a model shipped with the plugin. <i>builtin</i> needs no download.</p>"
+            "<p><b>Model file or folder</b> (optional, replaces Model): a model card (.json), an ONNX model, a "
+            "TorchScript model with its card, or a BigEarthNet v2 checkpoint folder (config.json + "
+            "model.safetensors — selecting its config.json selects the folder).</p>"
+            "<p><b>Chunk size</b>: side, in 10 m pixels, of the square block read and classified at once; "
+            "0 lets s2seg choose one that keeps memory bounded. The result does not depend on it.</p>"
+            "<p><b>Batch size</b>: patches sent to the model at once; 0 chooses (larger on a GPU).</p>"
+            "<p><b>Device</b>: auto uses a CUDA GPU when available, else the CPU.</p>"
+            "<p><b>Write class probabilities</b>: also write one band per class (a large file).</p>"
+            "<p><b>Output folder</b>: where the files below are written, named after the tile; "
+            "existing files of the same tile are replaced.</p>"
+            "<h3>Outputs</h3>"
+            "<p><b>Land cover</b> (…_class.tif): the most likely class of each pixel, with the class colours and "
+            "names embedded; 255 = no data.</p>"
+            "<p><b>Max probability</b> (…_maxprob.tif, 0–1): the probability of that class. Low values mean "
+            "the model hesitates.</p>"
+            "<p><b>Entropy</b> (…_entropy.tif, bits): how spread the probabilities are over all classes, from 0 "
+            "(one class certain) to log₂ of the number of classes (all equally likely: 4.25 bits for 19 classes). "
+            "High entropy marks mixed pixels, rare surfaces and conditions the model was not trained for "
+            "(clouds, snow, haze).</p>"
+            "<p><b>Gap</b> (…_gap.tif, 0–1): probability of the best class minus that of the second best. Below "
+            "about 0.1 the pixel sits on a decision boundary between two classes: the map may as well have said "
+            "the runner-up. Check these areas first.</p>"
+            "<p><b>Class probabilities</b> (…_probs.tif, optional): one band per class, band names = class names.</p>"
+            "<p><b>Preview</b> (preview.png): a quick-look of the map with its legend.</p>"
+            "<p><b>Report</b> (…_report.html, opens from the Results Viewer): per class its area in km², its share "
+            "of the valid area, its mean max probability and the share of its pixels with a gap below 0.1; "
+            "plus device, model, timings and the preview.</p>"
+            "<p>In QGIS the rasters load styled (class colours; red = uncertain on the confidence layers) in a "
+            "group named after the tile. A .qml style next to each raster restores that styling when the file is "
+            "opened later.</p>"
+            "<p>In scripts and qgis_process give MODEL and DEVICE by name, not by number, e.g. "
+            "<code>qgis_process run s2seg:segmenttile -- INPUT=… MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=…</code></p>"
+        )
+
+    # --- parameters and outputs ---------------------------------------------------------------------
+    def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 - QGIS API
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.INPUT,
+                self.tr("Sentinel-2 tile (.SAFE folder or .zip, or a folder of band files)"),
+                behavior=QgsProcessingParameterFile.Folder,
+            )
+        )
+        models = model_names()
+        model = QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), options=models, defaultValue=models[0])
+        # Names, not indexes, in scripts and qgis_process (MODEL=builtin): the list depends on what is installed.
+        model.setUsesStaticStrings(True)
+        self.addParameter(model)
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL_FILE,
+                self.tr("Model file or folder (replaces Model)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=self.tr(
+                    "Models (*.json *.onnx *.pt *.pth *.ts *.torchscript *.safetensors);;All files (*.*)"
+                ),
+                optional=True,
+            )
+        )
+        for name, label in (
+            (self.CHUNK_SIZE, self.tr("Chunk size in 10 m pixels (0 = automatic)")),
+            (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
+        ):
+            param = QgsProcessingParameterNumber(
+                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
+            )
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+        device = QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto")
+        device.setUsesStaticStrings(True)
+        device.setFlags(device.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(device)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
+            )
+        )
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+
+        self.addOutput(QgsProcessingOutputRasterLayer(self.CLASS, self.tr("Land cover")))
+        self.addOutput(QgsProcessingOutputRasterLayer(self.MAXPROB, self.tr("Max probability")))
+        self.addOutput(QgsProcessingOutputRasterLayer(self.ENTROPY, self.tr("Entropy (bits)")))
+        self.addOutput(QgsProcessingOutputRasterLayer(self.GAP, self.tr("Gap top-1 − top-2")))
+        self.addOutput(QgsProcessingOutputRasterLayer(self.PROBS, self.tr("Class probabilities")))
+        self.addOutput(QgsProcessingOutputFile(self.PREVIEW, self.tr("Preview image")))
+        self.addOutput(QgsProcessingOutputHtml(self.REPORT, self.tr("Segmentation report")))
+
+    # --- running --------------------------------------------------------------------------------------
+    def _engine_config(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
+        from ..core.config import EngineConfig
+
+        return EngineConfig(
+            chunk_size=self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            write_probs=self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
+            # Processing's convention: the user chose the destination, so results replace older ones.
+            overwrite=True,
+        )
+
+    def processAlgorithm(  # noqa: N802 - QGIS API
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        # First thing, before importing the engine: a missing torch is reported with the command that fixes it.
+        message = missing_dependencies_message()
+        if message:
+            raise QgsProcessingException(message)
+
+        from ..core.errors import Cancelled, S2SegError
+        from ..core.pipeline import segment
+        from ..s2seg_plugin.feedback_bridge import EngineBridge
+        from ..s2seg_plugin.report import write_html_report
+        from ..s2seg_plugin.styling import Legend, write_qml_sidecars
+
+        tile = self.parameterAsFile(parameters, self.INPUT, context)
+        if not tile:
+            raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT)."))
+        model = model_spec(
+            self.parameterAsEnumString(parameters, self.MODEL, context) or _FALLBACK_MODEL,
+            self.parameterAsFile(parameters, self.MODEL_FILE, context),
+        )
+        # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
+        output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
+        try:
+            config = self._engine_config(parameters, context)
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except S2SegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        except OSError as exc:
+            raise QgsProcessingException(
+                self.tr("Cannot create the output folder {}: {}").format(output_dir, exc.strerror or exc)
+            ) from exc
+
+        feedback.pushInfo(self.tr("Tile: {}").format(tile))
+        feedback.pushInfo(self.tr("Model: {}").format(model))
+        feedback.pushInfo(self.tr("Output folder: {}").format(output_dir))
+
+        bridge = EngineBridge(feedback)
+        try:
+            result = bridge.run(
+                lambda progress, cancel, log: segment(
+                    tile, output_dir, model=model, config=config, progress=progress, cancel=cancel, log=log
+                )
+            )
+        except Cancelled as exc:
+            raise QgsProcessingException(self.tr("Cancelled: {}").format(exc)) from exc
+        except S2SegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+        feedback.pushInfo(
+            self.tr("Segmented {} with model {} on {} in {:.1f} s ({} chunk(s) of {} px).").format(
+                result.tile_name, result.model_name, result.device, result.seconds, result.n_chunks, result.chunk_size
+            )
+        )
+        legend = Legend.from_card(result.card)
+        products = {key: Path(path) for key, path in result.products.items()}
+        write_qml_sidecars(products, legend)
+        try:
+            report = write_html_report(result)
+        except OSError as exc:
+            raise QgsProcessingException(
+                self.tr("Cannot write the report in {}: {}").format(output_dir, exc.strerror or exc)
+            ) from exc
+
+        results: dict[str, Any] = {
+            self.OUTPUT_FOLDER: str(output_dir),
+            self.PREVIEW: str(result.preview),
+            self.REPORT: str(report),
+        }
+        for output, product in self.RASTER_OUTPUTS.items():
+            if product in products:
+                results[output] = str(products[product])
+        self._load_on_completion(context, results, result.tile_name, result.model_name, legend)
+        return results
+
+    def _load_on_completion(
+        self,
+        context: QgsProcessingContext,
+        results: dict[str, Any],
+        tile_name: str,
+        model_name: str,
+        legend: Any,
+    ) -> None:
+        """Ask Processing to load the rasters when it finishes, styled and grouped by post-processors.
+
+        Only the dialog and ``runAndLoadResults`` act on this list (on the main thread); ``processing.run``
+        and ``qgis_process`` ignore it, so registering here is harmless everywhere.
+        """
+        from ..s2seg_plugin.styling import make_styler, product_layer_names
+
+        project = context.project()
+        if project is None:
+            return
+        if is_model_child_step(context):
+            # A step of a graphical model: only the model's declared outputs load. Our rasters are plain
+            # outputs, so a "Load layer into project" step loads them on demand, as for core algorithms.
+            return
+        names = product_layer_names()
+        run_id = uuid.uuid4().hex  # one layer-tree group per run, even for the same tile
+        for output, product in self.RASTER_OUTPUTS.items():
+            path = results.get(output)
+            if not path:
+                continue
+            name = names[product] if product != "class" else f"{names[product]} ({model_name})"
+            details = QgsProcessingContext.LayerDetails(name, project, output, QgsProcessingUtils.LayerHint.Raster)
+            details.forceName = True  # the group carries the tile name; keep the short product names
+            details.setPostProcessor(make_styler(product, legend, tile_name, run_id))
+            context.addLayerToLoadOnCompletion(path, details)

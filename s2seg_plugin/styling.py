@@ -1,0 +1,296 @@
+"""Layer styling for the s2seg products, for every way a user meets them.
+
+* loaded by Processing at the end of a run: :class:`ProductStyler`, a layer
+  post-processor (Processing loads outputs *without* their ``.qml``);
+* opened later by hand: :func:`write_qml_sidecars` writes ``<product>.qml`` next
+  to each GeoTIFF, which QGIS applies when the file is opened;
+* any other GIS: the engine embeds the colour table and category names in the
+  class GeoTIFF itself.
+
+Class names and colours always come from the model card (which takes them
+from :mod:`s2seg.core.nomenclature`); nothing here knows a class.
+
+Confidence rasters share one colour language: red means doubt. Max
+probability and gap run red (0) → green (1); entropy runs green (0 bits) →
+red (log₂ C bits).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsContrastEnhancement,
+    QgsGradientColorRamp,
+    QgsGradientStop,
+    QgsLayerTreeGroup,
+    QgsLayerTreeLayer,
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProject,
+    QgsRasterDataProvider,
+    QgsRasterLayer,
+    QgsRasterRenderer,
+    QgsRasterShader,
+    QgsSingleBandGrayRenderer,
+    QgsSingleBandPseudoColorRenderer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QColor
+
+#: Order of the products in the layer tree group, top first.
+PRODUCT_ORDER: tuple[str, ...] = ("class", "maxprob", "gap", "entropy", "probs")
+#: Layer-tree custom property that remembers a node's product, to keep the group ordered.
+RANK_PROPERTY = "s2seg/product"
+#: Group custom property identifying the run that created it: a second run of the same tile gets its own group.
+RUN_PROPERTY = "s2seg/run"
+#: Products shown when loaded; the confidence layers start unchecked so the map shows land cover.
+VISIBLE_PRODUCTS = frozenset({"class"})
+
+#: ColorBrewer RdYlGn (5 classes): red = doubt, green = confidence.
+_RED_TO_GREEN: tuple[str, ...] = ("#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641")
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("s2seg styling", text)
+
+
+@dataclass(frozen=True)
+class Legend:
+    """What the class renderer needs: names and ``#RRGGBB`` colours, index = class value."""
+
+    names: tuple[str, ...]
+    colours: tuple[str, ...]
+
+    @classmethod
+    def from_card(cls, card: object) -> "Legend":
+        """Take names and colours from a ``ModelCard`` (anything with ``class_names``/``class_colours``)."""
+        return cls(tuple(card.class_names), tuple(card.class_colours))  # type: ignore[attr-defined]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def max_entropy(self) -> float:
+        """Upper bound of the entropy product in bits: log₂ C."""
+        return math.log2(self.num_classes) if self.num_classes > 1 else 1.0
+
+
+def product_layer_names() -> dict[str, str]:
+    """Human names of the products as they appear in the layer tree."""
+    return {
+        "class": tr("Land cover"),
+        "maxprob": tr("Max probability"),
+        "gap": tr("Gap top-1 − top-2"),
+        "entropy": tr("Entropy (bits)"),
+        "probs": tr("Class probabilities"),
+    }
+
+
+# --- renderers ------------------------------------------------------------------------------------
+def class_renderer(provider: QgsRasterDataProvider, legend: Legend) -> QgsPalettedRasterRenderer:
+    """Paletted renderer with exactly the model's classes (no 256-entry TIFF palette, 255 = nodata stays clear)."""
+    items = [
+        QgsPalettedRasterRenderer.Class(index, QColor(colour), name)
+        for index, (name, colour) in enumerate(zip(legend.names, legend.colours))
+    ]
+    return QgsPalettedRasterRenderer(provider, 1, items)
+
+
+def ramp_renderer(
+    provider: QgsRasterDataProvider,
+    minimum: float,
+    maximum: float,
+    *,
+    invert: bool = False,
+    low_label: str = "",
+    high_label: str = "",
+    band: int = 1,
+) -> QgsSingleBandPseudoColorRenderer:
+    """Red→green (or green→red with ``invert``) interpolated ramp on fixed ``minimum``…``maximum``.
+
+    Fixed bounds, not the layer's statistics, so two tiles or two models are
+    comparable at a glance and the legend reads in the product's own units.
+    """
+    colours = [QColor(c) for c in (reversed(_RED_TO_GREEN) if invert else _RED_TO_GREEN)]
+    ramp = QgsGradientColorRamp(
+        colours[0],
+        colours[-1],
+        False,
+        [QgsGradientStop(i / (len(colours) - 1), c) for i, c in enumerate(colours[1:-1], start=1)],
+    )
+    items = []
+    for i, colour in enumerate(colours):
+        value = minimum + (maximum - minimum) * i / (len(colours) - 1)
+        label = f"{value:.2f}"
+        if i == 0 and low_label:
+            label += f" {low_label}"
+        elif i == len(colours) - 1 and high_label:
+            label += f" {high_label}"
+        items.append(QgsColorRampShader.ColorRampItem(value, colour, label))
+    function = QgsColorRampShader(minimum, maximum, ramp, QgsColorRampShader.Interpolated)
+    function.setColorRampItemList(items)
+    function.setClip(False)
+    shader = QgsRasterShader(minimum, maximum)
+    shader.setRasterShaderFunction(function)
+    renderer = QgsSingleBandPseudoColorRenderer(provider, band, shader)
+    renderer.setClassificationMin(minimum)
+    renderer.setClassificationMax(maximum)
+    return renderer
+
+
+def probs_renderer(provider: QgsRasterDataProvider) -> QgsSingleBandGrayRenderer:
+    """Band 1 in grey on the full probability range (0…1 floats, or 0…255 when stored as bytes)."""
+    renderer = QgsSingleBandGrayRenderer(provider, 1)
+    maximum = 255.0 if provider.dataType(1) == 1 else 1.0  # Qgis.Byte == 1
+    enhancement = QgsContrastEnhancement(provider.dataType(1))
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    enhancement.setMinimumValue(0.0)
+    enhancement.setMaximumValue(maximum)
+    renderer.setContrastEnhancement(enhancement)
+    return renderer
+
+
+def product_renderer(product: str, provider: QgsRasterDataProvider, legend: Legend) -> Optional[QgsRasterRenderer]:
+    """The renderer of one product (``None`` for an unknown product: keep QGIS's default)."""
+    if product == "class":
+        return class_renderer(provider, legend)
+    if product in ("maxprob", "gap"):
+        return ramp_renderer(provider, 0.0, 1.0, low_label=tr("(uncertain)"), high_label=tr("(confident)"))
+    if product == "entropy":
+        return ramp_renderer(
+            provider, 0.0, legend.max_entropy, invert=True, low_label=tr("(confident)"), high_label=tr("(uncertain)")
+        )
+    if product == "probs":
+        return probs_renderer(provider)
+    return None
+
+
+def style_layer(layer: QgsRasterLayer, product: str, legend: Legend) -> bool:
+    """Apply the product's renderer to ``layer``; False when the layer or product is unusable."""
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        return False
+    renderer = product_renderer(product, layer.dataProvider(), legend)
+    if renderer is None:
+        return False
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+    return True
+
+
+# --- .qml sidecars --------------------------------------------------------------------------------
+def qml_path(raster: Path) -> Path:
+    """``T32UNU_…_class.tif`` → ``T32UNU_…_class.qml``, where QGIS looks for a default style."""
+    return Path(raster).with_suffix(".qml")
+
+
+def write_qml_sidecars(products: Mapping[str, Path], legend: Legend) -> dict[str, Path]:
+    """Write ``<raster>.qml`` for every known product; returns product → written style file.
+
+    Safe on a worker thread: it only opens the rasters and writes files.
+    """
+    written: dict[str, Path] = {}
+    for product, raster in products.items():
+        layer = QgsRasterLayer(str(raster), Path(raster).stem, "gdal")
+        if not style_layer(layer, product, legend):
+            continue
+        target = qml_path(Path(raster))
+        message, ok = layer.saveNamedStyle(str(target))
+        if ok and target.is_file():
+            written[product] = target
+    return written
+
+
+# --- styling layers loaded by Processing ----------------------------------------------------------
+def _rank(product: str) -> int:
+    return PRODUCT_ORDER.index(product) if product in PRODUCT_ORDER else len(PRODUCT_ORDER)
+
+
+def move_into_group(
+    project: QgsProject, layer: QgsMapLayer, group_name: str, product: str, run_id: str = ""
+) -> Optional[QgsLayerTreeLayer]:
+    """Move ``layer``'s tree node into the group ``group_name`` (created next to it), ordered by product.
+
+    Processing has already put the node at the root, or in its "results group"
+    when the user set one; the tile group goes into that same parent. Layers of
+    one run (same ``run_id``) share a group; another run gets a new group.
+    """
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None:
+        return None
+    parent = node.parent() if isinstance(node.parent(), QgsLayerTreeGroup) else root
+    group = next(
+        (
+            child
+            for child in parent.children()
+            if isinstance(child, QgsLayerTreeGroup)
+            and child.name() == group_name
+            and str(child.customProperty(RUN_PROPERTY, "")) == run_id
+        ),
+        None,
+    )
+    if group is None:
+        siblings = parent.children()
+        index = next((i for i, child in enumerate(siblings) if child is node), 0)
+        group = parent.insertGroup(index, group_name)
+        group.setCustomProperty(RUN_PROPERTY, run_id)
+    position = len(group.children())
+    for i, child in enumerate(group.children()):
+        if _rank(str(child.customProperty(RANK_PROPERTY, ""))) > _rank(product):
+            position = i
+            break
+    # Clone first, remove after: a layer whose last node leaves the tree is removed from the project.
+    moved = node.clone()
+    moved.setCustomProperty(RANK_PROPERTY, product)
+    moved.setItemVisibilityChecked(product in VISIBLE_PRODUCTS)
+    moved.setExpanded(product == "class")
+    group.insertChildNode(position, moved)
+    node.parent().removeChildNode(node)
+    group.setExpanded(True)
+    return moved
+
+
+class ProductStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles one product layer once Processing has loaded it, and files it under the tile's group.
+
+    Runs on the main thread after the algorithm finished (dialog, runAndLoadResults,
+    or as the output of a model). Create instances with :func:`make_styler`.
+    """
+
+    def __init__(self, product: str, legend: Legend, group_name: str, run_id: str = "") -> None:
+        super().__init__()
+        self.product = product
+        self.legend = legend
+        self.group_name = group_name
+        self.run_id = run_id
+
+    def postProcessLayer(  # noqa: N802 - QGIS API
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        if not style_layer(layer, self.product, self.legend):
+            return
+        project = (context.project() if context is not None else None) or QgsProject.instance()
+        if self.group_name:
+            move_into_group(project, layer, self.group_name, self.product, self.run_id)
+
+
+#: Processing keeps only a raw pointer to a post-processor and the algorithm instance that
+#: registered it is a clone destroyed before the layers load, so the Python object must be
+#: kept alive here (same work-around as QuickOSM). Bounded: a batch run registers 5 per tile.
+_KEEP_ALIVE: deque = deque(maxlen=500)
+
+
+def make_styler(product: str, legend: Legend, group_name: str, run_id: str = "") -> ProductStyler:
+    """A :class:`ProductStyler` that survives until Processing calls it."""
+    styler = ProductStyler(product, legend, group_name, run_id)
+    _KEEP_ALIVE.append(styler)
+    return styler

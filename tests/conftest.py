@@ -1,0 +1,99 @@
+"""Shared pytest fixtures. Keep them generic: engine, CLI and plugin tests all use this file.
+
+pytest-qgis starts a ``QgsApplication`` for the whole session (``qgis_gui_enabled
+= false`` in pytest.ini, so no display is needed). QGIS-specific imports stay
+inside the fixtures that need them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper is broken (see notes)
+
+
+# --- sample data ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def small_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 240 × 240 px synthetic L2A tile as a .SAFE folder, written once per session. Treat as read-only."""
+    from s2seg.core.sample import write_sample_tile
+
+    return write_sample_tile(tmp_path_factory.mktemp("small_tile"), size=240, seed=0, level="L2A", layout="safe")
+
+
+# --- QGIS Processing ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s2seg_registered(qgis_processing: None) -> Iterator[None]:
+    """The s2seg Processing provider is registered in the session's QGIS (after Processing.initialize())."""
+    from qgis.core import QgsApplication
+
+    from s2seg.s2seg_plugin.provider import S2SegProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("s2seg") is None:
+        assert registry.addProvider(S2SegProvider())
+    yield
+    # By id: a test may have replaced the provider object (plugin unload and reload).
+    current = registry.providerById("s2seg")
+    if current is not None:
+        registry.removeProvider(current)
+
+
+@pytest.fixture()
+def s2seg_provider(s2seg_registered: None) -> object:
+    """The registered s2seg provider (re-registered if a test unloaded the plugin)."""
+    from qgis.core import QgsApplication
+
+    from s2seg.s2seg_plugin.provider import S2SegProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("s2seg") is None:
+        assert registry.addProvider(S2SegProvider())
+    return registry.providerById("s2seg")
+
+
+# --- qgis_process in a subprocess -----------------------------------------------------------------
+def qgis_process_env(profile_dir: Path, plugin_path: Path | None = None) -> dict[str, str]:
+    """Environment for a hermetic ``qgis_process.bin``: throw-away profile, headless, this venv's Python.
+
+    The venv's ``bin`` first on PATH makes qgis_process's embedded Python use the venv (torch …).
+    """
+    env = dict(os.environ)
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(profile_dir)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("QGIS_PLUGINPATH", None)
+    if plugin_path is not None:
+        env["QGIS_PLUGINPATH"] = str(plugin_path)
+    return env
+
+
+@pytest.fixture()
+def qgis_process(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``qgis_process.bin`` with a throw-away profile: ``qgis_process("list", plugin_path=…, env_profile=…)``.
+
+    Skips the test when qgis_process is not installed.
+    """
+    if not Path(QGIS_PROCESS).exists() and shutil.which("qgis_process.bin") is None:
+        pytest.skip("qgis_process.bin is not installed")
+    executable = QGIS_PROCESS if Path(QGIS_PROCESS).exists() else shutil.which("qgis_process.bin")
+    default_profile = tmp_path / "qgis-profile"
+
+    def run(*args: str, plugin_path: Path | None = None, profile: Path | None = None, timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+        env = qgis_process_env(profile or default_profile, plugin_path)
+        proc = subprocess.run(
+            [str(executable), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path)
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"qgis_process {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
