@@ -222,12 +222,21 @@ def move_into_group(
     Processing has already put the node at the root, or in its "results group"
     when the user set one; the tile group goes into that same parent. Layers of
     one run (same ``run_id``) share a group; another run gets a new group.
+
+    QGIS desktop adds each layer at the layer tree view's insertion point, which
+    follows the current layer — after the first product that is inside a tile
+    group. So a node found inside tile groups is filed next to the outermost of
+    them, never in a group nested inside another tile group.
     """
     root = project.layerTreeRoot()
     node = root.findLayer(layer.id())
     if node is None:
         return None
+    anchor = node  # the tile group goes next to this node of ``parent``
     parent = node.parent() if isinstance(node.parent(), QgsLayerTreeGroup) else root
+    while parent is not root and parent.customProperty(RUN_PROPERTY, None) is not None:
+        anchor = parent
+        parent = parent.parent() if isinstance(parent.parent(), QgsLayerTreeGroup) else root
     group = next(
         (
             child
@@ -240,12 +249,12 @@ def move_into_group(
     )
     if group is None:
         siblings = parent.children()
-        index = next((i for i, child in enumerate(siblings) if child is node), 0)
+        index = next((i for i, child in enumerate(siblings) if child is anchor), 0)
         group = parent.insertGroup(index, group_name)
         group.setCustomProperty(RUN_PROPERTY, run_id)
     position = len(group.children())
     for i, child in enumerate(group.children()):
-        if _rank(str(child.customProperty(RANK_PROPERTY, ""))) > _rank(product):
+        if child is not node and _rank(str(child.customProperty(RANK_PROPERTY, ""))) > _rank(product):
             position = i
             break
     # Clone first, remove after: a layer whose last node leaves the tree is removed from the project.
