@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    resume = seg.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_const", const="require", default="auto",
+                        help="continue an interrupted run (an error when there is none to continue). Without this "
+                             "flag a run resumes automatically when the output folder holds the journal of an "
+                             "interrupted run of the same tile, model and settings, and starts over otherwise")
+    resume.add_argument("--no-resume", dest="resume", action="store_const", const="never",
+                        help="discard the partial results of an interrupted run and start over")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(run=_segment)
 
@@ -60,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=5040)
     bench.add_argument("--full", action="store_true", help="use a full 10980² tile")
     bench.set_defaults(run=_bench)
+
+    from .batch import add_arguments as add_batch_arguments  # light: dask and torch load only when it runs
+
+    batch = sub.add_parser("batch", help="segment many tiles, one Dask task each (local cluster or --scheduler)")
+    add_batch_arguments(batch)
+    batch.set_defaults(run=_batch)
     return parser
 
 
@@ -69,7 +82,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .pipeline import segment
 
     config = EngineConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                          write_probs=args.probs, overwrite=args.overwrite)
+                          write_probs=args.probs, overwrite=args.overwrite, resume=args.resume)
     cancel = threading.Event()
     bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}", disable=args.quiet, file=sys.stderr)
 
@@ -79,7 +92,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     previous = signal.getsignal(signal.SIGINT)
 
-    def interrupt(signum, frame) -> None:  # Ctrl-C: stop within one batch, clean up, exit 130
+    def interrupt(signum, frame) -> None:  # Ctrl-C: stop within one batch, keep what is written, exit 130
         cancel.set()
 
     signal.signal(signal.SIGINT, interrupt)
@@ -89,7 +102,8 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
-    print(f"{result.tile_name}: {result.model_name} on {result.device}, {result.n_chunks} chunk(s) of {result.chunk_size} px, "
+    resumed = f" ({result.resumed_chunks} resumed)" if result.resumed_chunks else ""
+    print(f"{result.tile_name}: {result.model_name} on {result.device}, {result.n_chunks} chunk(s){resumed} of {result.chunk_size} px, "
           f"{result.seconds:.1f} s → {result.output_dir}")
     for stat in sorted(result.class_stats, key=lambda s: -s.share):
         if stat.share >= 0.005:
@@ -126,6 +140,12 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     return run_bench(size=10980 if args.full else args.size)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import cli_main
+
+    return cli_main(args)
 
 
 if __name__ == "__main__":

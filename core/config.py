@@ -13,6 +13,11 @@ from typing import ClassVar
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+#: ``auto``: continue an interrupted run when a journal for the same tile, model and
+#: settings exists, else start over (saying why in the log); ``require``: the same, but an
+#: error when there is nothing to resume (CLI ``--resume``); ``never``: discard any partial
+#: state and start over (CLI ``--no-resume``). ``True``/``False`` mean ``auto``/``never``.
+RESUME_MODES = ("auto", "require", "never")
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,9 @@ class EngineConfig:
     """How a tile is processed. ``0`` means "choose automatically" for sizes."""
 
     PATCH_SIZE: ClassVar[int] = 120  # default patch size of BigEarthNet-style models
-    PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520  # 10 m pixels; a multiple of lcm(6, 60)
+    #: 10 m pixels, an upper bound: grid.choose_chunk_size rounds it down to a multiple of
+    #: lcm(6, stride, 16) (2400 for 120 px patches) so that output blocks never straddle chunks.
+    PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520
     GPU_BATCH_SIZE: ClassVar[int] = 64
     CPU_BATCH_SIZE: ClassVar[int] = 16
     #: Upper bound of the per-chunk model output held for blending (dense models).
@@ -35,15 +42,18 @@ class EngineConfig:
     queue_size: int = 2
     compress: str = "ZSTD"
     preview_size: int = 1024
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.resume, bool):
+            object.__setattr__(self, "resume", "auto" if self.resume else "never")
         self.validate()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad parameter."""
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 0:
             raise ConfigError(f"chunk size must be 0 (automatic) or a positive number of pixels, got {self.chunk_size!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 0:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 0:
             raise ConfigError(f"batch size must be 0 (automatic) or a positive number of patches, got {self.batch_size!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -55,6 +65,8 @@ class EngineConfig:
             raise ConfigError(f"compress must be ZSTD, DEFLATE, LZW or NONE, got {self.compress!r}")
         if self.preview_size < 16:
             raise ConfigError(f"preview size must be at least 16 pixels, got {self.preview_size!r}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
 
     def with_(self, **changes: object) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""

@@ -27,4 +27,8 @@ class OutputError(S2SegError):
 
 
 class Cancelled(S2SegError):
-    """The run was cancelled by the user; partial outputs were removed."""
+    """The run was cancelled by the user (QGIS cancel, Ctrl-C).
+
+    Chunks already written stay as ``.part`` files with their journal, so the same
+    run resumes from there; when no chunk was finished, nothing is left behind.
+    """

@@ -78,18 +78,88 @@ class GridPlan:
         return (_last_patch(self.height, self.stride) + 2) * (_last_patch(self.width, self.stride) + 2)
 
 
+#: GeoTIFF tile edges must be multiples of 16 pixels.
+TIFF_BLOCK_MULTIPLE = 16
+#: Largest output GeoTIFF block edge (pixels).
+MAX_BLOCK = 512
+#: Smallest block accepted when it divides the chunk size (smaller blocks compress poorly).
+MIN_ALIGNED_BLOCK = 64
+
+
 def chunk_unit(patch_size: int) -> int:
     """Chunk sizes are multiples of lcm(6, stride): edges on every band's pixel grid and on the patch grid."""
     return math.lcm(RESOLUTION_LCM, patch_size // 2)
 
 
+def aligned_unit(patch_size: int) -> int:
+    """lcm(chunk unit, 16): chunk sizes that are multiples of this can be cut into whole GeoTIFF blocks."""
+    return math.lcm(chunk_unit(patch_size), TIFF_BLOCK_MULTIPLE)
+
+
 def choose_chunk_size(preferred: int, patch_size: int, height: int, width: int) -> int:
-    """The multiple of the chunk unit nearest ``preferred`` (not above it), at least one unit,
-    and no larger than needed to cover the tile in one chunk."""
+    """The chunk size used when the user gives none.
+
+    The largest multiple of :func:`aligned_unit` not above ``preferred`` (so that
+    output blocks never straddle two chunks: every block is written once, whole,
+    and every chunk is journaled as soon as it is written — see :func:`block_size`
+    and :func:`journal_points`); when
+    ``preferred`` is below that unit, the largest multiple of :func:`chunk_unit`
+    not above it; at least one chunk unit; and no larger than needed to cover
+    the tile in one chunk.
+    """
     unit = chunk_unit(patch_size)
-    size = max(unit, (preferred // unit) * unit)
+    aligned = aligned_unit(patch_size)
     whole = math.ceil(max(height, width) / unit) * unit
+    if preferred >= aligned:
+        size = (preferred // aligned) * aligned
+        while size > aligned and size % block_size(size):  # e.g. 4656 = 97 × 48: only 48 px blocks divide it
+            size -= aligned
+    else:
+        size = max(unit, (preferred // unit) * unit)
     return min(size, whole)
+
+
+def block_size(chunk_size: int) -> int:
+    """Output GeoTIFF block edge (a multiple of 16, at most :data:`MAX_BLOCK`) for a chunk size.
+
+    The largest such block that divides the chunk size, when it is at least
+    :data:`MIN_ALIGNED_BLOCK`: chunks then cover whole blocks, every block is written
+    once, and every chunk can be journaled as soon as it is written (see
+    :func:`journal_points`). Otherwise (a chunk size chosen by hand, e.g. 60 or 2520)
+    blocks straddle chunks; the block is then chosen so that block and chunk edges
+    meet as often as possible (smallest lcm, then the largest block), because chunks
+    can only be journaled where they do.
+    """
+    aligned = [b for b in range(MIN_ALIGNED_BLOCK, MAX_BLOCK + 1, TIFF_BLOCK_MULTIPLE) if chunk_size % b == 0]
+    if aligned:
+        return aligned[-1]
+    top = min(MAX_BLOCK, max(TIFF_BLOCK_MULTIPLE, chunk_size // TIFF_BLOCK_MULTIPLE * TIFF_BLOCK_MULTIPLE))
+    bottom = 128 if top >= 128 else TIFF_BLOCK_MULTIPLE
+    candidates = range(bottom, top + 1, TIFF_BLOCK_MULTIPLE)
+    return min(candidates, key=lambda b: (math.lcm(b, chunk_size), -b))
+
+
+def journal_points(grid: "GridPlan", block: int) -> frozenset[int]:
+    """Indices of the chunks after which the chunks written so far may be journaled.
+
+    Chunks are written in index (row-major) order, so the written chunks always form a
+    staircase: whole chunk rows, then the start of one row. A chunk is a journal
+    point when that staircase's edges all lie on block edges (or on the tile edge):
+    every block is then either entirely written or not touched at all, so the
+    journaled part of a file is complete on disk and no later chunk — in this run or
+    in a resumed one — ever writes into its blocks again (a rewrite in place of a
+    block shared with a journaled chunk could be torn by a crash). With a block size
+    that divides the chunk size every chunk is a journal point.
+    """
+    points = set()
+    for chunk in grid.chunks:
+        last = chunk.index == len(grid.chunks) - 1
+        row_end = chunk.col1 == grid.width
+        bottom_ok = chunk.row1 % block == 0 or chunk.row1 == grid.height
+        if last or (row_end and bottom_ok) or (
+                not row_end and chunk.row0 % block == 0 and chunk.col1 % block == 0 and bottom_ok):
+            points.add(chunk.index)
+    return frozenset(points)
 
 
 def plan(height: int, width: int, patch_size: int, chunk_size: int) -> GridPlan:

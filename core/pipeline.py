@@ -4,6 +4,16 @@ Memory stays O(chunk): every queue holds at most ``config.queue_size`` chunks.
 Any thread's exception stops the others and is raised in the caller with its
 context; the cancel event is checked at least once per batch; progress goes to
 a plain ``(fraction, message)`` callback that the CLI and QGIS forward.
+
+Resume (DESIGN §7): after each chunk (see :func:`.grid.journal_points`) the writer
+flushes the ``.part`` products to disk and appends the chunk to a journal (:mod:`.journal`). A run that is
+cancelled, killed, or stopped by an error once at least one chunk is journaled
+leaves the ``.part`` files and the journal; the next run with the same tile,
+model and pixel-changing settings (``EngineConfig.resume``, default ``auto``)
+reopens them and reads, computes and writes only the remaining chunks. Journaled
+chunks are never touched again, so whatever stopped the run — a model error, a
+corrupt band, a full disk — cannot spoil them; that is why the partial state is
+kept after errors too (``--no-resume`` discards it).
 """
 from __future__ import annotations
 
@@ -24,15 +34,17 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import __version__
 from .blend import blend_dense, blend_patch_level
 from .config import EngineConfig
-from .errors import Cancelled, ModelError, S2SegError
-from .grid import Chunk, GridPlan, choose_chunk_size, plan
+from .errors import Cancelled, ModelError, OutputError, S2SegError
+from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan
+from .journal import (Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release,
+                      run_fields, unlock)
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
 from .models.base import SegmentationModel, check_output
 from .preview import PreviewBuilder
 from .reader import ChunkPixels, ChunkReader
 from .sentinel2 import BandSet, discover
 from .uncertainty import LOW_GAP, confidence
-from .writer import ProductWriter, check_output_folder, product_paths
+from .writer import PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_path, product_paths, release_frames
 
 ProgressCallback = Callable[[float, str], None]
 LogCallback = Callable[[str], None]
@@ -73,6 +85,8 @@ class SegmentResult:
     valid_pixels: int
     pixel_area_m2: float
     class_stats: list[ClassStat] = field(default_factory=list)
+    #: chunks taken from an interrupted run's journal instead of being computed again
+    resumed_chunks: int = 0
 
 
 def segment(
@@ -105,7 +119,7 @@ def segment(
     if bandset.level and bandset.level not in card.levels:
         log(f"warning: model {card.name!r} was trained on {'/'.join(card.levels)} data but {bandset.source.name} is {bandset.level}; results may be poor")
     device = preloaded.device if preloaded is not None else pick_device(config.device)
-    chunk_size = config.chunk_size or _auto_chunk_size(card, bandset, device)
+    chunk_size = _chunk_size(config, card, bandset, device, log)
     grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
     batch_size = config.batch_size or (EngineConfig.GPU_BATCH_SIZE if device.type == "cuda" else EngineConfig.CPU_BATCH_SIZE)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
@@ -113,25 +127,143 @@ def segment(
     report_path = output_dir / f"{bandset.name}_report.json"
     check_output_folder(output_dir, {**paths, "preview": preview_path, "report": report_path}, config.overwrite)
 
-    loaded = preloaded or load_model(card, device)
+    block = block_size(grid.chunk_size)
+    if grid.chunk_size % block and len(grid.chunks) > 1:
+        rows = math.lcm(block, grid.chunk_size) // grid.chunk_size
+        log(f"note: output blocks ({block} px) straddle chunks of {grid.chunk_size} px, so finished chunks are saved "
+            f"for resume every {rows} chunk row(s) only; a chunk size that is a multiple of "
+            f"{math.lcm(chunk_unit(card.patch_size), 16)} px avoids this")
+    fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
+                        compress=config.compress, block=block)
+    key = digest(fields)
+    jpath = journal_path(output_dir, bandset.name)
+    lock_fd = lock(jpath)  # held until the journal is deleted or closed: one run per tile and folder
+    try:
+        done = _resumable(jpath, key, fields, grid, card, config.resume, log)
+        loaded = preloaded or load_model(card, device)  # before touching any partial file
+        run = _Run(bandset, card, loaded, grid, config, batch_size, output_dir, progress, cancel, log)
+        writer, done = _open_outputs(run, paths, block, done, config.resume, log)
+        try:
+            journal = Journal.start(jpath, key, len(grid.chunks), fields, keep=done.items(), lock_fd=lock_fd)
+        except BaseException:
+            if done:
+                writer.close()  # the old journal is intact (replaced atomically): still resumable
+            else:
+                writer.abort()
+            raise
+    except BaseException:
+        if jpath.exists():
+            unlock(lock_fd)  # the journal of an interrupted run stays, with its lock file
+        else:
+            release(jpath, lock_fd)
+        raise
     log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes) on {device}; "
         f"tile {bandset.name} {bandset.width} × {bandset.height} px, {len(grid.chunks)} chunk(s) of {grid.chunk_size} px, batch {batch_size}")
-    run = _Run(bandset, card, loaded, grid, config, batch_size, output_dir, progress, cancel, log)
-    stats = run.execute()
+    stats = run.execute(writer, journal, done)
 
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     class_stats = _class_stats(card, stats, pixel_area)
     valid_pixels = int(stats["count"].sum())
-    run.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in class_stats])
+    try:
+        run.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in class_stats])
+    except OSError as exc:
+        raise _os_output_error(preview_path, exc) from None
     seconds = time.perf_counter() - started
     result = SegmentResult(
         tile_name=bandset.name, output_dir=output_dir, products=run.products, preview=preview_path, report=report_path,
         device=str(device), model_name=card.name, card=card, chunk_size=grid.chunk_size, n_chunks=len(grid.chunks),
         seconds=seconds, timings={**run.busy, "total": seconds}, valid_pixels=valid_pixels, pixel_area_m2=pixel_area,
-        class_stats=class_stats,
+        class_stats=class_stats, resumed_chunks=len(done),
     )
-    _write_report(result, bandset, config, batch_size)
+    try:
+        _write_report(result, bandset, config, batch_size)
+    except OSError as exc:
+        raise _os_output_error(report_path, exc) from None
     return result
+
+
+def _chunk_size(config: EngineConfig, card: ModelCard, bandset: BandSet, device: torch.device, log: LogCallback) -> int:
+    """The chunk size to plan with: automatic, or the user's; one at least as large as the tile
+    (even when it is not a multiple of the chunk unit) processes the tile as one chunk."""
+    if not config.chunk_size:
+        return _auto_chunk_size(card, bandset, device)
+    unit = chunk_unit(card.patch_size)
+    extent = max(bandset.height, bandset.width)
+    whole = math.ceil(extent / unit) * unit
+    if config.chunk_size >= extent and config.chunk_size != whole:
+        log(f"chunk size {config.chunk_size} is at least the tile size ({bandset.width} × {bandset.height} px): "
+            f"processing the tile as one chunk of {whole} px")
+        return whole
+    return config.chunk_size
+
+
+def _resumable(jpath: Path, key: str, fields: dict[str, Any], grid: GridPlan, card: ModelCard, mode: str,
+               log: LogCallback) -> dict[int, np.ndarray]:
+    """Chunks (index → statistics) an earlier run of the same tile, model and settings journaled.
+
+    Never returns the chunks of a journal that does not match: ``auto`` logs why and
+    starts over, ``require`` raises, ``never`` ignores any journal.
+    """
+    def nothing(reason: str) -> dict[int, np.ndarray]:
+        if mode == "require":
+            raise OutputError(f"cannot resume in {jpath.parent}: {reason}; run without --resume to start over")
+        return {}
+
+    if mode == "never":
+        if jpath.exists():
+            log(f"discarding the partial results of an earlier run ({jpath.name}): resume is off")
+        return {}
+    if not jpath.exists():
+        return nothing(f"there is no journal {jpath.name} of an interrupted run")
+    try:
+        state = read_journal(jpath)
+        if state.key != key:
+            changed = differences(state.fields, fields)
+            raise JournalMismatch(f"{jpath.name} was written for another tile, model or settings"
+                                  + (f" ({'; '.join(changed)})" if changed else ""))
+        if state.n_chunks != len(grid.chunks):
+            raise JournalMismatch(f"{jpath.name} counts {state.n_chunks} chunks, this run {len(grid.chunks)}")
+        bad = [i for i, stats in state.done.items() if stats.shape != (3, card.num_classes)]
+        if bad:
+            raise JournalMismatch(f"{jpath.name}: statistics of chunk {bad[0]} do not fit {card.num_classes} classes")
+        if state.done and (sorted(state.done) != list(range(len(state.done)))
+                           or len(state.done) - 1 not in journal_points(grid, block_size(grid.chunk_size))):
+            raise JournalMismatch(f"{jpath.name} lists chunks that this run could not have journaled")
+    except JournalMismatch as exc:
+        if mode == "require":
+            raise OutputError(f"cannot resume in {jpath.parent}: {exc}; run without --resume to start over") from None
+        log(f"not resuming: {exc}; starting over")
+        return {}
+    if not state.done:
+        return nothing(f"the journal {jpath.name} holds no finished chunk")
+    return state.done
+
+
+def _open_outputs(run: "_Run", paths: dict[str, Path], block: int, done: dict[int, np.ndarray], mode: str,
+                  log: LogCallback) -> tuple[ProductWriter, dict[int, np.ndarray]]:
+    """Reopen the partial products of ``done`` chunks (rebuilding their preview), else create them afresh."""
+    bandset, card, config = run.bandset, run.card, run.config
+    kwargs = dict(width=bandset.width, height=bandset.height, crs=bandset.crs, transform=bandset.transform,
+                  class_names=card.class_names, class_colours=card.class_colours, write_probs=config.write_probs,
+                  compress=config.compress, block=block)
+    if done:
+        writer = None
+        try:
+            writer = ProductWriter(run.output_dir, bandset.name, resume=True, **kwargs)
+            run.restore(writer, done)
+            log(f"resuming: {len(done)} of {len(run.grid.chunks)} chunk(s) already written by an interrupted run")
+            return writer, done
+        except OutputError as exc:
+            if writer is not None:
+                writer.close()
+            if mode == "require":
+                raise OutputError(f"cannot resume in {run.output_dir}: {exc}; run without --resume to start over") from None
+            log(f"not resuming: {exc}; starting over")
+            run.reset()
+    for path in paths.values():  # stale partial files of another run
+        for suffix in ("", ".aux.xml"):
+            Path(str(partial_path(path)) + suffix).unlink(missing_ok=True)
+    return ProductWriter(run.output_dir, bandset.name, **kwargs), {}
 
 
 def _auto_chunk_size(card: ModelCard, bandset: BandSet, device: torch.device) -> int:
@@ -175,30 +307,44 @@ class _Run:
         self.cancel = cancel
         self.log = log
         self.failure = _Failure()
-        self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0}
-        self.preview = PreviewBuilder(bandset.width, bandset.height, config.preview_size)
+        self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0}
         self.products: dict[str, Path] = {}
         self._progress = progress
         self._progress_lock = threading.Lock()
+        self.normaliser = _Normaliser(card, bandset, model.device)
+        self.block = block_size(grid.chunk_size)
+        #: chunks after which the written chunks can be journaled (all of them when blocks never straddle chunks)
+        self.journal_points = journal_points(grid, self.block)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget any resumed chunk: empty preview and statistics."""
+        self.preview = PreviewBuilder(self.bandset.width, self.bandset.height, self.config.preview_size)
+        #: chunk index → (3, C) float64 [pixel count, Σ maxprob, low-gap count] per class, for journaled chunks only
+        self.chunk_stats: dict[int, np.ndarray] = {}
         self._chunks_done = 0
-        device = model.device
-        c = card.num_classes
-        self.stats = {k: torch.zeros(c, dtype=torch.float64, device=device) for k in ("count", "maxprob", "low_gap")}
-        self.normaliser = _Normaliser(card, bandset, device)
+        self._position: dict[int, int] = {}
+
+    def restore(self, writer: ProductWriter, done: dict[int, np.ndarray]) -> None:
+        """Take over the journaled chunks of an interrupted run: their statistics, and their
+        preview pixels read back from the partial class raster (uint8, cheap)."""
+        for index in sorted(done):
+            chunk = self.grid.chunks[index]
+            classes = writer.read("class", chunk.row0, chunk.col0, chunk.height, chunk.width)
+            self.preview.add(classes, chunk.row0, chunk.col0)
+            self.chunk_stats[index] = done[index]
+        self._chunks_done = len(done)
 
     # --- orchestration --------------------------------------------------------------
-    def execute(self) -> dict[str, np.ndarray]:
-        writer = ProductWriter(
-            self.output_dir, self.bandset.name, width=self.bandset.width, height=self.bandset.height,
-            crs=self.bandset.crs, transform=self.bandset.transform, class_names=self.card.class_names,
-            class_colours=self.card.class_colours, write_probs=self.config.write_probs, compress=self.config.compress,
-        )
+    def execute(self, writer: ProductWriter, journal: Journal, done: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        todo = [chunk for chunk in self.grid.chunks if chunk.index not in done]
+        self._position = {chunk.index: len(done) + i for i, chunk in enumerate(todo)}
         read_q: queue.Queue = queue.Queue(self.config.queue_size)
         infer_q: queue.Queue = queue.Queue(self.config.queue_size)
         stages = [
-            threading.Thread(target=self._stage, args=("reader", self._read_stage, read_q), name="s2seg-reader", daemon=True),
+            threading.Thread(target=self._stage, args=("reader", self._read_stage, todo, read_q), name="s2seg-reader", daemon=True),
             threading.Thread(target=self._stage, args=("inference", self._infer_stage, read_q, infer_q), name="s2seg-inference", daemon=True),
-            threading.Thread(target=self._stage, args=("writer", self._write_stage, infer_q, writer), name="s2seg-writer", daemon=True),
+            threading.Thread(target=self._stage, args=("writer", self._write_stage, infer_q, writer, journal), name="s2seg-writer", daemon=True),
         ]
         for thread in stages:
             thread.start()
@@ -214,14 +360,39 @@ class _Run:
             for thread in stages:
                 thread.join()
         if self.failure.error is not None or self.cancel.is_set():
-            writer.abort()
+            release_frames(self.failure.error)  # a stage's frames may still reference an open dataset
+            note = self._stop(writer, journal)
             if self.failure.error is not None and not isinstance(self.failure.error, _Stopped):
-                raise _surface(self.failure.stage, self.failure.error)
-            raise Cancelled(f"cancelled after {self._chunks_done} of {len(self.grid.chunks)} chunk(s); partial outputs were removed")
+                raise _with_note(_surface(self.failure.stage, self.failure.error), note)
+            raise Cancelled(f"cancelled after {self._chunks_done} of {len(self.grid.chunks)} chunk(s){note}")
         self._report(0.97, "building overviews")
-        self.products = writer.commit()
+        try:
+            self.products = writer.commit()
+        except BaseException:
+            journal.delete()  # commit deleted the partial products
+            raise
+        journal.delete()
         self._report(1.0, "done")
-        return {k: v.cpu().numpy() for k, v in self.stats.items()}
+        total = np.zeros((3, self.card.num_classes), dtype=np.float64)
+        for index in sorted(self.chunk_stats):  # chunk order: a resumed run sums exactly like an uninterrupted one
+            total += self.chunk_stats[index]
+        return {"count": total[0], "maxprob": total[1], "low_gap": total[2]}
+
+    def _stop(self, writer: ProductWriter, journal: Journal) -> str:
+        """After an error or a cancel: keep the partial products and the journal when at least one
+        chunk is journaled (it is on disk and is never written again), else delete everything."""
+        kept = len(self.chunk_stats)
+        if kept:
+            writer.close()  # errors here concern chunks that are not journaled
+            journal.close()
+            note = (f"; {kept} of {len(self.grid.chunks)} chunk(s) are saved in {self.output_dir} "
+                    f"(*{PARTIAL_SUFFIX}, {journal.path.name}): run again with the same settings to resume")
+        else:
+            writer.abort()
+            journal.delete()
+            note = "; partial outputs were removed"
+        self.log(note[2:])
+        return note
 
     def _stage(self, name: str, body: Callable[..., None], *args: Any) -> None:
         try:
@@ -258,9 +429,9 @@ class _Run:
                 self._progress(min(max(fraction, 0.0), 1.0), message)
 
     # --- stages -----------------------------------------------------------------------
-    def _read_stage(self, out_q: queue.Queue) -> None:
+    def _read_stage(self, todo: list[Chunk], out_q: queue.Queue) -> None:
         with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads) as reader:
-            for chunk in self.grid.chunks:
+            for chunk in todo:  # journaled chunks are not even read
                 self._check()
                 t0 = time.perf_counter()
                 pixels = reader.read(chunk.input_rows, chunk.input_cols)
@@ -305,21 +476,23 @@ class _Run:
                 raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
             out = check_output(out, self.card, len(ky))
             grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
-            self._report((chunk.index + (b + 1) / n_batches * 0.9) / n_chunks * 0.95,
+            self._report((self._position[chunk.index] + (b + 1) / n_batches * 0.9) / n_chunks * 0.95,
                          f"chunk {chunk.index + 1}/{n_chunks}: batch {b + 1}/{n_batches}")
         return grid
 
-    def _write_stage(self, in_q: queue.Queue, writer: ProductWriter) -> None:
+    def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
         n_chunks = len(self.grid.chunks)
         s = self.card.stride
+        pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
         while (item := self._get(in_q)) is not _END:
             chunk, valid_region, grid = item
             t0 = time.perf_counter()
             # The input region starts one stride above/left of the output window.
             valid = valid_region[s: s + chunk.height, s: s + chunk.width]
             if grid is None:
-                self._write_nodata(writer, chunk)
+                stats = self._write_nodata(writer, chunk)
             else:
+                acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=grid.device)
                 dense = blend_dense(grid, chunk, self.card.patch_size) if self.card.output_kind == "dense" else None
                 for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
                     self._check()
@@ -329,12 +502,23 @@ class _Run:
                     else:
                         probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]
                     strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
-                    self._write_strip(writer, probs, strip_valid, r0, chunk.col0)
+                    self._write_strip(writer, probs, strip_valid, r0, chunk.col0, acc)
+                stats = acc.cpu().numpy()
+            pending.append((chunk.index, stats))
+            if chunk.index in self.journal_points:
+                # On disk first, then journaled: a journaled chunk is complete whatever happens next.
+                t1 = time.perf_counter()
+                writer.flush([(c.row0, c.col0, c.height, c.width) for c in (self.grid.chunks[i] for i, _ in pending)])
+                journal.record(pending)
+                self.chunk_stats.update(pending)
+                pending = []
+                self.busy["flush"] += time.perf_counter() - t1
             self.busy["write"] += time.perf_counter() - t0
             self._chunks_done += 1
             self._report(self._chunks_done / n_chunks * 0.95, f"chunk {self._chunks_done}/{n_chunks} written")
 
-    def _write_strip(self, writer: ProductWriter, probs: torch.Tensor, valid: torch.Tensor, row0: int, col0: int) -> None:
+    def _write_strip(self, writer: ProductWriter, probs: torch.Tensor, valid: torch.Tensor, row0: int, col0: int,
+                     acc: torch.Tensor) -> None:
         conf = confidence(probs, valid)
         classes = conf.classes.cpu().numpy()
         writer.write("class", classes, row0, col0)
@@ -347,11 +531,11 @@ class _Run:
         self.preview.add(classes, row0, col0)
         c = self.card.num_classes
         cls = conf.classes[valid].long()
-        self.stats["count"] += torch.bincount(cls, minlength=c).double()
-        self.stats["maxprob"] += torch.bincount(cls, weights=conf.maxprob[valid].double(), minlength=c)
-        self.stats["low_gap"] += torch.bincount(cls[conf.gap[valid] < LOW_GAP], minlength=c).double()
+        acc[0] += torch.bincount(cls, minlength=c).double()
+        acc[1] += torch.bincount(cls, weights=conf.maxprob[valid].double(), minlength=c)
+        acc[2] += torch.bincount(cls[conf.gap[valid] < LOW_GAP], minlength=c).double()
 
-    def _write_nodata(self, writer: ProductWriter, chunk: Chunk) -> None:
+    def _write_nodata(self, writer: ProductWriter, chunk: Chunk) -> np.ndarray:
         h, w = chunk.height, chunk.width
         classes = np.full((h, w), 255, dtype=np.uint8)
         nan = np.full((h, w), np.nan, dtype=np.float32)
@@ -361,6 +545,7 @@ class _Run:
         if self.config.write_probs:
             writer.write("probs", np.full((self.card.num_classes, h, w), np.nan, dtype=np.float32), chunk.row0, chunk.col0)
         self.preview.add(classes, chunk.row0, chunk.col0)
+        return np.zeros((3, self.card.num_classes), dtype=np.float64)
 
 
 class _Normaliser:
@@ -386,6 +571,22 @@ def _patch_has_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndar
     """(ny, nx) bool: does patch (ky, kx) hold at least one valid pixel? Block-reduce, no loop."""
     blocks = valid.reshape(ny + 1, stride, nx + 1, stride).any(axis=(1, 3))
     return blocks[:-1, :-1] | blocks[1:, :-1] | blocks[:-1, 1:] | blocks[1:, 1:]
+
+
+def _with_note(error: S2SegError, note: str) -> S2SegError:
+    """The same error with what happened to the partial outputs appended to its message."""
+    try:
+        noted = type(error)(f"{error}{note}")
+    except Exception:  # noqa: BLE001 - an exception type with another constructor: keep it as is
+        return error
+    noted.__cause__ = error.__cause__ or error
+    return noted
+
+
+def _os_output_error(path: Path, exc: OSError) -> OutputError:
+    from .writer import _output_error
+
+    return _output_error(path, exc)
 
 
 def _surface(stage: str, error: BaseException) -> S2SegError:
@@ -423,6 +624,7 @@ def _write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig,
         "config": {**asdict(config), "chunk_size": result.chunk_size, "batch_size": batch_size},
         "device": result.device,
         "n_chunks": result.n_chunks,
+        "resumed_chunks": result.resumed_chunks,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "valid_pixels": result.valid_pixels,
         "classes": [asdict(s) for s in result.class_stats if s.pixels],

@@ -112,6 +112,8 @@ def discover(path: str | Path) -> BandSet:
     else:
         candidates, metadata = _list_folder(source)
     if not candidates:
+        if source.is_dir() and not any(source.iterdir()):
+            raise InputError(f"tile folder {source} is empty; give a .SAFE folder, its .zip or a folder of band files")
         raise InputError(f"no Sentinel-2 band files (*_B02.jp2, *_B8A.tif …) found in {source}")
 
     files: dict[str, BandFile] = {}

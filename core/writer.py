@@ -1,18 +1,32 @@
-"""GeoTIFF products written window by window, under temporary names until complete (DESIGN §7)."""
+"""GeoTIFF products written window by window, under temporary names until complete (DESIGN §7).
+
+Every product is written as ``<name>.tif.part`` and renamed by :meth:`ProductWriter.commit`
+once every chunk is written, overviews are built and the file is closed, so a
+crash never leaves a file that looks finished.
+
+For resume (:mod:`.journal`) a chunk must be on disk before it is journaled:
+:meth:`ProductWriter.flush` writes GDAL's block cache and the TIFF directory of
+every product (``FlushCache``) and ``fsync``\\ s the files. A killed run's
+``.part`` files are reopened in update mode (``resume=True``) and the remaining
+chunks written into them.
+
+The files are written through GDAL's own bindings rather than rasterio because
+rasterio 1.3 ignores errors raised while a dataset is flushed or closed (a full
+disk would go unnoticed until the file is read back); here every GDAL call runs
+under a thread-local error handler and any failure becomes an :class:`OutputError`
+naming the file.
+"""
 from __future__ import annotations
 
 import errno
 import math
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
-from rasterio.windows import Window
 
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
@@ -39,10 +53,15 @@ def product_paths(output_dir: Path, tile_name: str, write_probs: bool) -> dict[s
     return {key: output_dir / f"{tile_name}_{key}.tif" for key in keys}
 
 
-def creation_options(dtype: str, compress: str, categorical: bool) -> dict[str, object]:
-    """Tiled, compressed GeoTIFF options; the predictor fits the data (none for class ids)."""
+def partial_path(path: Path) -> Path:
+    """The temporary name a product is written under until it is complete."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def creation_options(dtype: str, compress: str, categorical: bool, block: int = BLOCK) -> dict[str, object]:
+    """Tiled, compressed GeoTIFF options (rasterio keywords); the predictor fits the data (none for class ids)."""
     options: dict[str, object] = {
-        "driver": "GTiff", "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+        "driver": "GTiff", "tiled": True, "blockxsize": block, "blockysize": block,
         "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS", "compress": compress,
     }
     if compress in ("ZSTD", "DEFLATE", "LZW") and not categorical:
@@ -50,97 +69,324 @@ def creation_options(dtype: str, compress: str, categorical: bool) -> dict[str, 
     return options
 
 
+def _gdal_creation_options(dtype: str, compress: str, categorical: bool, block: int) -> list[str]:
+    options = creation_options(dtype, compress, categorical, block)
+    options.pop("driver")
+    return [f"{key.upper()}={'YES' if value is True else value}" for key, value in options.items()]
+
+
+class _GdalErrors:
+    """Collects the GDAL errors (CE_Failure and worse) raised on this thread while active.
+
+    GDAL error handlers are thread-local, so the writer thread sees its own errors only.
+    Works whether or not ``gdal.UseExceptions()`` is on (then the call also raises RuntimeError).
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, err_class: int, err_no: int, message: str) -> None:
+        from osgeo import gdal
+
+        if err_class >= gdal.CE_Failure and message not in self.messages:
+            self.messages.append(message)
+
+    def __enter__(self) -> "_GdalErrors":
+        from osgeo import gdal
+
+        gdal.PushErrorHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from osgeo import gdal
+
+        gdal.PopErrorHandler()
+
+
+def _checked(path: Path, action: Callable[[], Any]) -> Any:
+    """Run a GDAL call; an error GDAL reports (by handler or exception) becomes an OutputError naming ``path``."""
+    with _GdalErrors() as errors:
+        try:
+            result = action()
+        except RuntimeError as exc:  # gdal.UseExceptions() is on
+            errors.messages.append(str(exc))
+            result = None
+    if errors.messages:
+        raise _output_error(path, "; ".join(errors.messages))
+    return result
+
+
 class ProductWriter:
-    """Opens every product under ``<name>.tif.part``, writes windows, and renames on :meth:`commit`."""
+    """Opens every product under ``<name>.tif.part``, writes windows, and renames on :meth:`commit`.
+
+    ``block`` is the GeoTIFF block edge (see :func:`s2seg.core.grid.block_size`);
+    ``resume=True`` reopens the ``.part`` files of an interrupted run instead of
+    creating them (an :class:`OutputError` when they are missing or do not fit).
+    """
 
     def __init__(self, output_dir: Path, tile_name: str, *, width: int, height: int, crs, transform,
-                 class_names: Sequence[str], class_colours: Sequence[str], write_probs: bool, compress: str = "ZSTD"):
-        self.paths = product_paths(output_dir, tile_name, write_probs)
+                 class_names: Sequence[str], class_colours: Sequence[str], write_probs: bool, compress: str = "ZSTD",
+                 block: int = BLOCK, resume: bool = False):
+        self.output_dir = Path(output_dir)
+        self.paths = product_paths(self.output_dir, tile_name, write_probs)
         self.class_names = list(class_names)
         self.class_colours = list(class_colours)
-        self._datasets: dict[str, rasterio.io.DatasetWriter] = {}
+        self.width, self.height = width, height
+        self._datasets: dict[str, Any] = {}
         specs = [ProductSpec("class", 1, "uint8", CLASS_NODATA)] + [ProductSpec(k, 1, "float32", math.nan) for k in FLOAT_PRODUCTS]
         if write_probs:
             specs.append(ProductSpec("probs", len(self.class_names), "float32", math.nan))
+        self.specs = {spec.key: spec for spec in specs}
         try:
             for spec in specs:
-                profile = creation_options(spec.dtype, compress, categorical=spec.key == "class")
-                profile.update(width=width, height=height, count=spec.count, dtype=spec.dtype, crs=crs, transform=transform, nodata=spec.nodata)
-                ds = rasterio.open(self._partial(spec.key), "w", **profile)
-                self._datasets[spec.key] = ds
-                if spec.key == "class":
-                    ds.write_colormap(1, {i: (*hex_to_rgb(c), 255) for i, c in enumerate(self.class_colours)})
-                    ds.set_band_description(1, "class")
-                elif spec.key == "probs":
-                    for i, name in enumerate(self.class_names, start=1):
-                        ds.set_band_description(i, name)
+                if resume:
+                    self._datasets[spec.key] = self._reopen(spec, transform)
                 else:
-                    ds.set_band_description(1, spec.key)
-        except (RasterioIOError, OSError) as exc:
-            self.abort()
-            raise OutputError(f"cannot create outputs in {output_dir}: {exc}") from None
+                    self._datasets[spec.key] = self._create(spec, crs, transform, compress, block)
+        except OutputError as exc:
+            release_frames(exc)
+            if resume:
+                self._close_all()  # leave the files: the caller decides to start over
+            else:
+                self.abort()
+            raise OutputError(f"cannot {'reopen' if resume else 'create'} outputs in {self.output_dir}: {exc}") from None
+
+    # --- opening ------------------------------------------------------------------------
+    def _create(self, spec: ProductSpec, crs, transform, compress: str, block: int):
+        from osgeo import gdal
+
+        path = self._partial(spec.key)
+        dtype = gdal.GDT_Byte if spec.dtype == "uint8" else gdal.GDT_Float32
+        options = _gdal_creation_options(spec.dtype, compress, spec.key == "class", block)
+        driver = gdal.GetDriverByName("GTiff")
+        ds = _checked(path, lambda: driver.Create(str(path), self.width, self.height, spec.count, dtype, options))
+        if ds is None:
+            raise OutputError(f"cannot create {path}")
+        self._datasets[spec.key] = ds  # closed by abort() should describing it fail
+
+        def describe() -> None:
+            ds.SetGeoTransform(transform.to_gdal())
+            ds.SetProjection(crs.to_wkt())
+            for i in range(1, spec.count + 1):
+                band = ds.GetRasterBand(i)
+                band.SetNoDataValue(spec.nodata)
+                if spec.key == "class":
+                    table = gdal.ColorTable()
+                    for index, colour in enumerate(self.class_colours):
+                        table.SetColorEntry(index, (*hex_to_rgb(colour), 255))
+                    band.SetRasterColorTable(table)
+                    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+                    band.SetDescription("class")
+                elif spec.key == "probs":
+                    band.SetDescription(self.class_names[i - 1])
+                else:
+                    band.SetDescription(spec.key)
+
+        _checked(path, describe)
+        return ds
+
+    def _reopen(self, spec: ProductSpec, transform):
+        from osgeo import gdal
+
+        path = self._partial(spec.key)
+        if not path.is_file():
+            raise OutputError(f"{path.name} is missing")
+        ds = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_UPDATE, open_options=["NUM_THREADS=ALL_CPUS"]))
+        if ds is None:
+            raise OutputError(f"cannot open {path.name}")
+        dtype = gdal.GetDataTypeName(ds.GetRasterBand(1).DataType).lower()
+        expected_dtype = "byte" if spec.dtype == "uint8" else spec.dtype
+        found = (ds.RasterXSize, ds.RasterYSize, ds.RasterCount, dtype)
+        if found != (self.width, self.height, spec.count, expected_dtype) or not np.allclose(ds.GetGeoTransform(), transform.to_gdal()):
+            ds = None
+            raise OutputError(f"{path.name} is not the partial product of this tile ({found[0]} × {found[1]} px, "
+                              f"{found[2]} band(s) of {found[3]})")
+        return ds
 
     def _partial(self, key: str) -> Path:
-        path = self.paths[key]
-        return path.with_name(path.name + PARTIAL_SUFFIX)
+        return partial_path(self.paths[key])
 
+    @property
+    def partial_paths(self) -> list[Path]:
+        return [self._partial(key) for key in self.paths]
+
+    # --- writing --------------------------------------------------------------------------
     def write(self, key: str, array: np.ndarray, row0: int, col0: int) -> None:
         """Write ``array`` (2-D, or 3-D bands-first for probs) at global pixel (row0, col0)."""
-        ds = self._datasets[key]
-        h, w = array.shape[-2:]
-        window = Window(col0, row0, w, h)
-        try:
-            if array.ndim == 2:
-                ds.write(array, 1, window=window)
-            else:
-                ds.write(array, window=window)
-        except (RasterioIOError, OSError) as exc:
-            raise _output_error(self.paths[key], exc) from None
+        # No local reference to the dataset: a traceback must not keep it open (see release_frames).
+        if array.ndim == 2:
+            _checked(self.paths[key], lambda: self._datasets[key].GetRasterBand(1).WriteArray(array, xoff=col0, yoff=row0))
+        else:
+            _checked(self.paths[key], lambda: self._datasets[key].WriteArray(array, xoff=col0, yoff=row0))
 
+    def read(self, key: str, row0: int, col0: int, height: int, width: int) -> np.ndarray:
+        """Read back a window of a product (band 1) — used to rebuild the preview of resumed chunks."""
+        array = _checked(self._partial(key), lambda: self._datasets[key].GetRasterBand(1).ReadAsArray(col0, row0, width, height))
+        if array is None:  # a decoding error raised on one of GDAL's worker threads
+            raise OutputError(f"cannot read back rows {row0}–{row0 + height}, cols {col0}–{col0 + width} of {self._partial(key)}")
+        return array
+
+    def flush(self, windows: Sequence[tuple[int, int, int, int]] = (), sync: bool = True) -> None:
+        """Put every written window on disk: GDAL block cache and TIFF directory, then ``fsync``.
+
+        ``windows`` (``row0, col0, height, width``) are then checked on disk: a separate
+        read-only handle must find every block they cover. GDAL 3.6's ``FlushCache``
+        writes the TIFF directory *before* the blocks it flushes, so one call leaves the
+        newest blocks unreferenced on disk; the second call writes the directory again.
+        Should a GDAL version still leave a block out, the files are closed and reopened.
+        """
+        for attempt in range(2):
+            for _ in range(2):
+                for key in self._datasets:
+                    _checked(self._partial(key), lambda: self._datasets[key].FlushCache())
+            missing = self._missing_blocks(windows)
+            if not missing:
+                break
+            if attempt == 0:
+                self._reopen_all()
+        else:
+            raise OutputError(f"cannot get {missing} onto disk: GDAL does not write its block offsets")
+        if sync:
+            for key in self._datasets:
+                _fsync(self._partial(key))
+
+    def _missing_blocks(self, windows: Sequence[tuple[int, int, int, int]]) -> str:
+        """'' when every block of ``windows`` has an offset in every file as read from disk, else what is missing."""
+        if not windows:
+            return ""
+        from osgeo import gdal
+
+        for key in self._datasets:
+            path = self._partial(key)
+            ds = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY))
+            if ds is None:
+                return str(path)
+            band = ds.GetRasterBand(1)
+            bw, bh = band.GetBlockSize()
+            for row0, col0, height, width in windows:
+                for by in range(row0 // bh, (row0 + height - 1) // bh + 1):
+                    for bx in range(col0 // bw, (col0 + width - 1) // bw + 1):
+                        if not band.GetMetadataItem(f"BLOCK_OFFSET_{bx}_{by}", "TIFF"):
+                            return f"block {bx}, {by} of {path}"
+            del band
+            ds = None
+        return ""
+
+    def _reopen_all(self) -> None:
+        from osgeo import gdal
+
+        keys = list(self._datasets)
+        self._close_all(raise_errors=True)
+        for key in keys:
+            path = self._partial(key)
+            self._datasets[key] = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_UPDATE,
+                                                                   open_options=["NUM_THREADS=ALL_CPUS"]))
+            if self._datasets[key] is None:
+                raise OutputError(f"cannot reopen {path}")
+
+    # --- finishing --------------------------------------------------------------------------
     def commit(self, progress=None) -> dict[str, Path]:
         """Build overviews, close, then rename every product to its final name."""
         try:
-            for i, (key, ds) in enumerate(self._datasets.items()):
+            # No dirty block may be left for BuildOverviews: GDAL 3.6 can deadlock when its overview
+            # workers evict dirty blocks whose compression waits on the same (small) thread pool.
+            self.flush(sync=False)
+            for i, key in enumerate(list(self._datasets)):
                 if progress:
                     progress(i / len(self._datasets), f"overviews of {self.paths[key].name}")
-                factors = _overview_factors(ds.width, ds.height)
-                if factors:
-                    ds.build_overviews(factors, Resampling.nearest if key == "class" else Resampling.average)
-                ds.close()
-            self._set_category_names()
-        except (RasterioIOError, OSError) as exc:
+                self._finish(key)
+            self._close_all(raise_errors=True)
+        except OutputError as exc:
+            release_frames(exc)
             self.abort()
-            raise _output_error(self.paths["class"].parent, exc) from None
-        for key in self._datasets:
+            raise
+        for key in self.paths:
             for suffix in ("", ".aux.xml"):
                 partial = Path(str(self._partial(key)) + suffix)
                 if partial.exists():
                     os.replace(partial, Path(str(self.paths[key]) + suffix))
-        self._datasets = {}
+        _fsync_dir(self.output_dir)
         return dict(self.paths)
+
+    def _finish(self, key: str) -> None:
+        """Overviews (replacing any left by an earlier, failed commit) and, for the class raster,
+        class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF)."""
+        ds = self._datasets[key]
+        path = self._partial(key)
+        if ds.GetRasterBand(1).GetOverviewCount():
+            _checked(path, lambda: ds.BuildOverviews("NONE", []))
+        factors = _overview_factors(ds.RasterXSize, ds.RasterYSize)
+        if factors:
+            _checked(path, lambda: ds.BuildOverviews("NEAREST" if key == "class" else "AVERAGE", factors))
+        if key == "class":
+            names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
+            _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
+
+    def close(self) -> bool:
+        """Close every file and keep it (a resumable stop); True when GDAL reported no error."""
+        try:
+            self._close_all(raise_errors=True)
+        except OutputError:
+            return False
+        return True
 
     def abort(self) -> None:
         """Close and delete every temporary file: nothing that looks finished is left."""
-        for key, ds in self._datasets.items():
-            try:
-                ds.close()
-            except Exception:  # noqa: BLE001 - cleaning up after an earlier error; keep going
-                pass
+        self._close_all()
         for key in self.paths:
             for suffix in ("", ".aux.xml"):
                 Path(str(self._partial(key)) + suffix).unlink(missing_ok=True)
-        self._datasets = {}
 
-    def _set_category_names(self) -> None:
-        """Class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF)."""
-        from osgeo import gdal
+    def _close_all(self, raise_errors: bool = False) -> None:
+        first: OutputError | None = None
+        for key in list(self._datasets):
+            holder = [self._datasets.pop(key)]
+            try:
+                # The last reference going away closes the dataset (GDAL 3.6 has no Close()):
+                # drop it inside the error handler so that errors of the final write are seen.
+                _checked(self._partial(key), holder.clear)
+            except OutputError as exc:
+                first = first or exc
+        if first is not None and raise_errors:
+            raise first
 
-        ds = gdal.Open(str(self._partial("class")), gdal.GA_Update)
-        if ds is None:
-            raise OSError(f"cannot reopen {self._partial('class')}")
-        names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
-        ds.GetRasterBand(1).SetCategoryNames(names)
-        ds = None  # flush (GDAL closes on dereference)
+
+def release_frames(exc: BaseException | None) -> None:
+    """Clear the local variables of the (finished) frames an exception and its causes went through.
+
+    A traceback keeps its frames, and their locals may hold a GDAL dataset: the file would stay
+    open — and be flushed later, behind the back of a run resuming it — until the exception is
+    garbage. Call before closing or deleting the files after a failure.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def _fsync(path: Path) -> None:
+    try:
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise _output_error(path, exc.strerror or str(exc)) from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames durable (POSIX); best effort, as some file systems refuse it."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _overview_factors(width: int, height: int) -> list[int]:
@@ -152,9 +398,9 @@ def _overview_factors(width: int, height: int) -> list[int]:
     return factors
 
 
-def _output_error(path: Path, exc: Exception) -> OutputError:
+def _output_error(path: Path, exc: Exception | str) -> OutputError:
     text = str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in text or "disk full" in text.lower():
         return OutputError(f"disk full while writing {path}: free some space or choose another output folder")
     return OutputError(f"cannot write {path}: {text}")
 

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s2seg.core.errors import ConfigError
-from s2seg.core.grid import chunk_unit, choose_chunk_size, plan, reflect_indices
+from s2seg.core.grid import block_size, chunk_unit, choose_chunk_size, plan, reflect_indices
 
 
 def test_chunk_unit_is_lcm_of_band_scale_and_stride():
@@ -13,10 +13,19 @@ def test_chunk_unit_is_lcm_of_band_scale_and_stride():
 
 
 def test_choose_chunk_size_never_above_preferred_and_capped_by_tile():
-    assert choose_chunk_size(2520, 120, 10980, 10980) == 2520
-    assert choose_chunk_size(2500, 120, 10980, 10980) == 2460
+    # multiples of lcm(60, 16) = 240 when possible, so output blocks never straddle chunks
+    assert choose_chunk_size(2520, 120, 10980, 10980) == 2400
+    assert choose_chunk_size(2500, 120, 10980, 10980) == 2400
+    assert choose_chunk_size(200, 120, 10980, 10980) == 180  # below 240: a multiple of the chunk unit
     assert choose_chunk_size(2520, 120, 300, 250) == 300
     assert choose_chunk_size(10, 120, 10980, 10980) == 60
+
+
+def test_block_size_divides_the_chunk_size_when_it_can():
+    assert block_size(2400) == 480 and block_size(1440) == 480 and block_size(240) == 240
+    assert block_size(2496) == 416  # 64 px patches: 2496 = 6 × 416
+    # no multiple of 16 (≥ 64) divides them: the block whose edges meet the chunk edges most often
+    assert block_size(60) == 48 and block_size(2520) == 336  # every 240 px / 5040 px
 
 
 @pytest.mark.parametrize("bad", [0, -60, 100])

@@ -55,6 +55,9 @@ def test_geotiff_named_jp2_is_opened_by_content(tmp_path):
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match=f"tile folder {tmp_path} is empty"):
+        discover(tmp_path)
+    (tmp_path / "notes.txt").write_text("")
     with pytest.raises(InputError, match="no Sentinel-2 band files"):
         discover(tmp_path)
 

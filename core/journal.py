@@ -1,0 +1,274 @@
+"""The journal of finished chunks that lets an interrupted run resume (DESIGN §7).
+
+It lives beside the ``.part`` products as ``<tile>.s2seg-journal``: JSON lines,
+the first a header, then one line per chunk written *and flushed to disk*::
+
+    {"s2seg_journal": 1, "key": "<sha256>", "n_chunks": 25, "fields": {...}}
+    {"chunk": 0, "stats": [[count…], [Σ maxprob…], [low-gap count…]]}
+    …
+
+* The key is a SHA-256 of everything that decides the output pixels (see
+  :func:`run_fields`): the tile (band files with size and modification time,
+  offsets, grid), the model card and the size/mtime of its weights, the s2seg
+  version and the pixel-changing settings (chunk size, write_probs, compress).
+  A journal with another key is never used; :func:`differences` says why.
+* Lines are appended and ``fsync``\\ ed; a line torn by a crash is ignored when
+  the journal is read (that chunk is simply computed again).
+* The per-chunk class statistics are stored so that the final statistics of a
+  resumed run are exactly those of an uninterrupted one (summed in chunk order).
+* An advisory lock (POSIX ``flock``) keeps a second process from writing the
+  same partial products concurrently; it goes away with the process, even on
+  ``kill -9``.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import __version__
+from .errors import OutputError
+
+FORMAT = 1
+SUFFIX = ".s2seg-journal"
+
+
+def journal_path(output_dir: Path, tile_name: str) -> Path:
+    return Path(output_dir) / f"{tile_name}{SUFFIX}"
+
+
+# ------------------------------------------------------------------ what the key is made of
+def file_signature(path: str | Path, container: Path | None = None) -> list[Any]:
+    """``[path, size, mtime_ns]`` of a file; a ``/vsizip/`` member is represented by its archive."""
+    text = str(path)
+    target = Path(container) if text.startswith("/vsi") and container is not None else Path(text)
+    try:
+        st = target.stat()
+    except OSError:
+        return [text, None, None]
+    return [text, st.st_size, st.st_mtime_ns]
+
+
+def weights_signature(path: str) -> list[Any]:
+    """Signature of a model's weights: the file, or every file directly inside the folder."""
+    if not path:
+        return []
+    p = Path(path)
+    if p.is_dir():
+        return [file_signature(f) for f in sorted(p.iterdir()) if f.is_file()]
+    return [file_signature(p)]
+
+
+def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int) -> dict[str, Any]:
+    """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
+
+    Not included, on purpose: batch size, device, read threads, queue size and the
+    preview size (they change speed, or nothing that is stored). A run interrupted on
+    the GPU may therefore be resumed on the CPU; its chunks then differ from an
+    uninterrupted GPU run by float rounding only.
+    """
+    t = bandset.transform
+    return {
+        "s2seg": __version__,
+        "tile": {
+            "name": bandset.name, "width": bandset.width, "height": bandset.height,
+            "crs": bandset.crs.to_string(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "bands": {b: file_signature(bandset.files[b].path, bandset.source) for b in card.bands},
+            "offsets": {b: bandset.offset(b) for b in card.bands},
+        },
+        "model": {"card": card.to_dict(), "weights": weights_signature(card.path)},
+        "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
+    }
+
+
+def digest(fields: dict[str, Any]) -> str:
+    text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "", limit: int = 4) -> list[str]:
+    """Human-readable ``where: old → new`` lines for the first few differing leaves."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+        elif _plain(a) != _plain(b):
+            out.append(f"{where}: {_short(a)} → {_short(b)}")
+
+    walk(old, new, prefix)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+# ------------------------------------------------------------------ the journal file
+@dataclass
+class JournalState:
+    """What an existing journal holds: its fields and the statistics of each finished chunk."""
+
+    fields: dict[str, Any]
+    key: str
+    n_chunks: int
+    done: dict[int, np.ndarray]
+
+
+class JournalMismatch(Exception):
+    """An existing journal that cannot be used; the message says why."""
+
+
+def read_journal(path: Path) -> JournalState:
+    """Parse a journal; JournalMismatch when it is unreadable. A torn last line is ignored."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise JournalMismatch(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(lines[0])
+        if header.get("s2seg_journal") != FORMAT:
+            raise JournalMismatch(f"{path.name} has journal format {header.get('s2seg_journal')!r}, expected {FORMAT}")
+        key, n_chunks, fields = header["key"], int(header["n_chunks"]), header["fields"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise JournalMismatch(f"{path.name} has no valid header") from None
+    done: dict[int, np.ndarray] = {}
+    body = lines[1:]
+    for number, line in enumerate(body):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            index = int(entry["chunk"])
+            stats = np.asarray(entry["stats"], dtype=np.float64)
+        except (ValueError, KeyError, TypeError):
+            if all(not rest.strip() for rest in body[number + 1:]):
+                break  # torn by a crash while appending: that chunk is done again
+            raise JournalMismatch(f"{path.name}: line {number + 2} is damaged") from None
+        if not 0 <= index < n_chunks:
+            raise JournalMismatch(f"{path.name}: chunk {index} out of range (0…{n_chunks - 1})")
+        done[index] = stats
+    return JournalState(fields, key, n_chunks, done)
+
+
+class Journal:
+    """An open journal: appends one fsync'ed line per finished chunk, holds the lock."""
+
+    def __init__(self, path: Path, file, lock_fd: int | None):
+        self.path = path
+        self._file = file
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def start(cls, path: Path, key: str, n_chunks: int, fields: dict[str, Any],
+              keep: Iterable[tuple[int, np.ndarray]] = (), lock_fd: int | None = None) -> "Journal":
+        """Write a fresh journal (atomically: temporary file + rename), carrying ``keep`` chunks over.
+
+        ``lock_fd`` is the lock taken with :func:`lock` before the old journal was read; the
+        journal releases it when closed."""
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            lines = [json.dumps({"s2seg_journal": FORMAT, "key": key, "n_chunks": n_chunks, "fields": fields}, default=str)]
+            lines += [_entry(i, stats) for i, stats in sorted(keep, key=lambda kv: kv[0])]
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            unlock(lock_fd)
+            raise _journal_error(path, exc) from None
+        return cls(path, file, lock_fd)
+
+    def record(self, chunks: Iterable[tuple[int, np.ndarray]]) -> None:
+        """Append ``(index, statistics)`` of chunks whose products are already flushed, durably."""
+        try:
+            self._file.write("".join(_entry(index, stats) + "\n" for index, stats in chunks))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _journal_error(self.path, exc) from None
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        unlock(self._lock_fd)
+        self._lock_fd = None
+
+    def delete(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        self.path.unlink(missing_ok=True)
+        release(self.path, self._lock_fd)
+        self._lock_fd = None
+
+
+def _journal_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {path}: free some space or choose another output folder")
+    return OutputError(f"cannot write the resume journal {path}: {exc.strerror or exc}")
+
+
+def _entry(index: int, stats: np.ndarray) -> str:
+    # repr of a float64 round-trips exactly through JSON, so resumed statistics are bit-identical.
+    return json.dumps({"chunk": int(index), "stats": np.asarray(stats, dtype=np.float64).tolist()})
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def lock(path: Path) -> int | None:
+    """Take the advisory lock of a journal; OutputError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent runs on one folder are not guarded
+        return None
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot create {lock_path(path)}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputError(f"another s2seg run is writing {path.name[: -len(SUFFIX)]} into {path.parent} "
+                          f"(its journal is locked); wait for it to finish or choose another output folder") from None
+    return fd
+
+
+def release(path: Path, fd: int | None) -> None:
+    """Remove the lock file (while still holding it), then release the lock."""
+    try:
+        lock_path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+    unlock(fd)
+
+
+def unlock(fd: int | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.close(fd)  # closing the descriptor releases the flock
+    except OSError:
+        pass
