@@ -32,7 +32,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import __version__
-from .blend import blend_dense, blend_patch_level
+from .blend import DenseCanvas, blend_patch_level
 from .config import EngineConfig
 from .errors import Cancelled, ModelError, OutputError, S2SegError
 from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan
@@ -270,7 +270,8 @@ def _auto_chunk_size(card: ModelCard, bandset: BandSet, device: torch.device) ->
     """The preferred chunk size, reduced for dense models so their per-chunk outputs fit the budget."""
     preferred = EngineConfig.PREFERRED_CHUNK_SIZE
     if card.output_kind == "dense":
-        # Dense outputs cover each pixel four times: 4 · C · chunk² float32 values.
+        # A dense chunk is a (C, chunk², float32) canvas, and up to four are alive at once (being
+        # inferred, two queued, being written): the budget bounds those four together.
         per_pixel = 4 * card.num_classes * 4
         preferred = min(preferred, int(math.sqrt(EngineConfig.DENSE_OUTPUT_BUDGET_BYTES / per_pixel)))
     return choose_chunk_size(preferred, card.patch_size, bandset.height, bandset.width)
@@ -456,8 +457,10 @@ class _Run:
         if len(todo) == 0:
             return None
         device = self.model.device
-        shape = (ny, nx, self.card.num_classes) + ((p, p) if self.card.output_kind == "dense" else ())
-        grid = torch.zeros(shape, dtype=torch.float32, device=device)
+        # Dense outputs are blended as batches arrive (a canvas 4× smaller than the patch grid);
+        # patch-level outputs are tiny and blended by the writer.
+        canvas = DenseCanvas(chunk, p, self.card.num_classes, device) if self.card.output_kind == "dense" else None
+        grid = torch.zeros((ny, nx, self.card.num_classes), dtype=torch.float32, device=device) if canvas is None else None
         windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]  # (B, ny, nx, P, P), a view
         n_batches = math.ceil(len(todo) / self.batch_size)
         for b in range(n_batches):
@@ -475,10 +478,13 @@ class _Run:
             except Exception as exc:
                 raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
             out = check_output(out, self.card, len(ky))
-            grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
+            if canvas is not None:
+                canvas.add(torch.as_tensor(ky), torch.as_tensor(kx), out)
+            else:
+                grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
             self._report((self._position[chunk.index] + (b + 1) / n_batches * 0.9) / n_chunks * 0.95,
                          f"chunk {chunk.index + 1}/{n_chunks}: batch {b + 1}/{n_batches}")
-        return grid
+        return canvas.result() if canvas is not None else grid
 
     def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
         n_chunks = len(self.grid.chunks)
@@ -493,7 +499,8 @@ class _Run:
                 stats = self._write_nodata(writer, chunk)
             else:
                 acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=grid.device)
-                dense = blend_dense(grid, chunk, self.card.patch_size) if self.card.output_kind == "dense" else None
+                # Dense chunks arrive blended, (C, h, w); patch-level ones as the (ny, nx, C) grid.
+                dense = grid if self.card.output_kind == "dense" else None
                 for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
                     self._check()
                     r1 = min(r0 + STRIP_ROWS, chunk.row1)

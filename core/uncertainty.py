@@ -1,13 +1,36 @@
-"""Per-pixel class and confidence products from blended probabilities, in one pass (DESIGN §4)."""
+"""Per-pixel class and confidence products from blended probabilities, in one pass (DESIGN §4).
+
+On a CPU the products come from one fused kernel (numba, when installed): a pass
+over the class planes of each row keeps max, argmax, runner-up, ``T = Σp`` and
+``Σ p ln p`` in registers, with a vectorisable polynomial ``ln`` (relative error
+< 1e-7). Entropy of ``q = p / T`` is ``log₂ T − (Σ p log₂ p) / T``, so no
+normalised copy is made. Rows are split over :data:`THREADS` threads (the kernel
+releases the GIL; by default half the cores: in the pipeline the other half runs
+the model). Without numba, and on a GPU, the same quantities
+come from a few torch reductions per block of rows. Rows with no valid pixel are
+skipped (nodata costs nothing).
+"""
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+try:  # optional accelerator: the torch path below gives the same results
+    import numba
+except ImportError:  # pragma: no cover - depends on the environment
+    numba = None
 
 CLASS_NODATA = 255
 LOW_GAP = 0.1  # a top-1/top-2 gap below this means "near a decision boundary"
+BLOCK_PIXELS = 1 << 15  # torch path: pixels per block, so a block's class planes stay in cache
+PARALLEL_MIN_PIXELS = 1 << 17  # below this, one thread is quicker than handing rows out
+#: Threads of the fused kernel: half the cores (the writer stage shares the machine with the model).
+THREADS = max(1, (os.cpu_count() or 1) // 2)
 
 
 @dataclass
@@ -22,23 +45,235 @@ class Confidence:
 
 def confidence(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
     """``probs (C, h, w)`` → class, max probability, entropy of p/Σp in bits, top-1/top-2 gap."""
-    c = probs.shape[0]
-    if c >= 2:
-        top = torch.topk(probs, 2, dim=0)
-        maxprob, classes = top.values[0], top.indices[0]
-        gap = top.values[0] - top.values[1]
-    else:
-        maxprob, classes = probs[0], torch.zeros_like(probs[0], dtype=torch.long)
-        gap = maxprob.clone()
-    # Sigmoid (multi-label) outputs need not sum to 1: entropy is taken of q = p / Σp.
-    total = probs.sum(dim=0).clamp_min(torch.finfo(probs.dtype).tiny)
-    q = probs / total
-    entropy = -torch.special.xlogy(q, q).sum(dim=0) / math.log(2.0)
-    invalid = ~valid
-    nan = torch.tensor(float("nan"), dtype=probs.dtype, device=probs.device)
-    return Confidence(
-        classes=classes.to(torch.uint8).masked_fill(invalid, CLASS_NODATA),
-        maxprob=torch.where(invalid, nan, maxprob),
-        entropy=torch.where(invalid, nan, entropy.clamp(0.0, math.log2(max(c, 1)))),
-        gap=torch.where(invalid, nan, gap),
+    c, h, w = probs.shape
+    if probs.device.type == "cpu" and probs.dtype == torch.float32 and h * w and _kernel() is not None:
+        return _confidence_fused(probs, valid)
+    return _confidence_torch(probs, valid)
+
+
+# ------------------------------------------------------------------ fused CPU kernels (numba)
+
+def _njit(function):
+    """numba.njit with the kernels' options when numba is installed; the plain function otherwise (unused then)."""
+    if numba is None:
+        return function
+    return numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False,
+                      fastmath={"contract", "arcp", "nsz", "afn"})(function)
+
+
+@_njit
+def _reset(top1, top2, arg, total, plogp):  # pragma: no cover - compiled by numba
+    for x in range(top1.shape[0]):
+        top1[x] = -np.inf
+        top2[x] = -np.inf
+        arg[x] = 0
+        total[x] = np.float32(0.0)
+        plogp[x] = np.float32(0.0)
+
+
+@_njit
+def _accumulate(buf, mant, top1, top2, arg, total, plogp, c):  # pragma: no cover - compiled by numba
+    """Fold class ``c``'s probabilities ``buf`` (≥ 0) of one row into the running products."""
+    w = buf.shape[0]
+    ln2 = np.float32(0.6931471805599453)
+    sqrt2 = np.float32(1.4142135)
+    one, half = np.float32(1.0), np.float32(0.5)
+    bits = buf.view(np.uint32)
+    for x in range(w):
+        mant[x] = (bits[x] & np.uint32(0x7FFFFF)) | np.uint32(0x3F800000)
+    m_f = mant.view(np.float32)
+    ci = np.int32(c)
+    for x in range(w):
+        # ln v = e ln 2 + ln m, m in [1/√2, √2): 2 atanh((m − 1)/(m + 1)) to t⁹ (|t| < 0.172: error < 4e-8).
+        v = buf[x]
+        e = np.float32(np.int32(bits[x] >> np.uint32(23)) - np.int32(127))
+        m = m_f[x]
+        big = np.float32(m > sqrt2)
+        m = m * (one - half * big)
+        e = e + big
+        t = (m - one) / (m + one)
+        t2 = t * t
+        ln_v = np.float32(2.0) * t * (one + t2 * (np.float32(1 / 3) + t2 * (np.float32(1 / 5) + t2 * (np.float32(1 / 7) + t2 * np.float32(1 / 9))))) + e * ln2
+        plogp[x] += v * ln_v  # v = 0 gives 0 · (−88) = 0: 0 log 0 = 0
+        total[x] += v
+        best = top1[x]
+        win = v > best
+        lo = best if win else v
+        arg[x] = ci if win else arg[x]
+        top2[x] = lo if lo > top2[x] else top2[x]
+        top1[x] = v if win else best
+
+
+@_njit
+def _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap):  # pragma: no cover
+    """Write row ``y`` of the products (nodata where not valid)."""
+    ln2 = np.float32(0.6931471805599453)
+    log2c = np.float32(math.log2(max(n_classes, 1)))
+    tiny = np.float32(1.1754944e-38)
+    nan = np.float32(np.nan)
+    for x in range(top1.shape[0]):
+        if valid[y, x]:
+            t_x = max(total[x], tiny)
+            h_x = (np.float32(math.log(t_x)) - plogp[x] / t_x) / ln2
+            entropy[y, x] = min(max(h_x, np.float32(0.0)), log2c)
+            classes[y, x] = arg[x]
+            maxprob[y, x] = top1[x]
+            gap[y, x] = top1[x] - top2[x] if n_classes >= 2 else top1[x]
+        else:
+            classes[y, x] = 255
+            maxprob[y, x] = nan
+            entropy[y, x] = nan
+            gap[y, x] = nan
+
+
+@_njit
+def _row_has_data(valid, y):  # pragma: no cover - compiled by numba
+    for x in range(valid.shape[1]):
+        if valid[y, x]:
+            return True
+    return False
+
+
+@_njit
+def _confidence_rows(p, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover - compiled by numba
+    """Rows ``r0 … r1-1`` of the products of ``p (C, h, w)`` float32."""
+    n_classes, _, w = p.shape
+    buf = np.empty(w, np.float32)
+    mant = np.empty(w, np.uint32)
+    top1, top2, total, plogp = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
+    arg = np.empty(w, np.int32)
+    for y in range(r0, r1):
+        if _row_has_data(valid, y):  # rows without a valid pixel cost nothing
+            _reset(top1, top2, arg, total, plogp)
+            for c in range(n_classes):
+                for x in range(w):
+                    buf[x] = max(p[c, y, x], np.float32(0.0))
+                _accumulate(buf, mant, top1, top2, arg, total, plogp, c)
+        _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
+
+
+@_njit
+def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover
+    """Rows ``r0 … r1-1`` of the products of the patch-level blend ``p[c, y] = w_first[y] · rows[c, first[y]] +
+    w_second[y] · rows[c, second[y]]`` (``rows = G · A_xᵀ``, (C, ky, w)), without materialising ``p``."""
+    n_classes, _, w = rows.shape
+    buf = np.empty(w, np.float32)
+    mant = np.empty(w, np.uint32)
+    top1, top2, total, plogp = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
+    arg = np.empty(w, np.int32)
+    for y in range(r0, r1):
+        if _row_has_data(valid, y):
+            _reset(top1, top2, arg, total, plogp)
+            a, b = w_first[y], w_second[y]
+            for c in range(n_classes):
+                r1_ = rows[c, first[y]]
+                r2_ = rows[c, second[y]]
+                for x in range(w):
+                    buf[x] = max(a * r1_[x] + b * r2_[x], np.float32(0.0))
+                _accumulate(buf, mant, top1, top2, arg, total, plogp, c)
+        _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _kernel():
+    """The compiled confidence kernel, or None without numba (or with S2SEG_NO_NUMBA=1)."""
+    if numba is None or os.environ.get("S2SEG_NO_NUMBA") == "1":
+        return None
+    return _confidence_rows
+
+
+def _run_rows(kernel, h: int, w: int, *args) -> None:
+    """``kernel(*args, r0, r1)`` over all rows, split over :data:`THREADS` threads when worth it."""
+    global _POOL
+    threads = max(1, min(THREADS, h))
+    if threads == 1 or h * w < PARALLEL_MIN_PIXELS:
+        kernel(*args, 0, h)
+        return
+    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - resize the shared pool when threads grow
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s2seg-confidence")
+    bounds = np.linspace(0, h, threads + 1).astype(int)
+    futures = [_POOL.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for f in futures:
+        f.result()
+
+
+def _new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
+    from .blend import empty  # large outputs on huge pages
+
+    out = Confidence(classes=empty((h, w), torch.uint8), maxprob=empty((h, w)), entropy=empty((h, w)), gap=empty((h, w)))
+    return out, (out.classes.numpy(), out.maxprob.numpy(), out.entropy.numpy(), out.gap.numpy())
+
+
+def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch.Tensor, w_first: torch.Tensor,
+                          w_second: torch.Tensor, valid: torch.Tensor) -> Confidence | None:
+    """Products of ``p[:, y] = w_first[y] · rows[:, first[y]] + w_second[y] · rows[:, second[y]]`` in one fused
+    pass (CPU, numba); None when the fused kernel is not available (the caller blends, then calls
+    :func:`confidence`)."""
+    if numba is None or os.environ.get("S2SEG_NO_NUMBA") == "1" or rows.device.type != "cpu":
+        return None
+    h, w = valid.shape
+    out, arrays = _new_products(h, w)
+    valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
+    _run_rows(_blend_confidence_rows, h, w, rows.to(torch.float32).contiguous().numpy(), first.to(torch.int64).numpy(),
+              second.to(torch.int64).numpy(), w_first.to(torch.float32).numpy(), w_second.to(torch.float32).numpy(),
+              valid_np, *arrays)
+    return out
+
+
+def _confidence_fused(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
+    c, h, w = probs.shape
+    p = probs.detach()
+    if p.stride(2) != 1:
+        p = p.contiguous()
+    out, arrays = _new_products(h, w)
+    valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
+    _run_rows(_confidence_rows, h, w, p.numpy(), valid_np, *arrays)
+    return out
+
+
+# ------------------------------------------------------------------ torch path (GPU, or no numba)
+
+def _confidence_torch(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
+    c, h, w = probs.shape
+    device, dtype = probs.device, probs.dtype
+    out = Confidence(
+        classes=torch.full((h, w), CLASS_NODATA, dtype=torch.uint8, device=device),
+        maxprob=torch.full((h, w), math.nan, dtype=dtype, device=device),
+        entropy=torch.full((h, w), math.nan, dtype=dtype, device=device),
+        gap=torch.full((h, w), math.nan, dtype=dtype, device=device),
     )
+    if h == 0 or w == 0:
+        return out
+    # On a GPU one block is best (no cache to fit, launches cost); on a CPU blocks of whole rows.
+    rows = h if device.type != "cpu" else max(1, min(h, BLOCK_PIXELS // w))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        block_valid = valid[r0:r1]
+        if not bool(block_valid.any()):
+            continue  # nodata costs nothing: the block keeps its nodata values
+        _block(probs[:, r0:r1], block_valid, out, r0, r1)
+    return out
+
+
+def _block(p: torch.Tensor, valid: torch.Tensor, out: Confidence, r0: int, r1: int) -> None:
+    c = p.shape[0]
+    tiny = torch.finfo(p.dtype).tiny
+    if c >= 2:
+        maxprob, classes = p.max(dim=0)
+        runner_up = p.scatter(0, classes[None], -math.inf).amax(dim=0)
+        gap = maxprob - runner_up
+    else:
+        maxprob, classes = p[0], torch.zeros_like(p[0], dtype=torch.long)
+        gap = maxprob.clone()
+    # Sigmoid (multi-label) outputs need not sum to 1: entropy is taken of q = p / Σp,
+    # H = −Σ q log₂ q = log₂ T − (Σ p log₂ p) / T with T = Σp (0 · log 0 = 0: p is clamped to tiny).
+    total = p.sum(dim=0).clamp_min(tiny)
+    p_log_p = p.clamp_min(tiny).log_().mul_(p).sum(dim=0)
+    entropy = total.log().sub_(p_log_p.div_(total)).div_(math.log(2.0)).clamp_(0.0, math.log2(max(c, 1)))
+    invalid = ~valid
+    out.classes[r0:r1] = classes.to(torch.uint8).masked_fill_(invalid, CLASS_NODATA)
+    out.maxprob[r0:r1] = maxprob.masked_fill(invalid, math.nan)
+    out.entropy[r0:r1] = entropy.masked_fill_(invalid, math.nan)
+    out.gap[r0:r1] = gap.masked_fill_(invalid, math.nan)

@@ -64,6 +64,8 @@ def creation_options(dtype: str, compress: str, categorical: bool, block: int = 
         "driver": "GTiff", "tiled": True, "blockxsize": block, "blockysize": block,
         "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS", "compress": compress,
     }
+    if compress == "ZSTD":
+        options["zstd_level"] = 1  # measured (docs/benchmarks.md): level 9 is 3× slower for <1 % smaller files
     if compress in ("ZSTD", "DEFLATE", "LZW") and not categorical:
         options["predictor"] = 3 if dtype == "float32" else 2
     return options
