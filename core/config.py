@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from .errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 #: ``auto``: continue an interrupted run when a journal for the same tile, model and
 #: settings exists, else start over (saying why in the log); ``require``: the same, but an
 #: error when there is nothing to resume (CLI ``--resume``); ``never``: discard any partial
@@ -43,6 +43,8 @@ class EngineConfig:
     compress: str = "ZSTD"
     preview_size: int = 1024
     resume: str = "auto"
+    #: float16 autocast around torch models on CUDA (outputs blended in float32); ignored elsewhere
+    half: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):
@@ -65,6 +67,8 @@ class EngineConfig:
             raise ConfigError(f"compress must be ZSTD, DEFLATE, LZW or NONE, got {self.compress!r}")
         if self.preview_size < 16:
             raise ConfigError(f"preview size must be at least 16 pixels, got {self.preview_size!r}")
+        if not isinstance(self.half, bool):
+            raise ConfigError(f"half must be True or False, got {self.half!r}")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
 

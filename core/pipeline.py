@@ -17,6 +17,7 @@ kept after errors too (``--no-resume`` discards it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -39,7 +40,7 @@ from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, jo
 from .journal import (Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release,
                       run_fields, unlock)
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
-from .models.base import SegmentationModel, check_output
+from .models.base import SegmentationModel, check_output, error_summary
 from .preview import PreviewBuilder
 from .reader import ChunkPixels, ChunkReader
 from .sentinel2 import BandSet, discover
@@ -87,6 +88,9 @@ class SegmentResult:
     class_stats: list[ClassStat] = field(default_factory=list)
     #: chunks taken from an interrupted run's journal instead of being computed again
     resumed_chunks: int = 0
+    #: patches per forward pass at the end of the run: smaller than the initial batch size
+    #: when the device ran out of memory (the batch is halved and retried)
+    batch_size_final: int = 0
 
 
 def segment(
@@ -119,9 +123,11 @@ def segment(
     if bandset.level and bandset.level not in card.levels:
         log(f"warning: model {card.name!r} was trained on {'/'.join(card.levels)} data but {bandset.source.name} is {bandset.level}; results may be poor")
     device = preloaded.device if preloaded is not None else pick_device(config.device)
+    if config.half and device.type != "cuda":
+        log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     chunk_size = _chunk_size(config, card, bandset, device, log)
     grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
-    batch_size = config.batch_size or (EngineConfig.GPU_BATCH_SIZE if device.type == "cuda" else EngineConfig.CPU_BATCH_SIZE)
+    batch_size = config.batch_size or (EngineConfig.CPU_BATCH_SIZE if device.type == "cpu" else EngineConfig.GPU_BATCH_SIZE)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
     preview_path = output_dir / "preview.png"
     report_path = output_dir / f"{bandset.name}_report.json"
@@ -160,6 +166,8 @@ def segment(
     log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes) on {device}; "
         f"tile {bandset.name} {bandset.width} × {bandset.height} px, {len(grid.chunks)} chunk(s) of {grid.chunk_size} px, batch {batch_size}")
     stats = run.execute(writer, journal, done)
+    if run.batch_size != batch_size:
+        log(f"finished with a batch of {run.batch_size} patches (started with {batch_size}): the device ran out of memory")
 
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     class_stats = _class_stats(card, stats, pixel_area)
@@ -173,7 +181,7 @@ def segment(
         tile_name=bandset.name, output_dir=output_dir, products=run.products, preview=preview_path, report=report_path,
         device=str(device), model_name=card.name, card=card, chunk_size=grid.chunk_size, n_chunks=len(grid.chunks),
         seconds=seconds, timings={**run.busy, "total": seconds}, valid_pixels=valid_pixels, pixel_area_m2=pixel_area,
-        class_stats=class_stats, resumed_chunks=len(done),
+        class_stats=class_stats, resumed_chunks=len(done), batch_size_final=run.batch_size,
     )
     try:
         _write_report(result, bandset, config, batch_size)
@@ -303,7 +311,9 @@ class _Run:
     def __init__(self, bandset: BandSet, card: ModelCard, model: SegmentationModel, grid: GridPlan, config: EngineConfig,
                  batch_size: int, output_dir: Path, progress: ProgressCallback | None, cancel: threading.Event, log: LogCallback):
         self.bandset, self.card, self.model, self.grid, self.config = bandset, card, model, grid, config
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # halved on out-of-memory, for the rest of the run
+        #: autocast to float16 around the model (torch models; ONNX Runtime ignores it)
+        self.half = config.half and model.device.type == "cuda"
         self.output_dir = output_dir
         self.cancel = cancel
         self.log = log
@@ -462,29 +472,55 @@ class _Run:
         canvas = DenseCanvas(chunk, p, self.card.num_classes, device) if self.card.output_kind == "dense" else None
         grid = torch.zeros((ny, nx, self.card.num_classes), dtype=torch.float32, device=device) if canvas is None else None
         windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]  # (B, ny, nx, P, P), a view
-        n_batches = math.ceil(len(todo) / self.batch_size)
-        for b in range(n_batches):
+        start, b = 0, 0  # first patch of the next batch, batches done
+        while start < len(todo):
             self._check()
-            ky, kx = todo[b * self.batch_size: (b + 1) * self.batch_size].T
-            batch = np.ascontiguousarray(windows[:, ky, kx].transpose(1, 0, 2, 3))
-            tensor = torch.from_numpy(batch)
-            if device.type == "cuda":
-                tensor = tensor.pin_memory().to(device, non_blocking=True)
-            try:
-                with torch.inference_mode():
-                    out = self.model.predict(self.normaliser(tensor))
-            except S2SegError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
+            ky, kx = todo[start: start + self.batch_size].T
+            out = self._predict(chunk, windows, ky, kx)
+            if out is None:  # out of memory: the same patches again, in a batch half as large
+                continue
             out = check_output(out, self.card, len(ky))
             if canvas is not None:
                 canvas.add(torch.as_tensor(ky), torch.as_tensor(kx), out)
             else:
                 grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
-            self._report((self._position[chunk.index] + (b + 1) / n_batches * 0.9) / n_chunks * 0.95,
-                         f"chunk {chunk.index + 1}/{n_chunks}: batch {b + 1}/{n_batches}")
+            start, b = start + len(ky), b + 1
+            n_batches = b + math.ceil((len(todo) - start) / self.batch_size)
+            self._report((self._position[chunk.index] + start / len(todo) * 0.9) / n_chunks * 0.95,
+                         f"chunk {chunk.index + 1}/{n_chunks}: batch {b}/{n_batches}")
         return canvas.result() if canvas is not None else grid
+
+    def _predict(self, chunk: Chunk, windows: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> torch.Tensor | None:
+        """The model's output for patches (ky, kx), or None after halving ``self.batch_size``
+        because the device ran out of memory (the caller retries the same patches)."""
+        device = self.model.device
+        batch = np.ascontiguousarray(windows[:, ky, kx].transpose(1, 0, 2, 3))
+        tensor = torch.from_numpy(batch)
+        if device.type == "cuda":
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            tensor = tensor.to(device)
+        try:
+            precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
+            with torch.inference_mode(), precision:
+                return self.model.predict(self.normaliser(tensor))
+        except S2SegError:
+            raise
+        except Exception as exc:
+            if not _out_of_memory(exc, device):
+                raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
+            message = error_summary(exc)
+        # Outside the except block: the exception (and the frames holding the batch) is released.
+        del tensor, batch
+        _empty_cache(device)
+        if self.batch_size == 1:
+            raise ModelError(f"model {self.card.name!r} ran out of memory on {device} (chunk {chunk.index + 1}) even with "
+                             f"a batch of 1 patch: {message}; free the device's memory or use --device cpu")
+        smaller = self.batch_size // 2
+        self.log(f"out of memory on {device} with a batch of {self.batch_size} patches: retrying with {smaller} "
+                 f"(kept for the rest of the run)")
+        self.batch_size = smaller
+        return None
 
     def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
         n_chunks = len(self.grid.chunks)
@@ -574,6 +610,23 @@ class _Normaliser:
         return x
 
 
+def _out_of_memory(error: BaseException, device: torch.device) -> bool:
+    """Did the device run out of memory? torch's CUDA OOM error always; on an accelerator also
+    a RuntimeError saying "out of memory" (cuDNN/cuBLAS, MPS). On the CPU a RuntimeError is a
+    model failure whatever its message: halving the batch would only hide it."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return device.type != "cpu" and isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _empty_cache(device: torch.device) -> None:
+    """Give the allocator's cached blocks back before retrying with a smaller batch."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
 def _patch_has_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndarray:
     """(ny, nx) bool: does patch (ky, kx) hold at least one valid pixel? Block-reduce, no loop."""
     blocks = valid.reshape(ny + 1, stride, nx + 1, stride).any(axis=(1, 3))
@@ -630,6 +683,7 @@ def _write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig,
         "model": result.card.to_dict(),
         "config": {**asdict(config), "chunk_size": result.chunk_size, "batch_size": batch_size},
         "device": result.device,
+        "batch_size_final": result.batch_size_final,
         "n_chunks": result.n_chunks,
         "resumed_chunks": result.resumed_chunks,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},

@@ -49,12 +49,23 @@ def check_output(output: torch.Tensor, card: ModelCard, batch_size: int) -> torc
     return output.float()
 
 
+def mps_available() -> bool:
+    """Apple-silicon GPU (Metal Performance Shaders) usable by torch."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def pick_device(requested: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` → CUDA when present, else MPS (Apple silicon), else CPU; ``cuda`` or ``mps``
+    without that device is an error."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' was requested but no CUDA GPU is available to torch; use --device auto or cpu")
+    if requested == "mps" and not mps_available():
+        raise ModelError("device 'mps' was requested but torch has no usable Apple-silicon GPU (MPS); use --device auto or cpu")
     return torch.device(requested)
 
 
