@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default="builtin", help="model name (see `s2seg models`), card .json, BigEarthNet v2 folder, .onnx or TorchScript .pt")
     seg.add_argument("--chunk-size", type=int, default=0, help="chunk edge in 10 m pixels (0 = automatic)")
     seg.add_argument("--batch-size", type=int, default=0, help="patches per forward pass (0 = automatic)")
-    seg.add_argument("--device", choices=DEVICES, default="auto")
+    seg.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA, else Apple MPS, else CPU")
+    seg.add_argument("--half", action="store_true", help="half-precision (float16 autocast) inference on CUDA; ignored elsewhere")
     seg.add_argument("--probs", action="store_true", help="also write per-class probabilities")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     resume = seg.add_mutually_exclusive_group()
@@ -82,7 +83,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .pipeline import segment
 
     config = EngineConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                          write_probs=args.probs, overwrite=args.overwrite, resume=args.resume)
+                          write_probs=args.probs, overwrite=args.overwrite, resume=args.resume, half=args.half)
     cancel = threading.Event()
     bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}", disable=args.quiet, file=sys.stderr)
 

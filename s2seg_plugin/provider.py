@@ -31,5 +31,7 @@ class S2SegProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         # Imported here so that loading the plugin stays cheap until Processing asks for algorithms.
         from ..algorithms.segment_tile import SegmentTileAlgorithm
+        from ..algorithms.segment_tiles import SegmentTilesAlgorithm
 
         self.addAlgorithm(SegmentTileAlgorithm())
+        self.addAlgorithm(SegmentTilesAlgorithm())

@@ -1,0 +1,323 @@
+"""Processing algorithm ``s2seg:segmenttiles``: many Sentinel-2 tiles, one Dask task each.
+
+The same runner as ``s2seg batch`` (:func:`s2seg.core.batch.run_batch`): every tile is
+segmented by the engine into ``OUTPUT_FOLDER/<tile name>/`` on a Dask local cluster,
+or on an existing cluster when SCHEDULER is given. Failed tiles are reported and the
+others go on; complete tiles are skipped on a re-run, interrupted ones resumed.
+
+The tiles are a multi-line string (one path, glob or ``@list.txt`` per line) plus an
+optional list file: ``QgsProcessingParameterMultipleLayers`` (type File) only adds files,
+and its "Add Directory…" adds the files *inside* a folder, so .SAFE folders could not be
+chosen; ``QgsProcessingParameterMatrix`` makes the user type every path into a table
+cell and has no model-input widget in the 3.22 modeler. A String is a model input type,
+can be fed by an expression or another algorithm's string output, and takes
+``INPUTS='a.SAFE;b.zip'`` in qgis_process and a Python list in ``processing.run``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputHtml,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..s2seg_plugin import ICON_PATH
+from ..s2seg_plugin.dependencies import missing_dependencies_message
+from .segment_tile import _FALLBACK_MODEL, DEVICES, model_names, model_spec
+
+
+def split_tiles(value: Any) -> list[str]:
+    """INPUTS as given: a list (Python), or text with one entry per line or separated by ``;``."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(";", "\n").splitlines()
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
+    """Segment many Sentinel-2 tiles, one Dask task per tile."""
+
+    INPUTS = "INPUTS"
+    TILE_LIST = "TILE_LIST"
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    CHUNK_SIZE = "CHUNK_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    WRITE_PROBS = "WRITE_PROBS"
+    OVERWRITE = "OVERWRITE"
+    SCHEDULER = "SCHEDULER"
+    WORKERS = "WORKERS"
+    THREADS_PER_WORKER = "THREADS_PER_WORKER"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    SUMMARY = "SUMMARY"
+    OK = "OK"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+
+    def tr(self, text: str) -> str:  # noqa: D102 - Qt convention
+        return QCoreApplication.translate("SegmentTilesAlgorithm", text)
+
+    def createInstance(self) -> "SegmentTilesAlgorithm":  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def name(self) -> str:
+        return "segmenttiles"
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Segment Sentinel-2 tiles (batch)")
+
+    def group(self) -> str:
+        return self.tr("Segmentation")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "segmentation"
+
+    def tags(self) -> list[str]:
+        return self.tr(
+            "sentinel,sentinel-2,s2,safe,land cover,landcover,classification,segmentation,batch,many tiles,"
+            "dask,distributed,cluster,deep learning,pytorch,uncertainty"
+        ).split(",")
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
+        return str(ICON_PATH)
+
+    def shortDescription(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr("Land cover and confidence rasters for many Sentinel-2 tiles, in parallel with Dask.")
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(
+            "<p>Runs <i>Segment Sentinel-2 tile</i> on many tiles at once, one Dask task per tile, on this "
+            "computer (a local cluster: one worker per GPU, or the CPU cores shared between workers) or on an "
+            "existing Dask cluster. A tile that fails is reported with its error and the others go on.</p>"
+            "<h3>Parameters</h3>"
+            "<p><b>Tiles</b>: one per line (or separated by <code>;</code>): .SAFE folders, .zip files, "
+            "IMG_DATA folders or folders of band files; wildcards such as <code>/data/s2/*.SAFE</code> are "
+            "expanded, and <code>@/path/list.txt</code> reads a list (one path or wildcard per line, relative "
+            "to the list's folder, # for comments).</p>"
+            "<p><b>Text file listing the tiles</b> (optional): the same as an @list line, with a file "
+            "browser.</p>"
+            "<p><b>Model</b>, <b>Model file or folder</b>, <b>Chunk size</b>, <b>Batch size</b>, <b>Device</b>, "
+            "<b>Write class probabilities</b>: as in <i>Segment Sentinel-2 tile</i>, for every tile.</p>"
+            "<p><b>Re-run tiles that are already complete</b>: by default a tile whose outputs are complete "
+            "(its report exists, same model and probability setting) is skipped, and a tile that was "
+            "interrupted continues where it stopped.</p>"
+            "<p><b>Dask scheduler address</b> (optional): e.g. <code>tcp://10.0.0.5:8786</code>. Its workers "
+            "must have s2seg and torch installed and see the tiles and the output folder at the same paths "
+            "(shared storage). Empty: a local cluster is started for this run and stopped afterwards.</p>"
+            "<p><b>Workers</b> / <b>Torch threads per worker</b> (local cluster; 0 = automatic).</p>"
+            "<p><b>Output folder</b>: each tile's products go to a sub-folder named after the tile.</p>"
+            "<h3>Outputs</h3>"
+            "<p><b>Batch summary</b> (s2seg_batch.html): one row per tile with its status, time, device, "
+            "output folder, report and preview; failed tiles with their error. <b>Tiles done / skipped / "
+            "failed</b>: counts, to test in a model.</p>"
+            "<p>The rasters are not loaded into the project (there may be hundreds); each is written with its "
+            ".qml style, so it opens styled.</p>"
+            "<p>qgis_process: <code>qgis_process run s2seg:segmenttiles -- INPUTS='/data/a.SAFE;/data/b.zip' "
+            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code></p>"
+        )
+
+    # --- parameters and outputs ---------------------------------------------------------------------
+    def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 - QGIS API
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.INPUTS,
+                self.tr("Tiles (one per line: .SAFE folder, .zip, band folder, wildcard or @list.txt)"),
+                multiLine=True,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.TILE_LIST,
+                self.tr("Text file listing the tiles (one per line)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=self.tr("Text files (*.txt *.lst *.csv);;All files (*.*)"),
+                optional=True,
+            )
+        )
+        models = model_names()
+        model = QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), options=models, defaultValue=models[0])
+        model.setUsesStaticStrings(True)
+        self.addParameter(model)
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL_FILE,
+                self.tr("Model file or folder (replaces Model)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=self.tr(
+                    "Models (*.json *.onnx *.pt *.pth *.ts *.torchscript *.safetensors);;All files (*.*)"
+                ),
+                optional=True,
+            )
+        )
+        for name, label in (
+            (self.CHUNK_SIZE, self.tr("Chunk size in 10 m pixels (0 = automatic)")),
+            (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
+        ):
+            self._add_advanced(QgsProcessingParameterNumber(
+                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
+            ))
+        device = QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto")
+        device.setUsesStaticStrings(True)
+        self._add_advanced(device)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.OVERWRITE, self.tr("Re-run tiles that are already complete"), defaultValue=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.SCHEDULER, self.tr("Dask scheduler address (empty = local cluster)"), optional=True
+            )
+        )
+        for name, label in (
+            (self.WORKERS, self.tr("Local cluster: workers (0 = automatic)")),
+            (self.THREADS_PER_WORKER, self.tr("Torch threads per worker (0 = automatic)")),
+        ):
+            self._add_advanced(QgsProcessingParameterNumber(
+                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
+            ))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+
+        self.addOutput(QgsProcessingOutputHtml(self.SUMMARY, self.tr("Batch summary")))
+        self.addOutput(QgsProcessingOutputNumber(self.OK, self.tr("Tiles done")))
+        self.addOutput(QgsProcessingOutputNumber(self.SKIPPED, self.tr("Tiles skipped (already complete)")))
+        self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Tiles failed")))
+
+    def _add_advanced(self, param: QgsProcessingParameterDefinition) -> None:
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
+    # --- running --------------------------------------------------------------------------------------
+    def _tiles(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        raw = parameters.get(self.INPUTS)
+        tiles = split_tiles(raw if isinstance(raw, (list, tuple)) else self.parameterAsString(parameters, self.INPUTS, context))
+        tile_list = self.parameterAsFile(parameters, self.TILE_LIST, context)
+        if tile_list:
+            tiles.append("@" + tile_list)
+        return tiles
+
+    def processAlgorithm(  # noqa: N802 - QGIS API
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        message = missing_dependencies_message()
+        if message:
+            raise QgsProcessingException(message)
+        try:
+            import distributed  # noqa: F401 - checked here so the message names what is missing
+        except ImportError as exc:
+            raise QgsProcessingException(self.tr(
+                "The batch algorithm needs Dask distributed in QGIS's Python ({}). Install it with: "
+                "{} -m pip install dask distributed"
+            ).format(exc, sys.executable)) from exc
+
+        from ..core.batch import FAILED, OK, SKIPPED, run_batch, summary_line, write_summary
+        from ..core.config import EngineConfig
+        from ..core.errors import S2SegError
+        from ..s2seg_plugin.dependencies import python_executable
+        from ..s2seg_plugin.feedback_bridge import EngineBridge
+        from ..s2seg_plugin.report import write_html_report
+        from ..s2seg_plugin.styling import Legend, write_qml_sidecars
+
+        tiles = self._tiles(parameters, context)
+        if not tiles:
+            raise QgsProcessingException(self.tr("No tiles given (parameters INPUTS or TILE_LIST)."))
+        model = model_spec(
+            self.parameterAsEnumString(parameters, self.MODEL, context) or _FALLBACK_MODEL,
+            self.parameterAsFile(parameters, self.MODEL_FILE, context),
+        )
+        output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
+        try:
+            config = EngineConfig(
+                chunk_size=self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+                write_probs=self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
+            )
+        except S2SegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(self.tr("Model: {}").format(model))
+        feedback.pushInfo(self.tr("Output folder: {}").format(output_dir))
+        feedback.pushInfo(self.tr("Dask: {}").format(scheduler or self.tr("local cluster")))
+
+        bridge = EngineBridge(feedback)
+
+        def on_tile(outcome: Any, done: int, total: int) -> None:
+            text = f"[{done}/{total}] {outcome.name}: {outcome.status}"
+            if outcome.status in (OK, SKIPPED):
+                text += f" ({outcome.seconds:.1f} s{', ' + outcome.device if outcome.device else ''})"
+            bridge.log(text)
+
+        # Inside QGIS sys.executable is the QGIS binary: local worker processes need a Python.
+        worker_python = None if Path(sys.executable).name.lower().startswith("python") else python_executable()
+        try:
+            result = bridge.run(
+                lambda progress, cancel, log: run_batch(
+                    tiles, output_dir, model=model, config=config, scheduler=scheduler,
+                    workers=self.parameterAsInt(parameters, self.WORKERS, context),
+                    threads_per_worker=self.parameterAsInt(parameters, self.THREADS_PER_WORKER, context),
+                    force=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
+                    progress=progress, log=log, cancel=cancel, on_tile=on_tile, worker_python=worker_python,
+                )
+            )
+        except S2SegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+        for outcome in result.outcomes:
+            if outcome.status == FAILED:
+                feedback.reportError(self.tr("{} failed: {}").format(outcome.name, outcome.message), False)
+            if outcome.status == OK and outcome.result is not None:
+                try:
+                    write_qml_sidecars({k: Path(p) for k, p in outcome.result.products.items()},
+                                       Legend.from_card(outcome.result.card))
+                    write_html_report(outcome.result)
+                except OSError as exc:
+                    feedback.reportError(self.tr("{}: cannot write its styles or report: {}").format(
+                        outcome.name, exc.strerror or exc), False)
+        try:
+            _, summary = write_summary(result, output_dir)  # again: it now links the tiles' HTML reports
+        except OSError as exc:
+            raise QgsProcessingException(
+                self.tr("Cannot write the batch summary in {}: {}").format(output_dir, exc.strerror or exc)
+            ) from exc
+        feedback.pushInfo(summary_line(result))
+        if result.cancelled:
+            raise QgsProcessingException(self.tr("Cancelled: {} of {} tile(s) done; run again to continue.").format(
+                result.count(OK) + result.count(SKIPPED), len(result.outcomes)))
+        if result.failed and not (result.count(OK) or result.count(SKIPPED)):
+            raise QgsProcessingException(self.tr("Every tile failed; the first: {}: {}").format(
+                result.failed[0].name, result.failed[0].message))
+        return {
+            self.OUTPUT_FOLDER: str(output_dir),
+            self.SUMMARY: str(summary),
+            self.OK: result.count(OK),
+            self.SKIPPED: result.count(SKIPPED),
+            self.FAILED: len(result.failed),
+        }
