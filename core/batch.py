@@ -390,7 +390,7 @@ def run_tile(job: TileJob, model: Any = "builtin", config: EngineConfig | None =
                 worker=str(getattr(worker, "address", "") or ""))
 
     def emit(payload: dict) -> None:
-        if worker is not None and topic and not os.environ.get("S2SEG_NOEMIT"):
+        if worker is not None and topic:
             try:
                 worker.log_event(topic, {"tile": job.name, **payload})
             except Exception:  # noqa: BLE001 - progress is best effort
@@ -480,8 +480,7 @@ def _prepare_worker(model: Any, torch_threads: int = 0) -> str:
 def _watch_cancel(name: str, cancel: threading.Event, stop: threading.Event) -> None:
     """Set ``cancel`` when the client sets the distributed Event ``name`` (polled, so engine threads stay free)."""
     from distributed import Event, get_client
-    if os.environ.get("S2SEG_NOWATCH"):
-        return
+
     client = get_client()
     event = Event(name, client=client)
 

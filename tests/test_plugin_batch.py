@@ -73,7 +73,7 @@ def scheduler() -> str:
     """An existing cluster reached by address (workers as threads of this process: instant start)."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
                       silence_logs=50) as cluster:
         yield cluster.scheduler_address
 
@@ -151,11 +151,17 @@ def test_no_tiles_and_bad_globs_raise(s2seg_provider, tmp_path):
         processing.run(ALG_ID, {"INPUTS": str(tmp_path / "*.SAFE"), "OUTPUT_FOLDER": str(tmp_path / "out")})
 
 
-def test_cancel(s2seg_provider, tiles, scheduler, tmp_path):
+def test_cancel(s2seg_provider, scheduler, tmp_path):
+    """Cancel at the first progress: queued tiles are dropped, running ones stop; the run raises."""
+    from s2seg.core.sample import write_sample_tile
+
+    many = [write_sample_tile(tmp_path / f"t{k}", size=240, seed=k) for k in range(6)]
+    out = tmp_path / "out"
     with pytest.raises(QgsProcessingException, match="[Cc]ancel"):
-        processing.run(ALG_ID, {"INPUTS": f"{tiles['good']};{tiles['broken']}", "SCHEDULER": scheduler,
-                                "CHUNK_SIZE": 120, "OUTPUT_FOLDER": str(tmp_path / "out")},
-                       feedback=CancelAtFirstProgress())
+        processing.run(ALG_ID, {"INPUTS": ";".join(map(str, many)), "SCHEDULER": scheduler,
+                                "CHUNK_SIZE": 120, "OUTPUT_FOLDER": str(out)}, feedback=CancelAtFirstProgress())
+    summary = json.loads((out / "s2seg_batch.json").read_text())
+    assert summary["counts"]["cancelled"] >= 1
 
 
 def test_graphical_model_feeds_tiles_from_a_string_input(s2seg_provider, tiles, scheduler, tmp_path):
