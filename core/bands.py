@@ -12,6 +12,7 @@ class Band:
     resolution: int  # metres
     wavelength_nm: int
     band_index: int  # position in the product metadata (band_id attribute, 0…12)
+    common_name: str  # STAC eo:common_name ("blue", "nir", "swir16" …), as models name their inputs
 
     @property
     def scale(self) -> int:
@@ -20,22 +21,23 @@ class Band:
 
 
 BANDS: tuple[Band, ...] = (
-    Band("B01", 60, 443, 0),
-    Band("B02", 10, 490, 1),
-    Band("B03", 10, 560, 2),
-    Band("B04", 10, 665, 3),
-    Band("B05", 20, 705, 4),
-    Band("B06", 20, 740, 5),
-    Band("B07", 20, 783, 6),
-    Band("B08", 10, 842, 7),
-    Band("B8A", 20, 865, 8),
-    Band("B09", 60, 945, 9),
-    Band("B10", 60, 1375, 10),
-    Band("B11", 20, 1610, 11),
-    Band("B12", 20, 2190, 12),
+    Band("B01", 60, 443, 0, "coastal"),
+    Band("B02", 10, 490, 1, "blue"),
+    Band("B03", 10, 560, 2, "green"),
+    Band("B04", 10, 665, 3, "red"),
+    Band("B05", 20, 705, 4, "rededge071"),
+    Band("B06", 20, 740, 5, "rededge075"),
+    Band("B07", 20, 783, 6, "rededge078"),
+    Band("B08", 10, 842, 7, "nir"),
+    Band("B8A", 20, 865, 8, "nir08"),
+    Band("B09", 60, 945, 9, "nir09"),
+    Band("B10", 60, 1375, 10, "cirrus"),
+    Band("B11", 20, 1610, 11, "swir16"),
+    Band("B12", 20, 2190, 12, "swir22"),
 )
 BAND_BY_ID: dict[str, Band] = {b.id: b for b in BANDS}
 BAND_IDS: tuple[str, ...] = tuple(b.id for b in BANDS)
+BAND_BY_COMMON_NAME: dict[str, Band] = {b.common_name: b for b in BANDS}
 #: Every band resolution is a divisor of this many 10 m pixels.
 RESOLUTION_LCM = 6
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .config import EngineConfig
 from .errors import Cancelled, ConfigError, InputError, OutputError, S2SegError
+from .preview import PREVIEW_SUFFIX
 
 OK, SKIPPED, FAILED, CANCELLED = "ok", "skipped", "failed", "cancelled"
 SUMMARY_JSON = "s2seg_batch.json"
@@ -889,8 +890,9 @@ def summary_html(result: BatchResult, output_root: Path) -> str:
             reports = sorted(folder.glob("*_report.html")) or sorted(folder.glob("*_report.json"))
             if reports:
                 links.append(link(reports[0], "report"))
-            if (folder / "preview.png").is_file():
-                links.append(link(folder / "preview.png", "preview"))
+            previews = sorted(folder.glob("*" + PREVIEW_SUFFIX))
+            if previews:
+                links.append(link(previews[0], "preview"))
         message = f'<div class="msg">{e(o.message)}</div>' if o.status in (FAILED, CANCELLED) and o.message else ""
         rows.append(
             f'<tr><td>{e(o.name)}{message}</td><td class="{e(o.status)}">{e(o.status)}</td>'

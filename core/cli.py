@@ -116,7 +116,7 @@ def _models(args: argparse.Namespace) -> int:
     from .models import available_cards
 
     for name, card in available_cards().items():
-        print(f"{name:24s} {card.format:11s} {card.output_kind:5s} {card.patch_size:4d} px  {card.num_classes:3d} classes  "
+        print(f"{name:24s} {card.format:11s} {card.output_kind:5s} {card.patch_size:4d} px {card.resolution:2d} m  {card.num_classes:3d} classes  "
               f"bands {','.join(card.bands)}  {card.description}")
     return 0
 

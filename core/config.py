@@ -28,6 +28,8 @@ class EngineConfig:
     #: 10 m pixels, an upper bound: grid.choose_chunk_size rounds it down to a multiple of
     #: lcm(6, stride, 16) (2400 for 120 px patches) so that output blocks never straddle chunks.
     PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520
+    #: Models coarser than 10 m take chunks this many times larger (see pipeline._auto_chunk_size).
+    COARSE_CHUNK_SCALE: ClassVar[int] = 2
     GPU_BATCH_SIZE: ClassVar[int] = 64
     CPU_BATCH_SIZE: ClassVar[int] = 16
     #: Upper bound of the per-chunk model output held for blending (dense models).

@@ -6,6 +6,14 @@ covered by exactly the two patches ``y // S - 1`` and ``y // S`` along each axis
 whatever the chunk size, and a chunk computes all patches touching its output
 window from a halo of ``S`` pixels (reflected outside the tile). That is what
 makes the outputs independent of the chunk size.
+
+A model whose pixel is ``f × f`` 10 m pixels (``f = resolution / 10``, e.g. 3 for a
+30 m model) has the same grid in its own pixels: patches of ``P`` model pixels at
+stride ``S``, i.e. ``P·f`` and ``S·f`` 10 m pixels. Its blended output is
+interpolated back to 10 m bilinearly, and that needs one model pixel beyond each
+edge of the chunk, which the next patch row/column out covers: such grids compute
+one more patch on each side of every chunk (:attr:`GridPlan.margin`), still on the
+global grid, so the outputs remain independent of the chunk size.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ class Chunk:
     ky1: int
     kx0: int
     kx1: int
+    #: patch stride in 10 m pixels
     stride: int
 
     @property
@@ -64,13 +73,22 @@ class GridPlan:
 
     height: int
     width: int
+    #: patch edge in model pixels
     patch_size: int
     chunk_size: int
     chunks: tuple[Chunk, ...]
+    #: 10 m pixels per model pixel along each axis
+    factor: int = 1
 
     @property
     def stride(self) -> int:
-        return self.patch_size // 2
+        """Patch stride in 10 m pixels."""
+        return self.patch_size // 2 * self.factor
+
+    @property
+    def margin(self) -> int:
+        """Extra patches computed beyond each side of a chunk (see the module docstring)."""
+        return 1 if self.factor > 1 else 0
 
     @property
     def n_patches(self) -> int:
@@ -86,17 +104,18 @@ MAX_BLOCK = 512
 MIN_ALIGNED_BLOCK = 64
 
 
-def chunk_unit(patch_size: int) -> int:
-    """Chunk sizes are multiples of lcm(6, stride): edges on every band's pixel grid and on the patch grid."""
-    return math.lcm(RESOLUTION_LCM, patch_size // 2)
+def chunk_unit(footprint: int) -> int:
+    """Chunk sizes are multiples of lcm(6, stride): edges on every band's pixel grid and on the patch grid
+    (and so on the model's pixel grid). ``footprint`` is the patch edge in 10 m pixels."""
+    return math.lcm(RESOLUTION_LCM, footprint // 2)
 
 
-def aligned_unit(patch_size: int) -> int:
+def aligned_unit(footprint: int) -> int:
     """lcm(chunk unit, 16): chunk sizes that are multiples of this can be cut into whole GeoTIFF blocks."""
-    return math.lcm(chunk_unit(patch_size), TIFF_BLOCK_MULTIPLE)
+    return math.lcm(chunk_unit(footprint), TIFF_BLOCK_MULTIPLE)
 
 
-def choose_chunk_size(preferred: int, patch_size: int, height: int, width: int) -> int:
+def choose_chunk_size(preferred: int, footprint: int, height: int, width: int) -> int:
     """The chunk size used when the user gives none.
 
     The largest multiple of :func:`aligned_unit` not above ``preferred`` (so that
@@ -107,8 +126,8 @@ def choose_chunk_size(preferred: int, patch_size: int, height: int, width: int) 
     not above it; at least one chunk unit; and no larger than needed to cover
     the tile in one chunk.
     """
-    unit = chunk_unit(patch_size)
-    aligned = aligned_unit(patch_size)
+    unit = chunk_unit(footprint)
+    aligned = aligned_unit(footprint)
     whole = math.ceil(max(height, width) / unit) * unit
     if preferred >= aligned:
         size = (preferred // aligned) * aligned
@@ -162,20 +181,26 @@ def journal_points(grid: "GridPlan", block: int) -> frozenset[int]:
     return frozenset(points)
 
 
-def plan(height: int, width: int, patch_size: int, chunk_size: int) -> GridPlan:
-    """Cut the tile into chunks of ``chunk_size`` (a multiple of :func:`chunk_unit`)."""
+def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int = 1) -> GridPlan:
+    """Cut the tile into chunks of ``chunk_size`` 10 m pixels (a multiple of :func:`chunk_unit`);
+    ``patch_size`` is in model pixels of ``factor × factor`` 10 m pixels."""
     if patch_size < 2 or patch_size % 2:
         raise ConfigError(f"patch size must be an even number of pixels, got {patch_size}")
-    if height < patch_size or width < patch_size:
-        raise ConfigError(f"the tile ({width} × {height} px) is smaller than one patch ({patch_size} px)")
-    unit = chunk_unit(patch_size)
+    if factor < 1:
+        raise ConfigError(f"the model pixel must be at least one 10 m pixel, got a factor of {factor}")
+    footprint = patch_size * factor
+    if height < footprint or width < footprint:
+        at = f" at {10 * factor} m = {footprint} px at 10 m" if factor > 1 else ""
+        raise ConfigError(f"the tile ({width} × {height} px) is smaller than one patch ({patch_size} px{at})")
+    unit = chunk_unit(footprint)
     if chunk_size <= 0 or chunk_size % unit:
         lower = max(unit, (chunk_size // unit) * unit)
         raise ConfigError(
             f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
-            f"the patch stride {patch_size // 2}); nearest valid: {lower} or {lower + unit}"
+            f"the patch stride {footprint // 2}); nearest valid: {lower} or {lower + unit}"
         )
-    stride = patch_size // 2
+    stride = footprint // 2
+    margin = 1 if factor > 1 else 0
     chunks = []
     for row0 in range(0, height, chunk_size):
         row1 = min(row0 + chunk_size, height)
@@ -184,12 +209,30 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int) -> GridPlan:
             chunks.append(
                 Chunk(
                     index=len(chunks), row0=row0, row1=row1, col0=col0, col1=col1,
-                    ky0=row0 // stride - 1, ky1=(row1 - 1) // stride + 1,
-                    kx0=col0 // stride - 1, kx1=(col1 - 1) // stride + 1,
+                    ky0=row0 // stride - 1 - margin, ky1=(row1 - 1) // stride + 1 + margin,
+                    kx0=col0 // stride - 1 - margin, kx1=(col1 - 1) // stride + 1 + margin,
                     stride=stride,
                 )
             )
-    return GridPlan(height, width, patch_size, chunk_size, tuple(chunks))
+    return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor)
+
+
+def model_chunk(chunk: Chunk, factor: int) -> Chunk:
+    """``chunk`` in model pixels, for a model whose pixel is ``factor × factor`` 10 m pixels.
+
+    Same patches; the output window grows by one model pixel on each side (the
+    neighbours that bilinear interpolation back to 10 m needs at the chunk's edges;
+    see :func:`.resample.to_10m`). With ``factor == 1`` it is ``chunk`` itself.
+    """
+    if factor == 1:
+        return chunk
+    return Chunk(
+        index=chunk.index,
+        row0=chunk.row0 // factor - 1, row1=-(-chunk.row1 // factor) + 1,
+        col0=chunk.col0 // factor - 1, col1=-(-chunk.col1 // factor) + 1,
+        ky0=chunk.ky0, ky1=chunk.ky1, kx0=chunk.kx0, kx1=chunk.kx1,
+        stride=chunk.stride // factor,
+    )
 
 
 def _last_patch(n: int, stride: int) -> int:

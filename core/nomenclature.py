@@ -1,7 +1,8 @@
-"""The 19-class BigEarthNet v2 nomenclature: the single source of class names and colours.
+"""Class nomenclatures: the single source of class names and colours.
 
-Names are in the alphabetical order used by the BigEarthNet v2 (reBEN) models;
-colours are the CORINE Land Cover legend colours.
+BigEarthNet-19: names in the alphabetical order used by the BigEarthNet v2 (reBEN)
+models, colours of the CORINE Land Cover legend. Cloud/shadow: the classes of the
+ukis-csmask models in their output order (0 background, 1 cloud, 2 cloud shadow).
 """
 from __future__ import annotations
 
@@ -51,11 +52,22 @@ _BIGEARTHNET19 = (
     ("Urban fabric", "#E6004D"),
 )
 
-BIGEARTHNET19: tuple[LandCoverClass, ...] = tuple(
-    LandCoverClass(i, name, colour) for i, (name, colour) in enumerate(_BIGEARTHNET19)
+
+
+def _nomenclature(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[LandCoverClass, ...], tuple[str, ...], tuple[str, ...]]:
+    """(name, colour) pairs → the classes, their names and their colours, in order."""
+    classes = tuple(LandCoverClass(i, name, colour) for i, (name, colour) in enumerate(pairs))
+    return classes, tuple(c.name for c in classes), tuple(c.colour for c in classes)
+
+
+BIGEARTHNET19, BIGEARTHNET19_NAMES, BIGEARTHNET19_COLOURS = _nomenclature(_BIGEARTHNET19)
+
+_CLOUD_SHADOW = (
+    ("Clear", "#7FB069"),  # the model's "background": neither cloud nor shadow
+    ("Cloud", "#FFFFFF"),
+    ("Cloud shadow", "#4D4D66"),
 )
-BIGEARTHNET19_NAMES: tuple[str, ...] = tuple(c.name for c in BIGEARTHNET19)
-BIGEARTHNET19_COLOURS: tuple[str, ...] = tuple(c.colour for c in BIGEARTHNET19)
+CLOUD_SHADOW, CLOUD_SHADOW_NAMES, CLOUD_SHADOW_COLOURS = _nomenclature(_CLOUD_SHADOW)
 
 
 def class_index(name: str) -> int:

@@ -36,13 +36,14 @@ from . import __version__
 from .blend import DenseCanvas, blend_patch_level
 from .config import EngineConfig
 from .errors import Cancelled, ModelError, OutputError, S2SegError
-from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan
+from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, model_chunk, plan
 from .journal import (Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release,
                       run_fields, unlock)
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
 from .models.base import SegmentationModel, check_output, error_summary
-from .preview import PreviewBuilder
+from .preview import PreviewBuilder, preview_name
 from .reader import ChunkPixels, ChunkReader
+from .resample import to_10m
 from .sentinel2 import BandSet, discover
 from .uncertainty import LOW_GAP, confidence
 from .writer import PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_path, product_paths, release_frames
@@ -126,10 +127,10 @@ def segment(
     if config.half and device.type != "cuda":
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     chunk_size = _chunk_size(config, card, bandset, device, log)
-    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
+    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
     batch_size = config.batch_size or (EngineConfig.CPU_BATCH_SIZE if device.type == "cpu" else EngineConfig.GPU_BATCH_SIZE)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
-    preview_path = output_dir / "preview.png"
+    preview_path = output_dir / preview_name(bandset.name)
     report_path = output_dir / f"{bandset.name}_report.json"
     check_output_folder(output_dir, {**paths, "preview": preview_path, "report": report_path}, config.overwrite)
 
@@ -138,7 +139,7 @@ def segment(
         rows = math.lcm(block, grid.chunk_size) // grid.chunk_size
         log(f"note: output blocks ({block} px) straddle chunks of {grid.chunk_size} px, so finished chunks are saved "
             f"for resume every {rows} chunk row(s) only; a chunk size that is a multiple of "
-            f"{math.lcm(chunk_unit(card.patch_size), 16)} px avoids this")
+            f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
                         compress=config.compress, block=block)
     key = digest(fields)
@@ -163,7 +164,7 @@ def segment(
         else:
             release(jpath, lock_fd)
         raise
-    log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes) on {device}; "
+    log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes, {card.resolution} m) on {device}; "
         f"tile {bandset.name} {bandset.width} × {bandset.height} px, {len(grid.chunks)} chunk(s) of {grid.chunk_size} px, batch {batch_size}")
     stats = run.execute(writer, journal, done)
     if run.batch_size != batch_size:
@@ -195,7 +196,7 @@ def _chunk_size(config: EngineConfig, card: ModelCard, bandset: BandSet, device:
     (even when it is not a multiple of the chunk unit) processes the tile as one chunk."""
     if not config.chunk_size:
         return _auto_chunk_size(card, bandset, device)
-    unit = chunk_unit(card.patch_size)
+    unit = chunk_unit(card.footprint)
     extent = max(bandset.height, bandset.width)
     whole = math.ceil(extent / unit) * unit
     if config.chunk_size >= extent and config.chunk_size != whole:
@@ -276,13 +277,16 @@ def _open_outputs(run: "_Run", paths: dict[str, Path], block: int, done: dict[in
 
 def _auto_chunk_size(card: ModelCard, bandset: BandSet, device: torch.device) -> int:
     """The preferred chunk size, reduced for dense models so their per-chunk outputs fit the budget."""
-    preferred = EngineConfig.PREFERRED_CHUNK_SIZE
+    f = card.pixel_factor
+    # A coarser model computes one more patch beyond each side of a chunk (grid.model_chunk):
+    # larger chunks keep that share small; the 10 m reads of one band at a time bound the memory.
+    preferred = EngineConfig.PREFERRED_CHUNK_SIZE * (1 if f == 1 else EngineConfig.COARSE_CHUNK_SCALE)
     if card.output_kind == "dense":
-        # A dense chunk is a (C, chunk², float32) canvas, and up to four are alive at once (being
-        # inferred, two queued, being written): the budget bounds those four together.
-        per_pixel = 4 * card.num_classes * 4
+        # A dense chunk is a (C, chunk², float32) canvas on the model grid, and up to four are alive
+        # at once (being inferred, two queued, being written): the budget bounds those four together.
+        per_pixel = 4 * card.num_classes * 4 / f**2
         preferred = min(preferred, int(math.sqrt(EngineConfig.DENSE_OUTPUT_BUDGET_BYTES / per_pixel)))
-    return choose_chunk_size(preferred, card.patch_size, bandset.height, bandset.width)
+    return choose_chunk_size(preferred, card.footprint, bandset.height, bandset.width)
 
 
 class _Failure:
@@ -441,7 +445,8 @@ class _Run:
 
     # --- stages -----------------------------------------------------------------------
     def _read_stage(self, todo: list[Chunk], out_q: queue.Queue) -> None:
-        with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads) as reader:
+        with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads,
+                         self.card.pixel_factor) as reader:
             for chunk in todo:  # journaled chunks are not even read
                 self._check()
                 t0 = time.perf_counter()
@@ -457,7 +462,7 @@ class _Run:
             t0 = time.perf_counter()
             grid = self._infer_chunk(chunk, pixels, n_chunks)
             self.busy["inference"] += time.perf_counter() - t0
-            self._put(out_q, (chunk, pixels.valid, grid))
+            self._put(out_q, (chunk, pixels.output_valid, grid))
         self._put(out_q, _END)
 
     def _infer_chunk(self, chunk: Chunk, pixels: ChunkPixels, n_chunks: int) -> torch.Tensor | None:
@@ -469,7 +474,8 @@ class _Run:
         device = self.model.device
         # Dense outputs are blended as batches arrive (a canvas 4× smaller than the patch grid);
         # patch-level outputs are tiny and blended by the writer.
-        canvas = DenseCanvas(chunk, p, self.card.num_classes, device) if self.card.output_kind == "dense" else None
+        window = model_chunk(chunk, self.card.pixel_factor)
+        canvas = DenseCanvas(window, p, self.card.num_classes, device) if self.card.output_kind == "dense" else None
         grid = torch.zeros((ny, nx, self.card.num_classes), dtype=torch.float32, device=device) if canvas is None else None
         windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]  # (B, ny, nx, P, P), a view
         start, b = 0, 0  # first patch of the next batch, batches done
@@ -524,23 +530,29 @@ class _Run:
 
     def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
         n_chunks = len(self.grid.chunks)
-        s = self.card.stride
+        f = self.card.pixel_factor
         pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
         while (item := self._get(in_q)) is not _END:
             chunk, valid_region, grid = item
             t0 = time.perf_counter()
-            # The input region starts one stride above/left of the output window.
-            valid = valid_region[s: s + chunk.height, s: s + chunk.width]
+            # The input region starts (1 + margin) strides above/left of the output window.
+            top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
+            valid = valid_region[top: top + chunk.height, left: left + chunk.width]
             if grid is None:
                 stats = self._write_nodata(writer, chunk)
             else:
                 acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=grid.device)
                 # Dense chunks arrive blended, (C, h, w); patch-level ones as the (ny, nx, C) grid.
                 dense = grid if self.card.output_kind == "dense" else None
+                window = model_chunk(chunk, f)
+                if f > 1 and dense is None:  # the model's grid is small: blend it whole
+                    dense = blend_patch_level(grid, window, self.card.patch_size)
                 for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
                     self._check()
                     r1 = min(r0 + STRIP_ROWS, chunk.row1)
-                    if dense is None:
+                    if f > 1:
+                        probs = to_10m(dense, window, f, (r0, r1), (chunk.col0, chunk.col1))
+                    elif dense is None:
                         probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
                     else:
                         probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]

@@ -12,6 +12,13 @@ from .nomenclature import hex_to_rgb
 from .uncertainty import CLASS_NODATA
 
 NODATA_RGB = (0, 0, 0)
+#: ``<tile>_preview.png``: the tile's name keeps previews of several tiles in one folder apart.
+PREVIEW_SUFFIX = "_preview.png"
+
+
+def preview_name(tile_name: str) -> str:
+    """File name of the preview of ``tile_name``."""
+    return tile_name + PREVIEW_SUFFIX
 
 
 class PreviewBuilder:

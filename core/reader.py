@@ -5,7 +5,9 @@ Each band is read by geographic position, not by assuming exact nesting of the
 native pixel): the centre of every 10 m pixel is mapped into the band's own
 grid, and the band is sampled there (nearest or bilinear). Pixels outside the
 tile are filled by symmetric reflection in 10 m coordinates, so a chunk's halo
-holds exactly the pixels a larger chunk would have read.
+holds exactly the pixels a larger chunk would have read. For a model coarser than
+10 m the region is then averaged into the model's pixels (:func:`.resample.block_mean`),
+band by band, so only one band's 10 m values are held at a time per read thread.
 """
 from __future__ import annotations
 
@@ -20,20 +22,28 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .grid import reflect_indices
+from .resample import block_mean
 from .sentinel2 import BandFile, BandSet
 
 
 @dataclass
 class ChunkPixels:
-    """Band values of one chunk's input region on the 10 m grid.
+    """Band values of one chunk's input region on the model's grid.
 
-    ``data`` holds the product's digital numbers (uint16 for nearest resampling,
-    float32 for bilinear) as ``(bands, rows, cols)``; ``valid`` is False where any
-    band is 0 (nodata).
+    ``data`` holds the product's digital numbers as ``(bands, rows, cols)``: on the
+    10 m grid uint16 for nearest resampling, float32 for bilinear; on a coarser
+    model grid float32 block means. ``valid`` (model grid) is False where any band
+    is 0 (nodata) — for a coarser model, where its whole block is. ``output_valid``
+    is the 10 m mask of the same region (``valid`` itself on the 10 m grid).
     """
 
     data: np.ndarray
     valid: np.ndarray
+    output_valid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_valid is None:
+            self.output_valid = self.valid
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,15 @@ class _Sampling:
 
 
 class ChunkReader:
-    """Reads ``band_ids`` of ``bandset`` for any 10 m region, bands in parallel (GDAL releases the GIL)."""
+    """Reads ``band_ids`` of ``bandset`` for any 10 m region, bands in parallel (GDAL releases the GIL),
+    onto the grid of a model whose pixel is ``factor × factor`` 10 m pixels."""
 
-    def __init__(self, bandset: BandSet, band_ids: Sequence[str], model_name: str, resampling: str = "nearest", threads: int = 4):
+    def __init__(self, bandset: BandSet, band_ids: Sequence[str], model_name: str, resampling: str = "nearest",
+                 threads: int = 4, factor: int = 1):
         self.bandset = bandset
         self.files: list[BandFile] = bandset.require(band_ids, model_name)
         self.resampling = resampling
+        self.factor = factor
         self._datasets = [None] * len(self.files)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.files))), thread_name_prefix="s2seg-read")
 
@@ -72,21 +85,27 @@ class ChunkReader:
         self.close()
 
     def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> ChunkPixels:
-        """Read 10 m rows ``[rows[0], rows[1])`` × cols ``[cols[0], cols[1])`` (may exceed the tile)."""
+        """Read 10 m rows ``[rows[0], rows[1])`` × cols ``[cols[0], cols[1])`` (may exceed the tile;
+        with a ``factor`` above 1 both spans must be multiples of it)."""
         ref = self.bandset.reference
         row_idx = reflect_indices(rows[0], rows[1], ref.height)
         col_idx = reflect_indices(cols[0], cols[1], ref.width)
         # Centres of those 10 m pixels in map coordinates.
         ys = ref.transform.f + (row_idx + 0.5) * ref.transform.e
         xs = ref.transform.c + (col_idx + 0.5) * ref.transform.a
+        f = self.factor
+        if f > 1 and (len(row_idx) % f or len(col_idx) % f):
+            raise ValueError(f"region {rows} × {cols} does not split into {f} × {f} blocks")
         results = list(self._pool.map(lambda i: self._read_band(i, ys, xs), range(len(self.files))))
-        dtype = np.uint16 if self.resampling == "nearest" else np.float32
-        data = np.empty((len(results), len(row_idx), len(col_idx)), dtype=dtype)
+        dtype = np.uint16 if self.resampling == "nearest" and f == 1 else np.float32
+        data = np.empty((len(results), len(row_idx) // f, len(col_idx) // f), dtype=dtype)
         valid = np.ones((len(row_idx), len(col_idx)), dtype=bool)
         for i, (values, band_valid) in enumerate(results):
             data[i] = values
             valid &= band_valid
-        return ChunkPixels(data, valid)
+        if f == 1:
+            return ChunkPixels(data, valid)
+        return ChunkPixels(data, valid.reshape(len(row_idx) // f, f, len(col_idx) // f, f).any(axis=(1, 3)), valid)
 
     def _dataset(self, i: int):
         if self._datasets[i] is None:
@@ -97,6 +116,13 @@ class ChunkReader:
         return self._datasets[i]
 
     def _read_band(self, i: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Band ``i`` on the model grid and its 10 m validity."""
+        values, valid = self._read_band_10m(i, ys, xs)
+        if self.factor > 1:
+            values = block_mean(values, valid, self.factor)[0]
+        return values, valid
+
+    def _read_band_10m(self, i: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         band = self.files[i]
         t = band.transform
         rows = _sampling((ys - t.f) / t.e, band.height)

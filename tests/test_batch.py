@@ -194,7 +194,7 @@ def test_summary_files(first_run):
     assert summary["counts"] == {OK: 2, SKIPPED: 0, FAILED: 1, CANCELLED: 0}
     assert [t["status"] for t in summary["tiles"]] == [OK, OK, FAILED]
     page = (out / batch.SUMMARY_HTML).read_text()
-    assert page.count("<tr>") == 4 and "B03" in page and "preview.png" in page
+    assert page.count("<tr>") == 4 and "B03" in page and "_preview.png" in page
 
 
 def test_rerun_skips_complete_tiles_and_exits_1_for_the_broken_one(first_run, tiles, scheduler, capsys):

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s2seg.core.errors import ConfigError
-from s2seg.core.grid import block_size, chunk_unit, choose_chunk_size, plan, reflect_indices
+from s2seg.core.grid import block_size, chunk_unit, choose_chunk_size, model_chunk, plan, reflect_indices
 
 
 def test_chunk_unit_is_lcm_of_band_scale_and_stride():
@@ -37,6 +37,22 @@ def test_plan_rejects_bad_chunk_sizes_with_the_nearest_valid(bad):
 def test_plan_rejects_tile_smaller_than_patch():
     with pytest.raises(ConfigError, match="smaller than one patch"):
         plan(100, 600, 120, 60)
+
+
+def test_coarse_model_grid_adds_one_patch_beyond_each_chunk_edge():
+    """A 30 m model with 256 px patches: stride 384 px at 10 m, chunk unit lcm(6, 384) = 384."""
+    assert chunk_unit(256 * 3) == 384
+    grid = plan(10980, 10980, 256, 4992, factor=3)
+    assert grid.stride == 384 and grid.margin == 1 and len(grid.chunks) == 9
+    first, second = grid.chunks[0], grid.chunks[1]
+    assert (first.ky0, first.ky1, first.kx0, first.kx1) == (-2, 14, -2, 14)
+    assert (second.kx0, second.kx1) == (11, 27)  # 4992 / 384 = 13: patches 12 … 25, and 11, 26 beyond
+    assert first.input_rows == (-768, 5760)
+    window = model_chunk(second, 3)
+    assert (window.row0, window.row1, window.col0, window.col1, window.stride) == (-1, 1665, 1663, 3329, 128)
+    assert model_chunk(first, 1) is first
+    with pytest.raises(ConfigError, match=r"smaller than one patch \(256 px at 30 m = 768 px at 10 m\)"):
+        plan(700, 700, 256, 384, factor=3)
 
 
 def test_reflect_indices_symmetric():

@@ -55,7 +55,8 @@ def test_valid_card_and_derived_values():
         ({"activation": "relu"}, r"activation must be one of sigmoid, softmax, none"),
         ({"input_scale": "toa"}, r"input_scale must be one of dn, reflectance"),
         ({"resampling": "cubic"}, r"resampling must be one of nearest, bilinear"),
-        ({"resolution": 20}, r"only 10 m models are supported, got resolution 20"),
+        ({"resolution": 25}, r"resolution must be a multiple of 10 m from 10 to 60 m .*got 25"),
+        ({"resolution": 120}, r"resolution must be a multiple of 10 m from 10 to 60 m .*got 120"),
         ({"levels": ["L3"]}, r"levels must be a non-empty subset"),
     ],
 )

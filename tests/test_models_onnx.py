@@ -168,7 +168,7 @@ def test_card_that_does_not_fit_the_model_fails_at_load(dense_file):
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        ({"resolution": 50}, r"resolution 50 cm/px is 0.5 m; s2seg runs 10 m models only"),
+        ({"resolution": 50}, r"resolution 50 cm/px is 0.5 m; s2seg runs models at 10, 20 … 60 m"),
         ({"model_type": "Detector"}, r"model_type 'Detector' is not supported"),
         ({"class_names": "water"}, r"class_names must be a JSON object or list"),
     ],

@@ -22,10 +22,10 @@ FLOATS = ("maxprob", "entropy", "gap")
 class SpectralPatchModel:
     """A patch-level model: class scores from the patch's mean normalised band values."""
 
-    def __init__(self, fail_on_call=None, classes=5):
-        self.card = ModelCard(name="patch-test", format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=60,
+    def __init__(self, fail_on_call=None, classes=5, patch_size=60, resolution=10):
+        self.card = ModelCard(name="patch-test", format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=patch_size,
                               class_names=BIGEARTHNET19_NAMES[:classes], class_colours=BIGEARTHNET19_COLOURS[:classes],
-                              output_kind="patch", activation="softmax", input_scale="reflectance")
+                              output_kind="patch", activation="softmax", input_scale="reflectance", resolution=resolution)
         self.device = torch.device("cpu")
         torch.manual_seed(0)
         self.weights = torch.randn(4, classes) * 20
@@ -39,6 +39,24 @@ class SpectralPatchModel:
         if self.fail_on_call == self.calls:
             raise RuntimeError("simulated CUDA out of memory")
         return apply_activation(batch.mean(dim=(2, 3)) @ self.weights, "softmax")
+
+
+class ConvDenseModel:
+    """A dense model: a fixed random 3 × 3 convolution and a softmax, at any resolution."""
+
+    def __init__(self, resolution=30, patch_size=20, classes=4):
+        self.card = ModelCard(name=f"dense-{resolution}m", format="builtin", bands=("B02", "B04", "B08", "B11"),
+                              patch_size=patch_size, class_names=BIGEARTHNET19_NAMES[:classes],
+                              class_colours=BIGEARTHNET19_COLOURS[:classes], output_kind="dense", activation="softmax",
+                              input_scale="reflectance", mean=(0.05,) * 4, std=(0.03,) * 4, resolution=resolution)
+        self.device = torch.device("cpu")
+        generator = torch.Generator().manual_seed(1)
+        self.weights = torch.randn((classes, 4, 3, 3), generator=generator)
+        self.inputs = []
+
+    def predict(self, batch):
+        self.inputs.append(batch.clone())
+        return apply_activation(torch.nn.functional.conv2d(batch, self.weights, padding=1), "softmax")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +109,45 @@ def test_outputs_do_not_depend_on_chunk_size(tile, tmp_path, make_model):
     assert np.array_equal(read(outs[0]["class"]), read(outs[1]["class"]))
     for key in FLOATS:
         np.testing.assert_allclose(read(outs[0][key]), read(outs[1][key]), atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("make_model", [ConvDenseModel, lambda: SpectralPatchModel(patch_size=20, resolution=20)],
+                         ids=["dense-30m", "patch-20m"])
+def test_coarse_model_outputs_do_not_depend_on_chunk_size(tile, tmp_path, make_model):
+    """A 20/30 m model: chunks average 10 m blocks, run the model's grid and interpolate back to 10 m;
+    one more patch beyond each chunk edge makes the result the same for any chunking."""
+    outs = []
+    for chunk_size in (120, 360):
+        result = segment(tile, tmp_path / str(chunk_size), model=make_model(), config=EngineConfig(chunk_size=chunk_size))
+        assert result.n_chunks == (9 if chunk_size == 120 else 1)
+        outs.append(result.products)
+    classes = read(outs[0]["class"], 1)
+    assert classes.shape == (360, 360) and np.array_equal(classes, read(outs[1]["class"], 1))
+    assert len(np.unique(classes[classes != 255])) >= 2
+    for key in FLOATS:
+        np.testing.assert_allclose(read(outs[0][key]), read(outs[1][key]), atol=1e-5, equal_nan=True)
+    # Interpolated, not blocky: block-constant values (nearest) would change at most at every 2nd/3rd pixel.
+    maxprob = read(outs[0]["maxprob"], 1)[:120, 180:300]  # clear of the nodata corner
+    assert np.isfinite(maxprob).all() and (np.abs(np.diff(maxprob, axis=1)) > 1e-6).mean() > 0.6
+
+
+def test_coarse_model_sees_block_means_of_the_10m_bands(tmp_path):
+    tile = write_sample_tile(tmp_path / "tile", size=360, seed=2, level="L2A")
+    model = ConvDenseModel(resolution=30, patch_size=20)
+    segment(tile, tmp_path / "out", model=model, config=EngineConfig(chunk_size=360))
+    batch = torch.cat(model.inputs)
+    assert batch.shape[1:] == (4, 20, 20)
+    # Patch (ky, kx) = (0, 0) starts at 10 m pixel 0: its model pixels are 3 × 3 means of the bands.
+    from s2seg.core.sentinel2 import discover
+
+    bandset = discover(tile)
+    with rasterio.open(bandset.files["B02"].path) as ds:
+        blue = ds.read(1, window=((0, 60), (0, 60))).astype(np.float64)
+    means = blue.reshape(20, 3, 20, 3).mean(axis=(1, 3))
+    expected = ((means + bandset.offset("B02")) * 1e-4 - 0.05) / 0.03
+    # Patches arrive in row-major order from ky = kx = -2 (margin): (0, 0) is number 2·n + 2 of n per row.
+    n = 360 // 30 + 1 + 2
+    np.testing.assert_allclose(batch[2 * n + 2, 0].numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_nodata_only_patches_are_not_sent_to_the_model(tmp_path):

@@ -70,3 +70,20 @@ def test_zero_in_any_band_is_nodata(tmp_path):
     with ChunkReader(discover(tmp_path), ["B02", "B11"], "test") as reader:
         px = reader.read((0, 120), (0, 120))
     assert not px.valid[5, 7] and px.valid.sum() == 120 * 120 - 1
+
+
+def test_coarse_model_grid_gets_block_means_and_keeps_the_10m_mask(tmp_path):
+    b02, b11 = _tile(tmp_path)
+    b02[5, 7] = 0  # nodata in one 10 m pixel
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0))
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test", factor=3) as coarse, \
+            ChunkReader(discover(tmp_path), ["B02", "B11"], "test") as fine:
+        px = coarse.read((-6, 114), (0, 120))
+        ref = fine.read((-6, 114), (0, 120))
+    assert px.data.shape == (2, 40, 40) and px.data.dtype == np.float32
+    assert np.array_equal(px.output_valid, ref.valid) and px.valid.shape == (40, 40) and px.valid.all()
+    for band in range(2):
+        values = ref.data[band].astype(np.float64)
+        valid = values != 0
+        sums = np.where(valid, values, 0).reshape(40, 3, 40, 3).sum(axis=(1, 3))
+        np.testing.assert_allclose(px.data[band], sums / valid.reshape(40, 3, 40, 3).sum(axis=(1, 3)), rtol=1e-6)

@@ -181,7 +181,7 @@ def test_kill_9_mid_tile_then_resume_gives_identical_products(tile, cli_model, c
     report = json.loads((out / f"{TILE_NAME}_report.json").read_text())
     assert report["resumed_chunks"] == journaled
     assert report["classes"] == expected_report["classes"]  # statistics exactly as uninterrupted
-    assert (out / "preview.png").read_bytes() == reference.preview.read_bytes()
+    assert (out / f"{TILE_NAME}_preview.png").read_bytes() == reference.preview.read_bytes()
     parts, finished = partial_state(out)
     assert parts == [] and not list(out.glob(f"*{SUFFIX}*"))
 

@@ -21,4 +21,4 @@ echo "[demo] segmenting $TILE with the built-in model → $OUT"
 echo
 echo "[demo] products:"
 ls -1 "$OUT" | sed 's/^/    /'
-echo "[demo] open $OUT/preview.png for the colour map with its legend, or load the .tif files in QGIS."
+echo "[demo] open $(ls "$OUT"/*_preview.png) for the colour map with its legend, or load the .tif files in QGIS."

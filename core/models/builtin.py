@@ -20,8 +20,9 @@ import functools
 
 import torch
 
-from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES, class_index
+from ..nomenclature import BIGEARTHNET19_NAMES, class_index
 from .base import apply_activation
+from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS  # noqa: F401 - the card belongs to this model
 from .card import ModelCard
 
 _FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water")
@@ -52,23 +53,6 @@ _PROTOTYPES = (
 )
 _OPEN_WATER_WINDOW = 31  # pixels (310 m): extent over which "open water" is measured
 
-BUILTIN_CARD = ModelCard(
-    name="builtin",
-    format="builtin",
-    bands=("B03", "B04", "B08", "B11"),
-    patch_size=120,
-    class_names=BIGEARTHNET19_NAMES,
-    class_colours=BIGEARTHNET19_COLOURS,
-    output_kind="dense",
-    activation="softmax",
-    input_scale="reflectance",
-    resampling="bilinear",
-    levels=("L1C", "L2A"),
-    description="Spectral-index prototype classifier (NDVI, MNDWI, NDBI, brightness, open-water extent); no weights needed.",
-    licence="GPL-2.0-or-later (part of s2seg)",
-    source="s2seg built-in",
-)
-BUILTIN_CARDS = {BUILTIN_CARD.name: BUILTIN_CARD}
 
 
 class SpectralPrototypeNet(torch.nn.Module):

@@ -23,6 +23,10 @@ RESAMPLINGS = ("nearest", "bilinear")
 #: "reflectance": the same divided by 10000.
 INPUT_SCALES = {"dn": 1.0, "reflectance": 1e-4}
 LEVELS = ("L1C", "L2A")
+#: The tile's pixel (m): outputs are always written on the 10 m grid.
+BASE_RESOLUTION = 10
+#: Coarsest model pixel accepted (the 60 m bands' resolution).
+MAX_RESOLUTION = 60
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class ModelCard:
     class_colours: tuple[str, ...]
     output_kind: str = "patch"
     activation: str = "softmax"
+    #: metres per model pixel, a multiple of 10: a 30 m model sees 3 × 3 blocks of 10 m pixels
+    #: (averaged), and its outputs are interpolated back onto the 10 m grid
     resolution: int = 10
     input_scale: str = "dn"
     mean: tuple[float, ...] = ()
@@ -75,8 +81,10 @@ class ModelCard:
             raise ModelError(f"{who}: bands contain duplicates: {list(self.bands)}")
         if not isinstance(self.patch_size, int) or self.patch_size < 12 or self.patch_size % 2:
             raise ModelError(f"{who}: patch_size must be an even number of pixels ≥ 12, got {self.patch_size!r}")
-        if self.resolution != 10:
-            raise ModelError(f"{who}: only 10 m models are supported, got resolution {self.resolution!r}")
+        if (isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < BASE_RESOLUTION
+                or self.resolution % BASE_RESOLUTION or self.resolution > MAX_RESOLUTION):
+            raise ModelError(f"{who}: resolution must be a multiple of {BASE_RESOLUTION} m from {BASE_RESOLUTION} to "
+                             f"{MAX_RESOLUTION} m (the model's pixel is a whole block of 10 m pixels), got {self.resolution!r}")
         if not self.class_names:
             raise ModelError(f"{who}: class_names is empty")
         if len(self.class_names) > 255:
@@ -116,6 +124,16 @@ class ModelCard:
     @property
     def stride(self) -> int:
         return self.patch_size // 2
+
+    @property
+    def pixel_factor(self) -> int:
+        """10 m pixels per model pixel along each axis (3 for a 30 m model)."""
+        return self.resolution // BASE_RESOLUTION
+
+    @property
+    def footprint(self) -> int:
+        """Edge of one patch in 10 m pixels."""
+        return self.patch_size * self.pixel_factor
 
     @property
     def scale_factor(self) -> float:

@@ -32,7 +32,7 @@ import torch
 from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
-from .card import ModelCard
+from .card import BASE_RESOLUTION, MAX_RESOLUTION, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,13 @@ def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
             metres = float(meta["resolution"]) / CM_PER_METRE
         except (TypeError, ValueError):
             raise ModelError(f"ONNX model {path}: resolution must be a number of cm/px, got {meta['resolution']!r}") from None
-        if abs(metres - 10) > 1e-6:
+        whole = round(metres)
+        if abs(metres - whole) > 1e-6 or whole < BASE_RESOLUTION or whole % BASE_RESOLUTION or whole > MAX_RESOLUTION:
             raise ModelError(
-                f"ONNX model {path}: metadata resolution {meta['resolution']} cm/px is {metres:g} m; "
-                "s2seg runs 10 m models only (resolution 1000)"
+                f"ONNX model {path}: metadata resolution {meta['resolution']} cm/px is {metres:g} m; s2seg runs models "
+                f"at {BASE_RESOLUTION}, {2 * BASE_RESOLUTION} … {MAX_RESOLUTION} m (resolution 1000, 2000 … 6000)"
             )
-        fields["resolution"] = 10
+        fields["resolution"] = whole
     shape = session.get_inputs()[0].shape
     if "tile_size" in meta:
         fields["patch_size"] = meta["tile_size"]

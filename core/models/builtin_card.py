@@ -1,0 +1,24 @@
+"""The card of the built-in model (:mod:`.builtin`), importable without torch: the model list
+of the QGIS dialog and ``s2seg models`` read it without loading the engine."""
+from __future__ import annotations
+
+from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
+from .card import ModelCard
+
+BUILTIN_CARD = ModelCard(
+    name="builtin",
+    format="builtin",
+    bands=("B03", "B04", "B08", "B11"),
+    patch_size=120,
+    class_names=BIGEARTHNET19_NAMES,
+    class_colours=BIGEARTHNET19_COLOURS,
+    output_kind="dense",
+    activation="softmax",
+    input_scale="reflectance",
+    resampling="bilinear",
+    levels=("L1C", "L2A"),
+    description="Spectral-index prototype classifier (NDVI, MNDWI, NDBI, brightness, open-water extent); no weights needed.",
+    licence="GPL-2.0-or-later (part of s2seg)",
+    source="s2seg built-in",
+)
+BUILTIN_CARDS = {BUILTIN_CARD.name: BUILTIN_CARD}

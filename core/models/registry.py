@@ -1,0 +1,81 @@
+"""Which models exist and what a model spec means: names, card files, model folders/files.
+
+Importing this module imports no torch: listing and resolving cards (the QGIS dialog's
+model list, ``s2seg models``) stays fast. Loaders are imported only to derive a card
+from a model file's own metadata.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import ModelError
+from . import csmask
+from .builtin_card import BUILTIN_CARDS
+from .card import ModelCard
+
+#: format → module (relative to this package) that offers ``load(card, device)``.
+LOADERS = {
+    "builtin": ".builtin",
+    "ben-v2": ".ben_v2",
+    "torchscript": ".torchscript_model",
+    "onnx": ".onnx_model",
+}
+DEFAULT_MODEL = "builtin"
+#: Cards shipped with the plugin (small models and cards of well-known checkpoints).
+SHIPPED_CARDS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
+
+
+def loader(fmt: str):
+    """The module that loads models of format ``fmt`` (imports torch)."""
+    try:
+        return importlib.import_module(LOADERS[fmt], __package__)
+    except KeyError:
+        raise ModelError(f"no loader for model format {fmt!r}") from None
+
+
+def available_cards() -> dict[str, ModelCard]:
+    """Built-in cards, the ukis-csmask cloud models when installed, and the cards shipped in
+    ``resources/models``, by name."""
+    cards = {**BUILTIN_CARDS, **csmask.cards()}
+    if SHIPPED_CARDS_DIR.is_dir():
+        for path in sorted(SHIPPED_CARDS_DIR.glob("*.card.json")):
+            card = ModelCard.load(path)
+            cards.setdefault(card.name, card)
+    return cards
+
+
+def sidecar_card_path(model_path: Path) -> Path | None:
+    """``model.onnx`` → ``model.card.json`` (or ``model.onnx.card.json``) when present."""
+    for candidate in (model_path.with_suffix(".card.json"), model_path.with_name(model_path.name + ".card.json")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_card(spec: str | Path | ModelCard) -> ModelCard:
+    """Turn a name, card file or model folder/file into a validated :class:`ModelCard`."""
+    if isinstance(spec, ModelCard):
+        return spec
+    text = str(spec)
+    cards = available_cards()
+    if text in cards:
+        return cards[text]
+    path = Path(text).expanduser()
+    if not path.exists():
+        hint = csmask.missing_message(text)
+        if hint:
+            raise ModelError(hint)
+        raise ModelError(f"model {text!r} is neither a known model name ({', '.join(sorted(cards))}) nor an existing file or folder")
+    if path.is_file() and path.name.endswith(".json"):
+        return ModelCard.load(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return loader("ben-v2").card_from_folder(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return loader("onnx").card_from_file(path)
+    if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript"):
+        return loader("torchscript").card_from_file(path)
+    raise ModelError(
+        f"cannot tell what kind of model {path} is: expected a card .json, a BigEarthNet v2 folder "
+        "(config.json + model.safetensors), an .onnx file or a TorchScript .pt file with a sidecar card"
+    )

@@ -1,0 +1,59 @@
+"""Between the tile's 10 m grid and a coarser model grid (a model pixel = ``f × f`` 10 m pixels).
+
+Down: each model pixel is the mean of the valid 10 m pixels of its block (area
+averaging, as a GIS "average" warp does), so nodata never drags values down.
+Up: probabilities are interpolated bilinearly at the 10 m pixel centres; a convex
+combination of probability vectors is one, so the confidence products stay
+well defined, and class edges follow the interpolated probabilities instead of
+showing the model's blocks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .grid import Chunk
+
+
+def block_mean(values: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means of the valid pixels of each ``factor × factor`` block of ``values (h, w)``.
+
+    ``h`` and ``w`` must be multiples of ``factor``. Returns float32 means (0 where a
+    block holds no valid pixel) and the blocks that hold at least one.
+    """
+    h, w = values.shape
+    if h % factor or w % factor:
+        raise ValueError(f"a {h} × {w} region does not split into {factor} × {factor} blocks")
+    shape = (h // factor, factor, w // factor, factor)
+    sums = np.where(valid, values, 0).astype(np.float32, copy=False).reshape(shape).sum(axis=(1, 3), dtype=np.float32)
+    counts = valid.reshape(shape).sum(axis=(1, 3), dtype=np.int32)
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return means, counts > 0
+
+
+def _axis(start: int, stop: int, first: int, factor: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For 10 m pixels ``start … stop-1``: the lower model pixel (relative to ``first``) and the
+    weight of the upper one. The centre of 10 m pixel ``y`` is at ``(y + ½) / f − ½`` in model
+    pixel-centre coordinates."""
+    position = (torch.arange(start, stop, dtype=torch.float64, device=device) + 0.5) / factor - 0.5 - first
+    lower = torch.floor(position)
+    return lower.long(), (position - lower).float()
+
+
+def to_10m(probs: torch.Tensor, window: Chunk, factor: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """Bilinear interpolation of model-grid ``probs (C, h, w)`` onto 10 m rows/cols (global).
+
+    ``probs`` covers the model pixels ``window.row0 … window.row1-1`` ×
+    ``window.col0 … window.col1-1`` (a :func:`.grid.model_chunk`), which must include
+    one model pixel beyond the requested 10 m region on each side. Separable: along
+    rows (two model rows per output row), then along columns.
+    """
+    device = probs.device
+    r_lo, r_w = _axis(rows[0], rows[1], window.row0, factor, device)
+    c_lo, c_w = _axis(cols[0], cols[1], window.col0, factor, device)
+    if int(r_lo.min()) < 0 or int(r_lo.max()) + 1 >= probs.shape[1] or int(c_lo.min()) < 0 or int(c_lo.max()) + 1 >= probs.shape[2]:
+        raise ValueError(f"model window {window} does not surround 10 m rows {rows} × cols {cols}")
+    r_w = r_w.view(1, -1, 1)
+    along_rows = probs[:, r_lo] * (1 - r_w) + probs[:, r_lo + 1] * r_w  # (C, rows, w)
+    c_w = c_w.view(1, 1, -1)
+    return along_rows[:, :, c_lo] * (1 - c_w) + along_rows[:, :, c_lo + 1] * c_w

@@ -1,0 +1,50 @@
+"""Moving between the 10 m grid and a coarser model grid."""
+import numpy as np
+import pytest
+import torch
+
+from s2seg.core.grid import model_chunk, plan
+from s2seg.core.resample import block_mean, to_10m
+
+
+def test_block_mean_averages_valid_pixels_only():
+    values = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    valid = np.ones((6, 6), dtype=bool)
+    valid[0, 0] = False  # one invalid pixel in the first block
+    valid[3:, 3:] = False  # a whole block invalid
+    means, any_valid = block_mean(values, valid, 3)
+    assert means.dtype == np.float32 and means.shape == (2, 2)
+    assert means[0, 0] == pytest.approx((values[:3, :3].sum() - values[0, 0]) / 8)
+    assert means[0, 1] == pytest.approx(values[:3, 3:].mean())
+    assert means[1, 1] == 0 and any_valid.tolist() == [[True, True], [True, False]]
+
+
+def test_block_mean_refuses_ragged_regions():
+    with pytest.raises(ValueError, match=r"a 5 × 6 region does not split into 3 × 3 blocks"):
+        block_mean(np.zeros((5, 6)), np.ones((5, 6), bool), 3)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_to_10m_reproduces_linear_fields_and_keeps_sums(factor):
+    """Bilinear interpolation is exact on a linear field, and a convex combination: class sums stay 1."""
+    grid = plan(360, 360, 20, 120 if factor < 6 else 360, factor)
+    chunk = grid.chunks[-1]
+    window = model_chunk(chunk, factor)
+    rows = torch.arange(window.row0, window.row1, dtype=torch.float64)[:, None]
+    cols = torch.arange(window.col0, window.col1, dtype=torch.float64)[None, :]
+    # Model pixel centre (r, c) in 10 m coordinates: (r + ½)·f; a field linear in those coordinates.
+    field = (0.3 * (rows + 0.5) * factor + 0.7 * (cols + 0.5) * factor).float()
+    probs = torch.stack([field / 1000, 1 - field / 1000])
+    out = to_10m(probs, window, factor, (chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
+    y = torch.arange(chunk.row0, chunk.row1, dtype=torch.float64)[:, None] + 0.5
+    x = torch.arange(chunk.col0, chunk.col1, dtype=torch.float64)[None, :] + 0.5
+    np.testing.assert_allclose(out[0].numpy() * 1000, (0.3 * y + 0.7 * x).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out.sum(0).numpy(), 1, atol=1e-6)
+
+
+def test_to_10m_needs_the_surrounding_model_pixels():
+    chunk = plan(360, 360, 20, 120, 3).chunks[4]
+    window = model_chunk(chunk, 3)
+    probs = torch.zeros((2, window.row1 - window.row0, window.col1 - window.col0))
+    with pytest.raises(ValueError, match="does not surround"):
+        to_10m(probs[:, 1:], window, 3, (chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
