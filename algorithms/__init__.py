@@ -1,1 +1,2 @@
-"""s2seg Processing algorithms, one ``QgsProcessingAlgorithm`` per module."""
+"""s2seg Processing algorithms, one ``QgsProcessingAlgorithm`` per module; :mod:`.common` holds what they
+share (base class, engine parameters, their ``EngineConfig``)."""

@@ -14,55 +14,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsMessageLog,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingUtils,
-    Qgis,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
-from ..s2seg_plugin import ICON_PATH
-from ..s2seg_plugin.dependencies import missing_dependencies_message
-
-#: Used only when the engine cannot be imported (torch missing): the provider must still load,
-#: and the algorithm then stops at its first line with the install command.
-_FALLBACK_MODEL = "builtin"
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: BigEarthNet v2 checkpoints are folders; the file dialog can only pick files, so picking
-#: one of these files inside the folder selects the folder.
-_BEN_FOLDER_FILES = ("config.json", "model.safetensors")
-
-
-def model_names() -> list[str]:
-    """Names of the built-in and shipped models, the default first.
-
-    Never raises: without torch (or with a broken shipped card) the provider
-    must still load, so fall back to the default name and log why.
-    """
-    try:
-        from ..core.models import DEFAULT_MODEL, available_cards
-
-        names = sorted(available_cards())
-    except Exception as exc:  # noqa: BLE001 - ImportError without torch, S2SegError on a bad card
-        QgsMessageLog.logMessage(f"s2seg: model list unavailable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
-        return [_FALLBACK_MODEL]
-    if DEFAULT_MODEL in names:
-        names.remove(DEFAULT_MODEL)
-        names.insert(0, DEFAULT_MODEL)
-    return names or [DEFAULT_MODEL]
+from .common import S2SegAlgorithm
 
 
 def is_model_child_step(context: QgsProcessingContext) -> bool:
@@ -74,27 +37,10 @@ def is_model_child_step(context: QgsProcessingContext) -> bool:
     return any(scope.name() == "algorithm_inputs" for scope in context.expressionContext().scopes())
 
 
-def model_spec(name: str, model_file: str) -> str:
-    """What to pass to the engine as ``model``: the file/folder when given, else the built-in name."""
-    if not model_file:
-        return name
-    path = Path(model_file)
-    if path.is_file() and path.name in _BEN_FOLDER_FILES:
-        return str(path.parent)
-    return str(path)
-
-
-class SegmentTileAlgorithm(QgsProcessingAlgorithm):
+class SegmentTileAlgorithm(S2SegAlgorithm):
     """Segment a Sentinel-2 tile into land cover with per-pixel confidence."""
 
     INPUT = "INPUT"
-    MODEL = "MODEL"
-    MODEL_FILE = "MODEL_FILE"
-    CHUNK_SIZE = "CHUNK_SIZE"
-    BATCH_SIZE = "BATCH_SIZE"
-    DEVICE = "DEVICE"
-    WRITE_PROBS = "WRITE_PROBS"
-    OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     CLASS = "CLASS"
     MAXPROB = "MAXPROB"
@@ -107,35 +53,17 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
     #: Output name → engine product key.
     RASTER_OUTPUTS = {CLASS: "class", MAXPROB: "maxprob", ENTROPY: "entropy", GAP: "gap", PROBS: "probs"}
 
-    def tr(self, text: str) -> str:  # noqa: D102 - Qt convention
-        return QCoreApplication.translate("SegmentTileAlgorithm", text)
-
-    def createInstance(self) -> "SegmentTileAlgorithm":  # noqa: N802 - QGIS API
-        return type(self)()
-
     def name(self) -> str:
         return "segmenttile"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Segment Sentinel-2 tile")
 
-    def group(self) -> str:
-        return self.tr("Segmentation")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "segmentation"
-
     def tags(self) -> list[str]:
         return self.tr(
             "sentinel,sentinel-2,s2,safe,land cover,landcover,classification,segmentation,"
             "deep learning,pytorch,uncertainty,confidence,entropy,corine,bigearthnet"
         ).split(",")
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
-        return str(ICON_PATH)
 
     def shortDescription(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Land cover and confidence rasters for a whole Sentinel-2 tile.")
@@ -144,22 +72,14 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
         return self.tr(
             "<p>Classifies every 10 m pixel of a Sentinel-2 tile into land-cover classes with a deep-learning "
             "model and tells you how sure the model is. The tile is processed in chunks, so memory stays bounded "
-            "whatever its size; a CUDA GPU is used when PyTorch sees one.</p>"
+            "whatever its size; a GPU is used when PyTorch sees one.</p>"
             "<h3>Parameters</h3>"
             "<p><b>Sentinel-2 tile</b>: a .SAFE folder (Level-1C or Level-2A), the .zip it came in (type or paste "
             "its path), the IMG_DATA folder of a granule, or a folder holding one file per band "
             "(…_B02.jp2, …_B03.tif …). Bands are recognised by name; the processing-baseline offset is applied.</p>"
-            "<p><b>Model</b>: a model shipped with the plugin. <i>builtin</i> needs no download.</p>"
-            "<p><b>Model file or folder</b> (optional, replaces Model): a model card (.json), an ONNX model, a "
-            "TorchScript model with its card, or a BigEarthNet v2 checkpoint folder (config.json + "
-            "model.safetensors — selecting its config.json selects the folder).</p>"
-            "<p><b>Chunk size</b>: side, in 10 m pixels, of the square block read and classified at once; "
-            "0 lets s2seg choose one that keeps memory bounded. The result does not depend on it.</p>"
-            "<p><b>Batch size</b>: patches sent to the model at once; 0 chooses (larger on a GPU).</p>"
-            "<p><b>Device</b>: auto uses a CUDA GPU when available, else the CPU.</p>"
-            "<p><b>Write class probabilities</b>: also write one band per class (a large file).</p>"
+        ) + self.engine_parameters_help() + self.resume_help() + self.tr(
             "<p><b>Output folder</b>: where the files below are written, named after the tile; "
-            "existing files of the same tile are replaced.</p>"
+            "existing files of the same tile are replaced. Several tiles can share one folder.</p>"
             "<h3>Outputs</h3>"
             "<p><b>Land cover</b> (…_class.tif): the most likely class of each pixel, with the class colours and "
             "names embedded; 255 = no data.</p>"
@@ -173,15 +93,16 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
             "about 0.1 the pixel sits on a decision boundary between two classes: the map may as well have said "
             "the runner-up. Check these areas first.</p>"
             "<p><b>Class probabilities</b> (…_probs.tif, optional): one band per class, band names = class names.</p>"
-            "<p><b>Preview</b> (preview.png): a quick-look of the map with its legend.</p>"
+            "<p><b>Preview</b> (…_preview.png): a quick-look of the map with its legend.</p>"
             "<p><b>Report</b> (…_report.html, opens from the Results Viewer): per class its area in km², its share "
             "of the valid area, its mean max probability and the share of its pixels with a gap below 0.1; "
             "plus device, model, timings and the preview.</p>"
             "<p>In QGIS the rasters load styled (class colours; red = uncertain on the confidence layers) in a "
             "group named after the tile. A .qml style next to each raster restores that styling when the file is "
             "opened later.</p>"
-            "<p>In scripts and qgis_process give MODEL and DEVICE by name, not by number, e.g. "
-            "<code>qgis_process run s2seg:segmenttile -- INPUT=… MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=…</code></p>"
+            "<p>In scripts and qgis_process give MODEL, DEVICE and RESUME by name, not by number, e.g. "
+            "<code>qgis_process run s2seg:segmenttile -- INPUT=… MODEL=builtin DEVICE=cpu RESUME=auto "
+            "OUTPUT_FOLDER=…</code></p>"
         )
 
     # --- parameters and outputs ---------------------------------------------------------------------
@@ -193,40 +114,9 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
                 behavior=QgsProcessingParameterFile.Folder,
             )
         )
-        models = model_names()
-        model = QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), options=models, defaultValue=models[0])
-        # Names, not indexes, in scripts and qgis_process (MODEL=builtin): the list depends on what is installed.
-        model.setUsesStaticStrings(True)
-        self.addParameter(model)
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL_FILE,
-                self.tr("Model file or folder (replaces Model)"),
-                behavior=QgsProcessingParameterFile.File,
-                fileFilter=self.tr(
-                    "Models (*.json *.onnx *.pt *.pth *.ts *.torchscript *.safetensors);;All files (*.*)"
-                ),
-                optional=True,
-            )
-        )
-        for name, label in (
-            (self.CHUNK_SIZE, self.tr("Chunk size in 10 m pixels (0 = automatic)")),
-            (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
-        ):
-            param = QgsProcessingParameterNumber(
-                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
-            )
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
-        device = QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto")
-        device.setUsesStaticStrings(True)
-        device.setFlags(device.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(device)
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
-            )
-        )
+        self.add_model_parameters()
+        self.add_engine_parameters()
+        self.add_resume_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
 
         self.addOutput(QgsProcessingOutputRasterLayer(self.CLASS, self.tr("Land cover")))
@@ -238,25 +128,11 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputHtml(self.REPORT, self.tr("Segmentation report")))
 
     # --- running --------------------------------------------------------------------------------------
-    def _engine_config(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
-        from ..core.config import EngineConfig
-
-        return EngineConfig(
-            chunk_size=self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            write_probs=self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
-            # Processing's convention: the user chose the destination, so results replace older ones.
-            overwrite=True,
-        )
-
     def processAlgorithm(  # noqa: N802 - QGIS API
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         # First thing, before importing the engine: a missing torch is reported with the command that fixes it.
-        message = missing_dependencies_message()
-        if message:
-            raise QgsProcessingException(message)
+        self.check_dependencies()
 
         from ..core.errors import Cancelled, S2SegError
         from ..core.pipeline import segment
@@ -267,17 +143,13 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
         tile = self.parameterAsFile(parameters, self.INPUT, context)
         if not tile:
             raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT)."))
-        model = model_spec(
-            self.parameterAsEnumString(parameters, self.MODEL, context) or _FALLBACK_MODEL,
-            self.parameterAsFile(parameters, self.MODEL_FILE, context),
-        )
+        model = self.model_parameter(parameters, context)
+        # Processing's convention: the user chose the destination, so results replace older ones.
+        config = self.engine_config(parameters, context, overwrite=True)
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         try:
-            config = self._engine_config(parameters, context)
             output_dir.mkdir(parents=True, exist_ok=True)
-        except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         except OSError as exc:
             raise QgsProcessingException(
                 self.tr("Cannot create the output folder {}: {}").format(output_dir, exc.strerror or exc)
@@ -304,6 +176,12 @@ class SegmentTileAlgorithm(QgsProcessingAlgorithm):
                 result.tile_name, result.model_name, result.device, result.seconds, result.n_chunks, result.chunk_size
             )
         )
+        if result.resumed_chunks:
+            feedback.pushInfo(
+                self.tr("Resumed an interrupted run: {} of {} chunk(s) were already written.").format(
+                    result.resumed_chunks, result.n_chunks
+                )
+            )
         legend = Legend.from_card(result.card)
         products = {key: Path(path) for key, path in result.products.items()}
         write_qml_sidecars(products, legend)

@@ -20,26 +20,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-from qgis.PyQt.QtGui import QIcon
 
-from ..s2seg_plugin import ICON_PATH
-from ..s2seg_plugin.dependencies import missing_dependencies_message
-from .segment_tile import _FALLBACK_MODEL, DEVICES, model_names, model_spec
+from .common import S2SegAlgorithm
 
 
 def split_tiles(value: Any) -> list[str]:
@@ -50,33 +42,20 @@ def split_tiles(value: Any) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
-class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
+class SegmentTilesAlgorithm(S2SegAlgorithm):
     """Segment many Sentinel-2 tiles, one Dask task per tile."""
 
     INPUTS = "INPUTS"
     TILE_LIST = "TILE_LIST"
-    MODEL = "MODEL"
-    MODEL_FILE = "MODEL_FILE"
-    CHUNK_SIZE = "CHUNK_SIZE"
-    BATCH_SIZE = "BATCH_SIZE"
-    DEVICE = "DEVICE"
-    WRITE_PROBS = "WRITE_PROBS"
     OVERWRITE = "OVERWRITE"
     SCHEDULER = "SCHEDULER"
     WORKERS = "WORKERS"
     THREADS_PER_WORKER = "THREADS_PER_WORKER"
-    OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     SUMMARY = "SUMMARY"
     OK = "OK"
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
-
-    def tr(self, text: str) -> str:  # noqa: D102 - Qt convention
-        return QCoreApplication.translate("SegmentTilesAlgorithm", text)
-
-    def createInstance(self) -> "SegmentTilesAlgorithm":  # noqa: N802 - QGIS API
-        return type(self)()
 
     def name(self) -> str:
         return "segmenttiles"
@@ -84,23 +63,11 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Segment Sentinel-2 tiles (batch)")
 
-    def group(self) -> str:
-        return self.tr("Segmentation")
-
-    def groupId(self) -> str:  # noqa: N802 - QGIS API
-        return "segmentation"
-
     def tags(self) -> list[str]:
         return self.tr(
             "sentinel,sentinel-2,s2,safe,land cover,landcover,classification,segmentation,batch,many tiles,"
             "dask,distributed,cluster,deep learning,pytorch,uncertainty"
         ).split(",")
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON_PATH))
-
-    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
-        return str(ICON_PATH)
 
     def shortDescription(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Land cover and confidence rasters for many Sentinel-2 tiles, in parallel with Dask.")
@@ -117,11 +84,13 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
             "to the list's folder, # for comments).</p>"
             "<p><b>Text file listing the tiles</b> (optional): the same as an @list line, with a file "
             "browser.</p>"
-            "<p><b>Model</b>, <b>Model file or folder</b>, <b>Chunk size</b>, <b>Batch size</b>, <b>Device</b>, "
-            "<b>Write class probabilities</b>: as in <i>Segment Sentinel-2 tile</i>, for every tile.</p>"
+            "<p>The model and engine settings below apply to every tile.</p>"
+        ) + self.engine_parameters_help() + self.tr(
             "<p><b>Re-run tiles that are already complete</b>: by default a tile whose outputs are complete "
-            "(its report exists, same model and probability setting) is skipped, and a tile that was "
-            "interrupted continues where it stopped.</p>"
+            "(its report exists, same model and probability setting) is skipped.</p>"
+        ) + self.resume_help() + self.tr(
+            "<p>Resume applies to each tile that is not skipped, in its own sub-folder; with <i>require</i> a "
+            "tile with nothing to resume fails and the others go on.</p>"
             "<p><b>Dask scheduler address</b> (optional): e.g. <code>tcp://10.0.0.5:8786</code>. Its workers "
             "must have s2seg and torch installed and see the tiles and the output folder at the same paths "
             "(shared storage). Empty: a local cluster is started for this run and stopped afterwards.</p>"
@@ -134,7 +103,7 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
             "<p>The rasters are not loaded into the project (there may be hundreds); each is written with its "
             ".qml style, so it opens styled.</p>"
             "<p>qgis_process: <code>qgis_process run s2seg:segmenttiles -- INPUTS='/data/a.SAFE;/data/b.zip' "
-            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code></p>"
+            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code> (MODEL, DEVICE and RESUME by name)</p>"
         )
 
     # --- parameters and outputs ---------------------------------------------------------------------
@@ -156,63 +125,27 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
-        models = model_names()
-        model = QgsProcessingParameterEnum(self.MODEL, self.tr("Model"), options=models, defaultValue=models[0])
-        model.setUsesStaticStrings(True)
-        self.addParameter(model)
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL_FILE,
-                self.tr("Model file or folder (replaces Model)"),
-                behavior=QgsProcessingParameterFile.File,
-                fileFilter=self.tr(
-                    "Models (*.json *.onnx *.pt *.pth *.ts *.torchscript *.safetensors);;All files (*.*)"
-                ),
-                optional=True,
-            )
-        )
-        for name, label in (
-            (self.CHUNK_SIZE, self.tr("Chunk size in 10 m pixels (0 = automatic)")),
-            (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
-        ):
-            self._add_advanced(QgsProcessingParameterNumber(
-                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
-            ))
-        device = QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto")
-        device.setUsesStaticStrings(True)
-        self._add_advanced(device)
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
-            )
-        )
+        self.add_model_parameters()
+        self.add_engine_parameters()
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.OVERWRITE, self.tr("Re-run tiles that are already complete"), defaultValue=False
             )
         )
+        self.add_resume_parameter()
         self.addParameter(
             QgsProcessingParameterString(
                 self.SCHEDULER, self.tr("Dask scheduler address (empty = local cluster)"), optional=True
             )
         )
-        for name, label in (
-            (self.WORKERS, self.tr("Local cluster: workers (0 = automatic)")),
-            (self.THREADS_PER_WORKER, self.tr("Torch threads per worker (0 = automatic)")),
-        ):
-            self._add_advanced(QgsProcessingParameterNumber(
-                name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0
-            ))
+        self.add_count_parameter(self.WORKERS, self.tr("Local cluster: workers (0 = automatic)"))
+        self.add_count_parameter(self.THREADS_PER_WORKER, self.tr("Torch threads per worker (0 = automatic)"))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
 
         self.addOutput(QgsProcessingOutputHtml(self.SUMMARY, self.tr("Batch summary")))
         self.addOutput(QgsProcessingOutputNumber(self.OK, self.tr("Tiles done")))
         self.addOutput(QgsProcessingOutputNumber(self.SKIPPED, self.tr("Tiles skipped (already complete)")))
         self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Tiles failed")))
-
-    def _add_advanced(self, param: QgsProcessingParameterDefinition) -> None:
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
 
     # --- running --------------------------------------------------------------------------------------
     def _tiles(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
@@ -226,9 +159,7 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(  # noqa: N802 - QGIS API
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        message = missing_dependencies_message()
-        if message:
-            raise QgsProcessingException(message)
+        self.check_dependencies()
         try:
             import distributed  # noqa: F401 - checked here so the message names what is missing
         except ImportError as exc:
@@ -238,7 +169,6 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
             ).format(exc, sys.executable)) from exc
 
         from ..core.batch import FAILED, OK, SKIPPED, run_batch, summary_line, write_summary
-        from ..core.config import EngineConfig
         from ..core.errors import S2SegError
         from ..s2seg_plugin.dependencies import python_executable
         from ..s2seg_plugin.feedback_bridge import EngineBridge
@@ -248,21 +178,10 @@ class SegmentTilesAlgorithm(QgsProcessingAlgorithm):
         tiles = self._tiles(parameters, context)
         if not tiles:
             raise QgsProcessingException(self.tr("No tiles given (parameters INPUTS or TILE_LIST)."))
-        model = model_spec(
-            self.parameterAsEnumString(parameters, self.MODEL, context) or _FALLBACK_MODEL,
-            self.parameterAsFile(parameters, self.MODEL_FILE, context),
-        )
+        model = self.model_parameter(parameters, context)
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
-        try:
-            config = EngineConfig(
-                chunk_size=self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-                write_probs=self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
-            )
-        except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        config = self.engine_config(parameters, context)
         feedback.pushInfo(self.tr("Model: {}").format(model))
         feedback.pushInfo(self.tr("Output folder: {}").format(output_dir))
         feedback.pushInfo(self.tr("Dask: {}").format(scheduler or self.tr("local cluster")))

@@ -270,7 +270,7 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
 
     pipeline_section = Section("Pipeline against its floors", [
         "regime", "tile", "chunks", "patches", "I/O floor s", "compute floor s", "pipeline s",
-        "busy read / inference / write (flush) s", "pipeline ÷ max(floor)"])
+        f"{BUSY_HEADER} s", "pipeline ÷ max(floor)"])
     floors_section = Section("I/O floor detail", ["regime", "read s", "write + overviews s", "of which flush (fsync) s", "total s"])
     outputs: dict[str, Any] = {}
     for label, key, regime_tile, model, config in regimes:
@@ -285,7 +285,7 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
         pipeline_section.rows.append([
             label, f"{r['size']}²", f"{r['n_chunks']} × {r['chunk_size']}", str(r["n_patches"]), _s(r["io_floor"]),
             _s(r["compute_floor"]), _s(r["pipeline"]),
-            f"{_s(busy['read'])} / {_s(busy['inference'])} / {_s(busy['write'])} ({_s(busy['flush'])})", f"{ratio:.2f}"])
+            _busy_cells(busy), f"{ratio:.2f}"])
         floors_section.rows.append([label, _s(r["read"]), _s(r["write"]), _s(r["flush"]), _s(r["io_floor"])])
         result.targets.append(Target(
             f"pipeline ≤ {PIPELINE_OVER_FLOOR_MAX} × max(I/O, compute floor), {label}", f"{ratio:.2f}×",
@@ -485,7 +485,7 @@ def _regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any]:
     compute = _in_thread(_compute_floor, model, card, bandset, io["sample"], io["n_patches"], batch)
     return {
         "size": bandset.width, "chunk_size": chunk_size, "n_chunks": len(grid.chunks), "n_patches": io["n_patches"],
-        "pipeline": result.seconds, "busy": {k: result.timings.get(k, 0.0) for k in ("read", "inference", "write", "flush")},
+        "pipeline": result.seconds, "busy": {k: result.timings.get(k, 0.0) for k in BUSY_KEYS},
         "read": io["read"], "write": io["write"], "flush": io["flush"], "io_floor": io["read"] + io["write"], "compute_floor": compute,
         "products": result.products, "grid": grid, "bandset": bandset, "config": config,
     }
@@ -575,6 +575,15 @@ def _compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> 
             model.predict(b)
         _sync(model.device)
         return time.perf_counter() - t0
+
+
+#: Stage timings of SegmentResult.timings shown in the tables: threads' busy seconds.
+BUSY_KEYS = ("read", "inference", "write", "flush", "sync")
+BUSY_HEADER = "busy read / inference / write (flush) / journal sync"
+
+
+def _busy_cells(b: dict[str, float]) -> str:
+    return f"{_s(b['read'])} / {_s(b['inference'])} / {_s(b['write'])} ({_s(b['flush'])}) / {_s(b['sync'])}"
 
 
 def _pipeline_note(r: dict[str, Any]) -> str:
@@ -849,14 +858,10 @@ def _nodata_section(result: BenchResult, work: Path, tile: Path, model, config, 
     full_seconds, fb = full["pipeline"], full["busy"]
     ratio = r.seconds / full_seconds
     result.ratios["half_nodata_over_full"] = ratio
-    busy = {k: r.timings.get(k, 0.0) for k in ("read", "inference", "write", "flush")}
-
-    def cells(b: dict[str, float]) -> str:
-        return f"{_s(b['read'])} / {_s(b['inference'])} / {_s(b['write'])} ({_s(b['flush'])})"
-
-    result.sections.append(Section("Nodata patches cost nothing", ["tile", "pipeline s", "busy read / inference / write (flush) s", "÷ full tile"], [
-        [f"{tile.parent.name} (full)", _s(full_seconds), cells(fb), "1.00"],
-        ["right half nodata", _s(r.seconds), cells(busy), f"{ratio:.2f}"],
+    busy = {k: r.timings.get(k, 0.0) for k in BUSY_KEYS}
+    result.sections.append(Section("Nodata patches cost nothing", ["tile", "pipeline s", f"{BUSY_HEADER} s", "÷ full tile"], [
+        [f"{tile.parent.name} (full)", _s(full_seconds), _busy_cells(fb), "1.00"],
+        ["right half nodata", _s(r.seconds), _busy_cells(busy), f"{ratio:.2f}"],
     ]))
     note = ""
     if ratio > HALF_NODATA_MAX:

@@ -6,7 +6,9 @@ context; the cancel event is checked at least once per batch; progress goes to
 a plain ``(fraction, message)`` callback that the CLI and QGIS forward.
 
 Resume (DESIGN §7): after each chunk (see :func:`.grid.journal_points`) the writer
-flushes the ``.part`` products to disk and appends the chunk to a journal (:mod:`.journal`). A run that is
+flushes the ``.part`` products to the OS, and a fourth thread makes them durable
+(``fsync``) and then appends the chunk to a journal (:mod:`.journal`): the disk
+writes overlap the next chunk's work instead of stalling the writer. A run that is
 cancelled, killed, or stopped by an error once at least one chunk is journaled
 leaves the ``.part`` files and the journal; the next run with the same tile,
 model and pixel-changing settings (``EngineConfig.resume``, default ``auto``)
@@ -50,6 +52,8 @@ from .writer import PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_
 
 ProgressCallback = Callable[[float, str], None]
 LogCallback = Callable[[str], None]
+#: How to get past a resume that is required but impossible, for the CLI and the QGIS dialog alike.
+START_OVER = "to start over, run without --resume (resume mode auto or never)"
 STRIP_ROWS = 512  # rows blended at once: bounds the (C, rows, width) probability buffer
 _END = object()
 
@@ -215,7 +219,7 @@ def _resumable(jpath: Path, key: str, fields: dict[str, Any], grid: GridPlan, ca
     """
     def nothing(reason: str) -> dict[int, np.ndarray]:
         if mode == "require":
-            raise OutputError(f"cannot resume in {jpath.parent}: {reason}; run without --resume to start over")
+            raise OutputError(f"cannot resume in {jpath.parent}: {reason}; {START_OVER}")
         return {}
 
     if mode == "never":
@@ -240,7 +244,7 @@ def _resumable(jpath: Path, key: str, fields: dict[str, Any], grid: GridPlan, ca
             raise JournalMismatch(f"{jpath.name} lists chunks that this run could not have journaled")
     except JournalMismatch as exc:
         if mode == "require":
-            raise OutputError(f"cannot resume in {jpath.parent}: {exc}; run without --resume to start over") from None
+            raise OutputError(f"cannot resume in {jpath.parent}: {exc}; {START_OVER}") from None
         log(f"not resuming: {exc}; starting over")
         return {}
     if not state.done:
@@ -266,7 +270,7 @@ def _open_outputs(run: "_Run", paths: dict[str, Path], block: int, done: dict[in
             if writer is not None:
                 writer.close()
             if mode == "require":
-                raise OutputError(f"cannot resume in {run.output_dir}: {exc}; run without --resume to start over") from None
+                raise OutputError(f"cannot resume in {run.output_dir}: {exc}; {START_OVER}") from None
             log(f"not resuming: {exc}; starting over")
             run.reset()
     for path in paths.values():  # stale partial files of another run
@@ -322,7 +326,7 @@ class _Run:
         self.cancel = cancel
         self.log = log
         self.failure = _Failure()
-        self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0}
+        self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0, "sync": 0.0}
         self.products: dict[str, Path] = {}
         self._progress = progress
         self._progress_lock = threading.Lock()
@@ -356,10 +360,12 @@ class _Run:
         self._position = {chunk.index: len(done) + i for i, chunk in enumerate(todo)}
         read_q: queue.Queue = queue.Queue(self.config.queue_size)
         infer_q: queue.Queue = queue.Queue(self.config.queue_size)
+        sync_q: queue.Queue = queue.Queue()  # lists of chunk statistics: tiny
         stages = [
             threading.Thread(target=self._stage, args=("reader", self._read_stage, todo, read_q), name="s2seg-reader", daemon=True),
             threading.Thread(target=self._stage, args=("inference", self._infer_stage, read_q, infer_q), name="s2seg-inference", daemon=True),
-            threading.Thread(target=self._stage, args=("writer", self._write_stage, infer_q, writer, journal), name="s2seg-writer", daemon=True),
+            threading.Thread(target=self._stage, args=("writer", self._write_stage, infer_q, writer, sync_q), name="s2seg-writer", daemon=True),
+            threading.Thread(target=self._stage, args=("journal", self._journal_stage, sync_q, writer, journal), name="s2seg-journal", daemon=True),
         ]
         for thread in stages:
             thread.start()
@@ -528,7 +534,24 @@ class _Run:
         self.batch_size = smaller
         return None
 
-    def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
+    def _write_stage(self, in_q: queue.Queue, writer: ProductWriter, sync_q: queue.Queue) -> None:
+        try:
+            self._write_chunks(in_q, writer, sync_q)
+        finally:
+            sync_q.put(_END)  # after the last flushed chunk, whatever happened
+
+    def _journal_stage(self, sync_q: queue.Queue, writer: ProductWriter, journal: Journal) -> None:
+        """Make flushed chunks durable, then journal them, in order. Deliberately not stopped by a
+        failure or cancel elsewhere: every chunk already flushed is still journaled (the run stops
+        once this thread has drained its queue), so a resume redoes as little as possible."""
+        while (pending := sync_q.get()) is not _END:
+            t0 = time.perf_counter()
+            writer.sync()
+            journal.record(pending)
+            self.chunk_stats.update(pending)
+            self.busy["sync"] += time.perf_counter() - t0
+
+    def _write_chunks(self, in_q: queue.Queue, writer: ProductWriter, sync_q: queue.Queue) -> None:
         n_chunks = len(self.grid.chunks)
         f = self.card.pixel_factor
         pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
@@ -561,11 +584,12 @@ class _Run:
                 stats = acc.cpu().numpy()
             pending.append((chunk.index, stats))
             if chunk.index in self.journal_points:
-                # On disk first, then journaled: a journaled chunk is complete whatever happens next.
+                # In the files first (synced and journaled by the journal thread): a journaled chunk is
+                # complete on disk whatever happens next.
                 t1 = time.perf_counter()
-                writer.flush([(c.row0, c.col0, c.height, c.width) for c in (self.grid.chunks[i] for i, _ in pending)])
-                journal.record(pending)
-                self.chunk_stats.update(pending)
+                writer.flush([(c.row0, c.col0, c.height, c.width) for c in (self.grid.chunks[i] for i, _ in pending)],
+                             sync=False)
+                sync_q.put(pending)
                 pending = []
                 self.busy["flush"] += time.perf_counter() - t1
             self.busy["write"] += time.perf_counter() - t0

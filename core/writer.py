@@ -249,8 +249,13 @@ class ProductWriter:
         else:
             raise OutputError(f"cannot get {missing} onto disk: GDAL does not write its block offsets")
         if sync:
-            for key in self._datasets:
-                _fsync(self._partial(key))
+            self.sync()
+
+    def sync(self) -> None:
+        """``fsync`` every partial product: what :meth:`flush` put into the page cache reaches the disk.
+        Safe from another thread than the one writing (it works on paths, not on GDAL handles)."""
+        for key in list(self.paths):
+            _fsync(self._partial(key))
 
     def _missing_blocks(self, windows: Sequence[tuple[int, int, int, int]]) -> str:
         """'' when every block of ``windows`` has an offset in every file as read from disk, else what is missing."""

@@ -62,8 +62,8 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def _image_source(image: Path, base: Path) -> str:
-    """The preview embedded as a data URI: the report stays right even when a later run of another tile
-    into the same folder replaces ``preview.png``, and it can be mailed on its own. Huge images are linked."""
+    """The preview (``<tile>_preview.png``) embedded as a data URI: the report stays right even when a later
+    run replaces that file, and it can be mailed on its own. Huge images are linked."""
     try:
         data = image.read_bytes()
     except OSError:

@@ -86,8 +86,14 @@ def test_declared_interface(s2seg_provider):
     assert not alg.flags() & alg.FlagNoThreading and alg.flags() & alg.FlagCanCancel
     params = {p.name(): p for p in alg.parameterDefinitions()}
     assert list(params) == ["INPUTS", "TILE_LIST", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
-                            "WRITE_PROBS", "OVERWRITE", "SCHEDULER", "WORKERS", "THREADS_PER_WORKER",
+                            "WRITE_PROBS", "OVERWRITE", "RESUME", "SCHEDULER", "WORKERS", "THREADS_PER_WORKER",
                             "OUTPUT_FOLDER"]
+    # The engine options are those of s2seg:segmenttile, declared once (algorithms/common.py).
+    single = {p.name(): p for p in QgsApplication.processingRegistry().algorithmById("s2seg:segmenttile")
+              .parameterDefinitions()}
+    for name in ("MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS", "RESUME"):
+        assert params[name].toVariantMap() == single[name].toVariantMap(), name
+    assert "mps" in params["DEVICE"].options() and params["RESUME"].options() == ["auto", "require", "never"]
     assert isinstance(params["INPUTS"], QgsProcessingParameterString) and params["INPUTS"].multiLine()
     assert isinstance(params["TILE_LIST"], QgsProcessingParameterFile)
     assert isinstance(params["SCHEDULER"], QgsProcessingParameterString)
@@ -149,6 +155,15 @@ def test_no_tiles_and_bad_globs_raise(s2seg_provider, tmp_path):
         processing.run(ALG_ID, {"OUTPUT_FOLDER": str(tmp_path / "out")})
     with pytest.raises(QgsProcessingException, match="no tile matches"):
         processing.run(ALG_ID, {"INPUTS": str(tmp_path / "*.SAFE"), "OUTPUT_FOLDER": str(tmp_path / "out")})
+
+
+def test_resume_mode_reaches_every_tile(s2seg_provider, tiles, scheduler, tmp_path):
+    """RESUME goes to each tile's engine run: with "require", a tile with nothing to resume fails."""
+    feedback = RecordingFeedback()
+    with pytest.raises(QgsProcessingException, match="Every tile failed.*cannot resume"):
+        processing.run(ALG_ID, {"INPUTS": str(tiles["good"]), "SCHEDULER": scheduler, "DEVICE": "cpu",
+                                "RESUME": "require", "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
+    assert any("cannot resume" in e for e in feedback.errors), feedback.errors
 
 
 def test_cancel(s2seg_provider, scheduler, tmp_path):

@@ -78,7 +78,7 @@ def test_parameters(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     params = {p.name(): p for p in alg.parameterDefinitions()}
     assert list(params) == ["INPUT", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS",
-                            "OUTPUT_FOLDER"]
+                            "RESUME", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
     assert params["INPUT"].behavior() == QgsProcessingParameterFile.Folder
     model = params["MODEL"]
@@ -92,7 +92,17 @@ def test_parameters(s2seg_provider):
     for name in ("CHUNK_SIZE", "BATCH_SIZE"):
         assert isinstance(params[name], QgsProcessingParameterNumber)
         assert params[name].defaultValue() == 0 and params[name].minimum() == 0
-    assert params["DEVICE"].options() == ["auto", "cpu", "cuda"] and params["DEVICE"].defaultValue() == "auto"
+    from s2seg.core.config import DEVICES, RESUME_MODES
+
+    assert params["DEVICE"].options() == list(DEVICES) and "mps" in DEVICES
+    assert params["DEVICE"].defaultValue() == "auto" and params["DEVICE"].usesStaticStrings()
+    resume = params["RESUME"]
+    assert isinstance(resume, QgsProcessingParameterEnum) and resume.usesStaticStrings()
+    assert resume.options() == list(RESUME_MODES) == ["auto", "require", "never"]
+    assert resume.defaultValue() == "auto"
+    assert resume.flags() & QgsProcessingParameterDefinition.FlagOptional  # models saved without it stay valid
+    for name in ("CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "RESUME"):
+        assert params[name].flags() & QgsProcessingParameterDefinition.FlagAdvanced, name
     assert isinstance(params["WRITE_PROBS"], QgsProcessingParameterBoolean)
     assert params["WRITE_PROBS"].defaultValue() is False
     assert isinstance(params["OUTPUT_FOLDER"], QgsProcessingParameterFolderDestination)
@@ -112,15 +122,17 @@ def test_outputs_are_declared_for_the_modeler(s2seg_provider):
 def test_help_explains_every_parameter_and_output(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     text = alg.shortHelpString()
-    for phrase in ("Sentinel-2 tile", "Model file or folder", "Chunk size", "Batch size", "Device",
-                   "Write class probabilities", "Output folder", "Land cover", "Max probability", "Entropy",
-                   "Gap", "decision boundary", "Preview", "Report", "km²", ".qml"):
+    for phrase in ("Sentinel-2 tile", "Model file or folder", "Chunk size", "Batch size", "Device", "mps",
+                   "Write class probabilities", "Resume an interrupted run", "<i>auto</i>", "<i>require</i>",
+                   "<i>never</i>", "Output folder", "Land cover", "Max probability", "Entropy",
+                   "Gap", "decision boundary", "Preview", "…_preview.png", "Report", "km²", ".qml"):
         assert phrase in text, phrase
     assert "log₂" in text  # entropy's range is spelled out
+    assert "preview.png" not in text.replace("_preview.png", "")  # named after the tile, like every product
 
 
 def test_model_spec_maps_checkpoint_files_to_their_folder(tmp_path):
-    from s2seg.algorithms.segment_tile import model_spec
+    from s2seg.algorithms.common import model_spec
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.onnx").write_text("")
@@ -180,7 +192,7 @@ def test_provider_loads_without_torch_and_algorithm_says_how_to_install(tmp_path
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert proc.returncode == 0, proc.stderr
-    assert "MODELS ['builtin']" in proc.stdout
+    assert "MODELS ['builtin'" in proc.stdout  # the default first (the model cards need no torch)
     error = proc.stdout.split("ERROR", 1)[1]
     assert "lacks torch" in error and "-m pip install" in error and "download.pytorch.org/whl/cpu" in error
     assert not (tmp_path / "out").exists()  # failed before doing anything

@@ -84,6 +84,8 @@ def test_run_returns_every_declared_output(run):
         assert path.is_file() and path.parent == out and path.name.endswith(f"_{product}.tif")
     assert "PROBS" not in results  # not asked for
     assert Path(results["PREVIEW"]).is_file() and Path(results["PREVIEW"]).suffix == ".png"
+    tile_name = Path(results["CLASS"]).name.removesuffix("_class.tif")
+    assert Path(results["PREVIEW"]) == out / f"{tile_name}_preview.png"  # named after the tile, like the products
     assert Path(results["REPORT"]).is_file() and Path(results["REPORT"]).suffix == ".html"
 
 

@@ -184,7 +184,7 @@ def test_writer_fault_at_a_random_chunk(tile, at, where):
         match = r"writer thread failed: OSError: \[Errno 28\] No space left on device"
     else:
         monkeypatch.setattr(Journal, "record", fault_on("journal", Journal.record))
-        match = r"writer thread failed: OSError: \[Errno 28\] No space left on device"
+        match = r"journal thread failed: OSError: \[Errno 28\] No space left on device"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"

@@ -347,7 +347,7 @@ def test_the_journal_key_covers_tile_model_and_pixel_settings_only(tile):
 
 
 def test_require_mode_refuses_a_mismatched_journal_and_a_missing_one(tile, interrupted, tmp_path, capsys):
-    with pytest.raises(OutputError, match=r"cannot resume in .*settings\.chunk_size: 96 → 48.*run without --resume"):
+    with pytest.raises(OutputError, match=r"cannot resume in .*settings\.chunk_size: 96 → 48.*to start over, run without --resume \(resume mode auto or never\)"):
         segment(tile, interrupted, model=PatchModel(), config=EngineConfig(chunk_size=48, write_probs=True, resume="require"))
     assert journal_chunks(interrupted) >= 2  # refusing touched nothing
     empty = tmp_path / "empty"

@@ -1,0 +1,241 @@
+"""What the s2seg algorithms share: the base class, the engine parameters and their ``EngineConfig``.
+
+Every parameter that both ``s2seg:segmenttile`` and ``s2seg:segmenttiles`` offer
+(model, model file, chunk size, batch size, device, probabilities, resume) is
+declared here once, with its label, its help paragraph and how it becomes a field
+of :class:`s2seg.core.config.EngineConfig`. Option lists come from the engine
+(``DEVICES``, ``RESUME_MODES``, the model cards), never from a copy.
+
+Nothing here imports torch: the provider must load in a QGIS whose Python lacks it,
+and the algorithm then says how to install it when it runs
+(:meth:`S2SegAlgorithm.check_dependencies`).
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsMessageLog,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
+from ..core.errors import S2SegError
+from ..s2seg_plugin import ICON_PATH
+from ..s2seg_plugin.dependencies import missing_dependencies_message
+
+#: Used only when the model cards cannot be read (e.g. torch missing): the provider must still
+#: load, and the algorithm then stops at its first line with the install command.
+FALLBACK_MODEL = "builtin"
+#: BigEarthNet v2 checkpoints are folders; the file dialog can only pick files, so picking
+#: one of these files inside the folder selects the folder.
+_BEN_FOLDER_FILES = ("config.json", "model.safetensors")
+#: The engine's defaults, which the parameters' defaults follow ("auto" for both).
+_ENGINE_DEFAULTS = {f.name: f.default for f in fields(EngineConfig)}
+DEFAULT_DEVICE: str = _ENGINE_DEFAULTS["device"]
+DEFAULT_RESUME: str = _ENGINE_DEFAULTS["resume"]
+
+
+def model_names() -> list[str]:
+    """Names of the built-in and shipped models, the default first.
+
+    Never raises: with a broken environment (or a broken shipped card) the provider
+    must still load, so fall back to the default name and log why.
+    """
+    try:
+        from ..core.models import DEFAULT_MODEL, available_cards
+
+        names = sorted(available_cards())
+    except Exception as exc:  # noqa: BLE001 - ImportError without torch, S2SegError on a bad card
+        QgsMessageLog.logMessage(f"s2seg: model list unavailable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
+        return [FALLBACK_MODEL]
+    if DEFAULT_MODEL in names:
+        names.remove(DEFAULT_MODEL)
+        names.insert(0, DEFAULT_MODEL)
+    return names or [DEFAULT_MODEL]
+
+
+def model_spec(name: str, model_file: str) -> str:
+    """What to pass to the engine as ``model``: the file/folder when given, else the built-in name."""
+    if not model_file:
+        return name
+    path = Path(model_file)
+    if path.is_file() and path.name in _BEN_FOLDER_FILES:
+        return str(path.parent)
+    return str(path)
+
+
+class S2SegAlgorithm(QgsProcessingAlgorithm):
+    """Base of the s2seg algorithms: identity helpers, shared parameters, the engine configuration.
+
+    Subclasses give ``name``/``displayName``/``shortHelpString``/``initAlgorithm``/
+    ``processAlgorithm`` and call the ``add_*_parameter(s)`` methods in the order their
+    dialog shows the parameters.
+    """
+
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    CHUNK_SIZE = "CHUNK_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    WRITE_PROBS = "WRITE_PROBS"
+    RESUME = "RESUME"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    def tr(self, text: str) -> str:  # noqa: D102 - Qt convention; context = the algorithm's class name
+        return QCoreApplication.translate(type(self).__name__, text)
+
+    def createInstance(self) -> "S2SegAlgorithm":  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def group(self) -> str:
+        return self.tr("Segmentation")
+
+    def groupId(self) -> str:  # noqa: N802 - QGIS API
+        return "segmentation"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON_PATH))
+
+    def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
+        return str(ICON_PATH)
+
+    # --- parameters ---------------------------------------------------------------------------------
+    def add_advanced(self, param: QgsProcessingParameterDefinition) -> None:
+        """Add ``param`` under the dialog's "Advanced parameters"."""
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
+    def add_static_enum(self, name: str, label: str, options: list[str], default: str, advanced: bool = False,
+                        optional: bool = False) -> None:
+        """An enum given by name, not by index, in scripts and qgis_process (``DEVICE=cpu``)."""
+        param = QgsProcessingParameterEnum(name, label, options=options, defaultValue=default, optional=optional)
+        param.setUsesStaticStrings(True)
+        if advanced:
+            self.add_advanced(param)
+        else:
+            self.addParameter(param)
+
+    def add_model_parameters(self) -> None:
+        """MODEL (a shipped model by name) and MODEL_FILE (a model of one's own, replaces MODEL)."""
+        # Names, not indexes: the list depends on what is installed.
+        models = model_names()
+        self.add_static_enum(self.MODEL, self.tr("Model"), models, models[0])
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL_FILE,
+                self.tr("Model file or folder (replaces Model)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=self.tr(
+                    "Models (*.json *.onnx *.pt *.pth *.ts *.torchscript *.safetensors);;All files (*.*)"
+                ),
+                optional=True,
+            )
+        )
+
+    def add_engine_parameters(self) -> None:
+        """CHUNK_SIZE, BATCH_SIZE, DEVICE (advanced) and WRITE_PROBS."""
+        for name, label in (
+            (self.CHUNK_SIZE, self.tr("Chunk size in 10 m pixels (0 = automatic)")),
+            (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
+        ):
+            self.add_count_parameter(name, label)
+        self.add_static_enum(self.DEVICE, self.tr("Device"), list(DEVICES), DEFAULT_DEVICE, advanced=True)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
+            )
+        )
+
+    def add_count_parameter(self, name: str, label: str) -> None:
+        """An advanced integer ≥ 0 where 0 means "choose automatically"."""
+        self.add_advanced(
+            QgsProcessingParameterNumber(name, label, type=QgsProcessingParameterNumber.Integer, defaultValue=0,
+                                         minValue=0)
+        )
+
+    def add_resume_parameter(self) -> None:
+        """RESUME (advanced): the engine's resume mode, by name (``RESUME=never``).
+
+        Optional (unset = the default, auto): graphical models saved before it existed have no
+        value for it, and the modeler refuses a model that leaves a mandatory parameter unset.
+        """
+        self.add_static_enum(
+            self.RESUME, self.tr("Resume an interrupted run (auto, require, never)"), list(RESUME_MODES),
+            DEFAULT_RESUME, advanced=True, optional=True,
+        )
+
+    # --- help -----------------------------------------------------------------------------------------
+    def engine_parameters_help(self) -> str:
+        """The help paragraphs of the parameters added by :meth:`add_model_parameters` and
+        :meth:`add_engine_parameters`."""
+        return self.tr(
+            "<p><b>Model</b>: a model shipped with the plugin. <i>builtin</i> needs no download.</p>"
+            "<p><b>Model file or folder</b> (optional, replaces Model): a model card (.json), an ONNX model, a "
+            "TorchScript model with its card, or a BigEarthNet v2 checkpoint folder (config.json + "
+            "model.safetensors — selecting its config.json selects the folder).</p>"
+            "<p><b>Chunk size</b>: side, in 10 m pixels, of the square block read and classified at once; "
+            "0 lets s2seg choose one that keeps memory bounded. The result does not depend on it.</p>"
+            "<p><b>Batch size</b>: patches sent to the model at once; 0 chooses (larger on a GPU).</p>"
+            "<p><b>Device</b>: auto uses a GPU when available (CUDA, or Apple's mps), else the CPU; cpu, cuda "
+            "and mps force one.</p>"
+            "<p><b>Write class probabilities</b>: also write one band per class (a large file).</p>"
+        )
+
+    def resume_help(self) -> str:
+        """The help paragraph of :meth:`add_resume_parameter`."""
+        return self.tr(
+            "<p><b>Resume an interrupted run</b>: finished chunks are saved as the run goes, so a run that is "
+            "cancelled, fails or is killed can continue where it stopped; the products are the same as those of "
+            "an uninterrupted run. <i>auto</i> (default): continue the interrupted run of the same tile with "
+            "the same model and settings (chunk size, class probabilities) in the same folder, else start over. "
+            "<i>require</i>: the same, but an error when there is nothing to resume. <i>never</i>: discard "
+            "partial results and start over.</p>"
+        )
+
+    # --- running --------------------------------------------------------------------------------------
+    def check_dependencies(self) -> None:
+        """Raise with the install command when the engine's requirements (torch …) are missing.
+
+        Call it first in ``processAlgorithm``, before importing the engine.
+        """
+        message = missing_dependencies_message()
+        if message:
+            raise QgsProcessingException(message)
+
+    def model_parameter(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The ``model`` argument of the engine: MODEL_FILE when given, else the MODEL name."""
+        return model_spec(
+            self.parameterAsEnumString(parameters, self.MODEL, context) or FALLBACK_MODEL,
+            self.parameterAsFile(parameters, self.MODEL_FILE, context),
+        )
+
+    def engine_config(self, parameters: dict[str, Any], context: QgsProcessingContext, **fixed: Any) -> EngineConfig:
+        """The ``EngineConfig`` of the shared parameters the algorithm declares, plus ``fixed`` fields.
+
+        A bad value becomes a ``QgsProcessingException`` with the engine's message.
+        """
+        values: dict[str, Any] = {
+            "chunk_size": self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
+            "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            "device": self.parameterAsEnumString(parameters, self.DEVICE, context) or DEFAULT_DEVICE,
+            "write_probs": self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
+        }
+        if self.parameterDefinition(self.RESUME) is not None:
+            values["resume"] = self.parameterAsEnumString(parameters, self.RESUME, context) or DEFAULT_RESUME
+        try:
+            return EngineConfig(**values, **fixed)
+        except S2SegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
