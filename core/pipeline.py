@@ -35,7 +35,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import __version__
-from .blend import DenseCanvas, blend_patch_level
+from .blend import DenseCanvas, blend_patch_level, blend_patch_level_confidence
 from .config import EngineConfig
 from .errors import Cancelled, ModelError, OutputError, S2SegError
 from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, model_chunk, plan
@@ -47,7 +47,7 @@ from .preview import PreviewBuilder, preview_name
 from .reader import ChunkPixels, ChunkReader
 from .resample import to_10m
 from .sentinel2 import BandSet, discover
-from .uncertainty import LOW_GAP, confidence
+from .uncertainty import LOW_GAP, Confidence, confidence
 from .writer import PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_path, product_paths, release_frames
 
 ProgressCallback = Callable[[float, str], None]
@@ -573,14 +573,19 @@ class _Run:
                 for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
                     self._check()
                     r1 = min(r0 + STRIP_ROWS, chunk.row1)
+                    strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
+                    probs = None
                     if f > 1:
                         probs = to_10m(dense, window, f, (r0, r1), (chunk.col0, chunk.col1))
-                    elif dense is None:
-                        probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
-                    else:
+                    elif dense is not None:
                         probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]
-                    strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
-                    self._write_strip(writer, probs, strip_valid, r0, chunk.col0, acc)
+                    elif self.config.write_probs:
+                        probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
+                    if probs is None:  # patch-level, no probabilities to write: blend and confidence in one pass
+                        conf = blend_patch_level_confidence(grid, chunk, self.card.patch_size, strip_valid, rows=(r0, r1))
+                    else:
+                        conf = confidence(probs, strip_valid)
+                    self._write_strip(writer, conf, probs, strip_valid, r0, chunk.col0, acc)
                 stats = acc.cpu().numpy()
             pending.append((chunk.index, stats))
             if chunk.index in self.journal_points:
@@ -596,9 +601,9 @@ class _Run:
             self._chunks_done += 1
             self._report(self._chunks_done / n_chunks * 0.95, f"chunk {self._chunks_done}/{n_chunks} written")
 
-    def _write_strip(self, writer: ProductWriter, probs: torch.Tensor, valid: torch.Tensor, row0: int, col0: int,
-                     acc: torch.Tensor) -> None:
-        conf = confidence(probs, valid)
+    def _write_strip(self, writer: ProductWriter, conf: Confidence, probs: torch.Tensor | None, valid: torch.Tensor,
+                     row0: int, col0: int, acc: torch.Tensor) -> None:
+        """Write the products of one strip (``probs`` only with ``write_probs``) and add up its statistics."""
         classes = conf.classes.cpu().numpy()
         writer.write("class", classes, row0, col0)
         writer.write("maxprob", conf.maxprob.cpu().numpy(), row0, col0)

@@ -111,6 +111,15 @@ def test_outputs_do_not_depend_on_chunk_size(tile, tmp_path, make_model):
         np.testing.assert_allclose(read(outs[0][key]), read(outs[1][key]), atol=1e-5, equal_nan=True)
 
 
+def test_patch_level_products_are_the_same_with_and_without_probabilities(tile, tmp_path):
+    """Without --probs patch-level strips are blended and summarised in one fused pass."""
+    fused = segment(tile, tmp_path / "fused", model=SpectralPatchModel(), config=EngineConfig(chunk_size=120)).products
+    split = segment(tile, tmp_path / "split", model=SpectralPatchModel(), config=EngineConfig(chunk_size=120, write_probs=True)).products
+    assert np.array_equal(read(fused["class"]), read(split["class"]))
+    for key in FLOATS:
+        np.testing.assert_allclose(read(fused[key]), read(split[key]), atol=1e-5, equal_nan=True)
+
+
 @pytest.mark.parametrize("make_model", [ConvDenseModel, lambda: SpectralPatchModel(patch_size=20, resolution=20)],
                          ids=["dense-30m", "patch-20m"])
 def test_coarse_model_outputs_do_not_depend_on_chunk_size(tile, tmp_path, make_model):
