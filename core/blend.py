@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import math
 import mmap
-import os
 from dataclasses import dataclass
 
 import torch
 
+from . import kernels
 from .grid import Chunk
 
 #: CPU buffers at least this large are mapped with transparent huge pages (see :func:`empty`).
@@ -145,6 +145,7 @@ def blend_patch_level_confidence(grid: torch.Tensor, chunk: Chunk, patch_size: i
     return confidence(blend_patch_level(grid, chunk, patch_size, rows=(row0, row1)), valid)
 
 
+@kernels.njit()
 def _two_row_mix(out, rows, first, second, w_first, w_second):  # pragma: no cover - compiled by numba
     """``out[c, y] = w_first[y] · rows[c, first[y]] + w_second[y] · rows[c, second[y]]``."""
     n_classes, height, width = out.shape
@@ -159,22 +160,9 @@ def _two_row_mix(out, rows, first, second, w_first, w_second):  # pragma: no cov
                 o[x] = a * r1[x] + b * r2[x]
 
 
-_ROWS_KERNEL = None
-
-
 def _rows_kernel():
-    """numba-compiled :func:`_two_row_mix`, or None (no numba, or S2SEG_NO_NUMBA=1)."""
-    global _ROWS_KERNEL
-    if os.environ.get("S2SEG_NO_NUMBA") == "1":
-        return None
-    if _ROWS_KERNEL is None:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - depends on the environment
-            return None
-        _ROWS_KERNEL = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False,
-                                  fastmath={"contract", "nsz"})(_two_row_mix)
-    return _ROWS_KERNEL
+    """numba-compiled :func:`_two_row_mix`, or None (see :func:`.kernels.enabled`)."""
+    return _two_row_mix if kernels.enabled() else None
 
 
 def normalised_window_1d(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -262,6 +250,7 @@ class DenseCanvas:
         return self.canvas[:, top: top + chunk.height, left: left + chunk.width]
 
 
+@kernels.njit()
 def _add_patches(canvas, probs, ky, kx, window, stride):  # pragma: no cover - compiled by numba
     n, n_classes, p, _ = probs.shape
     for i in range(n):
@@ -276,18 +265,6 @@ def _add_patches(canvas, probs, ky, kx, window, stride):  # pragma: no cover - c
                     row[x0 + tx] += src[tx] * wrow[tx]
 
 
-_ADD_KERNEL = None
-
-
 def _add_kernel():
-    global _ADD_KERNEL
-    if os.environ.get("S2SEG_NO_NUMBA") == "1":
-        return None
-    if _ADD_KERNEL is None:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - depends on the environment
-            return None
-        _ADD_KERNEL = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False,
-                                 fastmath={"contract", "nsz"})(_add_patches)
-    return _ADD_KERNEL
+    """numba-compiled :func:`_add_patches`, or None (see :func:`.kernels.enabled`)."""
+    return _add_patches if kernels.enabled() else None

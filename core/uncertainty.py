@@ -20,10 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-try:  # optional accelerator: the torch path below gives the same results
-    import numba
-except ImportError:  # pragma: no cover - depends on the environment
-    numba = None
+from . import kernels
 
 CLASS_NODATA = 255
 LOW_GAP = 0.1  # a top-1/top-2 gap below this means "near a decision boundary"
@@ -53,12 +50,7 @@ def confidence(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
 
 # ------------------------------------------------------------------ fused CPU kernels (numba)
 
-def _njit(function):
-    """numba.njit with the kernels' options when numba is installed; the plain function otherwise (unused then)."""
-    if numba is None:
-        return function
-    return numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False,
-                      fastmath={"contract", "arcp", "nsz", "afn"})(function)
+_njit = kernels.njit(kernels.FASTMATH_APPROX)
 
 
 @_njit
@@ -178,10 +170,8 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def _kernel():
-    """The compiled confidence kernel, or None without numba (or with S2SEG_NO_NUMBA=1)."""
-    if numba is None or os.environ.get("S2SEG_NO_NUMBA") == "1":
-        return None
-    return _confidence_rows
+    """The compiled confidence kernel, or None (see :func:`.kernels.enabled`)."""
+    return _confidence_rows if kernels.enabled() else None
 
 
 def _run_rows(kernel, h: int, w: int, *args) -> None:
@@ -211,7 +201,7 @@ def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch
     """Products of ``p[:, y] = w_first[y] · rows[:, first[y]] + w_second[y] · rows[:, second[y]]`` in one fused
     pass (CPU, numba); None when the fused kernel is not available (the caller blends, then calls
     :func:`confidence`)."""
-    if numba is None or os.environ.get("S2SEG_NO_NUMBA") == "1" or rows.device.type != "cpu":
+    if not kernels.enabled() or rows.device.type != "cpu":
         return None
     h, w = valid.shape
     out, arrays = _new_products(h, w)
