@@ -12,7 +12,6 @@ from qgis.core import (
     QgsApplication,
     QgsProcessingContext,
     QgsProcessingException,
-    QgsProcessingFeedback,
     QgsProcessingModelAlgorithm,
     QgsProcessingModelChildAlgorithm,
     QgsProcessingModelChildParameterSource,
@@ -26,34 +25,9 @@ from qgis.core import (
     QgsProject,
 )
 
+from plugin_feedback import CancelAtFirstProgress, RecordingFeedback
+
 ALG_ID = "s2seg:segmenttiles"
-
-
-class RecordingFeedback(QgsProcessingFeedback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.infos: list[str] = []
-        self.errors: list[str] = []
-        self.progress_values: list[float] = []
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API
-        self.infos.append(info)
-        super().pushInfo(info)
-
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 - QGIS API
-        self.errors.append(error)
-        super().reportError(error, fatalError)
-
-    def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
-        self.progress_values.append(progress)
-        super().setProgress(progress)
-
-
-class CancelAtFirstProgress(QgsProcessingFeedback):
-    def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
-        super().setProgress(progress)
-        if progress > 0:
-            self.cancel()
 
 
 @pytest.fixture(scope="module")

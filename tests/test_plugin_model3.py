@@ -18,27 +18,18 @@ import pytest
 from osgeo import gdal
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingFeedback,
     QgsProcessingModelAlgorithm,
     QgsProject,
 )
 
 from s2seg.core.nomenclature import BIGEARTHNET19
 
+from plugin_feedback import RecordingFeedback
+
 MODEL_FILE = Path(__file__).resolve().parent / "data" / "segment_then_stats.model3"
 MAX_ENTROPY = math.log2(len(BIGEARTHNET19))  # bits, all 19 classes equally likely
 FOLDER_OUTPUT = "segment:segmentation"  # model destination parameters are named <child id>:<output name>
 STATS_OUTPUT = "entropy_stats:entropy_statistics"
-
-
-class RecordingFeedback(QgsProcessingFeedback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.infos: list[str] = []
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API
-        self.infos.append(info)
-        super().pushInfo(info)
 
 
 def load_model() -> QgsProcessingModelAlgorithm:

@@ -13,8 +13,9 @@ import numpy as np
 import processing
 import pytest
 from osgeo import gdal
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException
 
+from plugin_feedback import RecordingFeedback
 from s2seg.core.journal import SUFFIX, JournalMismatch, read_journal
 
 ALG_ID = "s2seg:segmenttile"
@@ -22,18 +23,13 @@ CHUNK = 240  # on a 480 px tile: 4 chunks, each a journal point
 pytestmark = pytest.mark.timeout(300)
 
 
-class Feedback(QgsProcessingFeedback):
+class Feedback(RecordingFeedback):
     """Keeps the log; with ``cancel_in``, presses Cancel as soon as the engine's journal in that folder
     lists a finished chunk."""
 
     def __init__(self, cancel_in: Path | None = None) -> None:
         super().__init__()
         self.cancel_in = cancel_in
-        self.infos: list[str] = []
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API
-        self.infos.append(info)
-        super().pushInfo(info)
 
     def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
         super().setProgress(progress)

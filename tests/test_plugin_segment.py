@@ -33,34 +33,10 @@ from qgis.core import (
 
 from s2seg.core.nomenclature import BIGEARTHNET19
 
+from plugin_feedback import CancelAtFirstProgress, RecordingFeedback
+
 ALG_ID = "s2seg:segmenttile"
 PRODUCT_OUTPUTS = {"CLASS": "class", "MAXPROB": "maxprob", "ENTROPY": "entropy", "GAP": "gap"}
-
-
-class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps what the algorithm told the user."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.infos: list[str] = []
-        self.progress_values: list[float] = []
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API
-        self.infos.append(info)
-        super().pushInfo(info)
-
-    def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
-        self.progress_values.append(progress)
-        super().setProgress(progress)
-
-
-class CancelAtFirstProgress(QgsProcessingFeedback):
-    """The user presses Cancel as soon as the first chunk reports progress."""
-
-    def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
-        super().setProgress(progress)
-        if progress > 0:
-            self.cancel()
 
 
 @pytest.fixture(scope="module")
