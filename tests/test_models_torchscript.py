@@ -27,9 +27,11 @@ class TinySegmenter(torch.nn.Module):
 
 
 class TinyClassifier(torch.nn.Module):
-    def __init__(self) -> None:
+    """Patch-level: class scores from the patch's mean band values."""
+
+    def __init__(self, bands: int = 3, classes: int = 4) -> None:
         super().__init__()
-        self.fc = torch.nn.Linear(3, 4)
+        self.fc = torch.nn.Linear(bands, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean(dim=(2, 3)))

@@ -22,10 +22,12 @@ FLOATS = ("maxprob", "entropy", "gap")
 class SpectralPatchModel:
     """A patch-level model: class scores from the patch's mean normalised band values."""
 
-    def __init__(self, fail_on_call=None, classes=5, patch_size=60, resolution=10):
-        self.card = ModelCard(name="patch-test", format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=patch_size,
+    def __init__(self, fail_on_call=None, classes=5, patch_size=60, resolution=10, name="patch-test",
+                 levels=("L1C", "L2A")):
+        self.card = ModelCard(name=name, format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=patch_size,
                               class_names=BIGEARTHNET19_NAMES[:classes], class_colours=BIGEARTHNET19_COLOURS[:classes],
-                              output_kind="patch", activation="softmax", input_scale="reflectance", resolution=resolution)
+                              output_kind="patch", activation="softmax", input_scale="reflectance", resolution=resolution,
+                              levels=levels)
         self.device = torch.device("cpu")
         torch.manual_seed(0)
         self.weights = torch.randn(4, classes) * 20

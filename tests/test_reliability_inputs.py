@@ -23,6 +23,8 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from test_models_torchscript import Evil, TinyClassifier
+
 from s2seg.core.cli import main
 from s2seg.core.config import EngineConfig
 from s2seg.core.errors import ConfigError, InputError, ModelError
@@ -39,25 +41,6 @@ CARD = {
     "class_names": list(BIGEARTHNET19_NAMES[:5]), "class_colours": list(BIGEARTHNET19_COLOURS[:5]),
     "output_kind": "patch", "activation": "softmax", "input_scale": "reflectance",
 }
-
-
-class TinyClassifier(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-class Evil:
-    """Unpickling this creates a folder: proof of whether a file was unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.makedirs, (self.marker,)
 
 
 class BadModel:
@@ -107,7 +90,7 @@ def model_file(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     path = folder / "tiny.pt"
-    torch.jit.script(TinyClassifier().eval()).save(str(path))
+    torch.jit.script(TinyClassifier(bands=4, classes=5).eval()).save(str(path))
     path.with_suffix(".card.json").write_text(json.dumps(CARD))
     return path
 

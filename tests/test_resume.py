@@ -20,14 +20,13 @@ import pytest
 import rasterio
 import torch
 
+from test_pipeline import SpectralPatchModel
+
 from s2seg.core import pipeline
 from s2seg.core.cli import main
 from s2seg.core.config import EngineConfig
 from s2seg.core.errors import Cancelled, ModelError, OutputError
 from s2seg.core.journal import SUFFIX, Journal, differences, digest, journal_path, lock, read_journal, run_fields, unlock
-from s2seg.core.models.base import apply_activation
-from s2seg.core.models.card import ModelCard
-from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
 from s2seg.core.sentinel2 import discover
@@ -38,27 +37,12 @@ TILE_NAME = "T32UNU_20240612T103031"
 CHUNK = 96  # with 32 px patches: 9 chunks on the 240 px tile, each one whole 96 px GeoTIFF block
 
 
-class PatchModel:
+class PatchModel(SpectralPatchModel):
     """Fast patch-level test model. 32 px patches: chunks are multiples of lcm(6, 16) = 48 px, a size
     GeoTIFF blocks can have, so every chunk is journaled as soon as it is written."""
 
     def __init__(self, fail_on_call=None, name="patch-test", levels=("L1C", "L2A"), patch_size=32):
-        self.card = ModelCard(name=name, format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=patch_size,
-                              class_names=BIGEARTHNET19_NAMES[:5], class_colours=BIGEARTHNET19_COLOURS[:5],
-                              output_kind="patch", activation="softmax", input_scale="reflectance", levels=levels)
-        self.device = torch.device("cpu")
-        torch.manual_seed(0)
-        self.weights = torch.randn(4, 5) * 20
-        self.calls = 0
-        self.patches = 0
-        self.fail_on_call = fail_on_call
-
-    def predict(self, batch):
-        self.calls += 1
-        self.patches += batch.shape[0]
-        if self.fail_on_call == self.calls:
-            raise RuntimeError("simulated CUDA out of memory")
-        return apply_activation(batch.mean(dim=(2, 3)) @ self.weights, "softmax")
+        super().__init__(fail_on_call, patch_size=patch_size, name=name, levels=levels)
 
 
 def read_all(paths):
