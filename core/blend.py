@@ -101,24 +101,8 @@ def blend_patch_level(grid: torch.Tensor, chunk: Chunk, patch_size: int, rows: t
     touch the strip take part.
     """
     row0, row1 = rows or (chunk.row0, chunk.row1)
-    device = grid.device
-    stride = patch_size // 2
-    ny, nx, c = grid.shape
-    # Patch rows covering the strip (chunk-relative): y // S - 1 … (row1 - 1) // S.
-    k0 = max(row0 // stride - 1 - chunk.ky0, 0)
-    k1 = min((row1 - 1) // stride + 1 - chunk.ky0, ny)
-    a_x_t = _axis_matrix_t(chunk.col0, chunk.col1, chunk.kx0, nx, patch_size, str(device))  # (nx, w), cached per chunk
-    g = grid[k0:k1].to(torch.float32).permute(2, 0, 1).reshape(c * (k1 - k0), nx)  # (C·ky, nx)
-    along_x = torch.mm(g, a_x_t).view(c, k1 - k0, chunk.width)  # one 2-D product: (C, ky, w)
-    out = empty((c, row1 - row0, chunk.width), device=device)
-    kernel = _rows_kernel() if device.type == "cpu" else None
-    if kernel is not None:
-        ay = axis_weights(row0, row1, chunk.ky0 + k0, patch_size, device)
-        kernel(out.numpy(), along_x.contiguous().numpy(), ay.first.to(torch.int64).numpy(), ay.second.to(torch.int64).numpy(),
-               ay.w_first.numpy(), ay.w_second.numpy())
-        return out
-    a_y = _axis_matrix(row0, row1, chunk.ky0 + k0, k1 - k0, patch_size, device)  # (h, ky)
-    return torch.matmul(a_y, along_x, out=out)  # (C, h, w)
+    along_x, first_row = _along_x(grid, chunk, patch_size, row0, row1)
+    return _mix_rows(along_x, first_row, row0, row1, patch_size)
 
 
 def blend_patch_level_confidence(grid: torch.Tensor, chunk: Chunk, patch_size: int, valid: torch.Tensor,
@@ -130,19 +114,40 @@ def blend_patch_level_confidence(grid: torch.Tensor, chunk: Chunk, patch_size: i
     from .uncertainty import blend_rows_confidence, confidence
 
     row0, row1 = rows or (chunk.row0, chunk.row1)
-    device = grid.device
-    stride = patch_size // 2
-    ny, nx, c = grid.shape
-    k0 = max(row0 // stride - 1 - chunk.ky0, 0)
-    k1 = min((row1 - 1) // stride + 1 - chunk.ky0, ny)
-    a_x_t = _axis_matrix_t(chunk.col0, chunk.col1, chunk.kx0, nx, patch_size, str(device))
-    g = grid[k0:k1].to(torch.float32).permute(2, 0, 1).reshape(c * (k1 - k0), nx)
-    along_x = torch.mm(g, a_x_t).view(c, k1 - k0, chunk.width)
-    ay = axis_weights(row0, row1, chunk.ky0 + k0, patch_size, device)
+    along_x, first_row = _along_x(grid, chunk, patch_size, row0, row1)
+    ay = axis_weights(row0, row1, first_row, patch_size, grid.device)
     fused = blend_rows_confidence(along_x, ay.first, ay.second, ay.w_first, ay.w_second, valid)
     if fused is not None:
         return fused
-    return confidence(blend_patch_level(grid, chunk, patch_size, rows=(row0, row1)), valid)
+    return confidence(_mix_rows(along_x, first_row, row0, row1, patch_size), valid)
+
+
+def _along_x(grid: torch.Tensor, chunk: Chunk, patch_size: int, row0: int, row1: int) -> tuple[torch.Tensor, int]:
+    """``X = G · A_xᵀ`` for the patch rows that touch global rows ``row0 … row1-1``: ``(C, ky, w)``, and the
+    global index of its first patch row."""
+    stride = patch_size // 2
+    ny, nx, c = grid.shape
+    # Patch rows covering the strip (chunk-relative): y // S - 1 … (row1 - 1) // S.
+    k0 = max(row0 // stride - 1 - chunk.ky0, 0)
+    k1 = min((row1 - 1) // stride + 1 - chunk.ky0, ny)
+    a_x_t = _axis_matrix_t(chunk.col0, chunk.col1, chunk.kx0, nx, patch_size, str(grid.device))  # (nx, w), cached per chunk
+    g = grid[k0:k1].to(torch.float32).permute(2, 0, 1).reshape(c * (k1 - k0), nx)  # (C·ky, nx)
+    return torch.mm(g, a_x_t).view(c, k1 - k0, chunk.width), chunk.ky0 + k0  # one 2-D product
+
+
+def _mix_rows(along_x: torch.Tensor, first_row: int, row0: int, row1: int, patch_size: int) -> torch.Tensor:
+    """The y product: output row ``y`` = its two normalised window weights × its two covering rows of ``X``."""
+    c, ky, width = along_x.shape
+    device = along_x.device
+    out = empty((c, row1 - row0, width), device=device)
+    kernel = _rows_kernel() if device.type == "cpu" else None
+    if kernel is not None:
+        ay = axis_weights(row0, row1, first_row, patch_size, device)
+        kernel(out.numpy(), along_x.contiguous().numpy(), ay.first.to(torch.int64).numpy(), ay.second.to(torch.int64).numpy(),
+               ay.w_first.numpy(), ay.w_second.numpy())
+        return out
+    a_y = _axis_matrix(row0, row1, first_row, ky, patch_size, device)  # (h, ky)
+    return torch.matmul(a_y, along_x, out=out)  # (C, h, w)
 
 
 @kernels.njit()

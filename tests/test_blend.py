@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from s2seg.core.blend import blend_dense, blend_patch_level, window_1d
@@ -85,3 +86,16 @@ def test_constant_predictions_blend_to_the_same_constant():
     chunk = plan(240, 240, 120, 240).chunks[0]
     grid = torch.full((chunk.n_patches_y, chunk.n_patches_x, 2, 120, 120), 0.25)
     torch.testing.assert_close(blend_dense(grid, chunk, 120), torch.full((2, 240, 240), 0.25))
+
+
+def test_cpu_kernels_are_compiled_when_numba_is_there(monkeypatch):
+    """A kernel left uncompiled still gives right results, only 100× slower: check they are numba dispatchers."""
+    from s2seg.core import blend, kernels, uncertainty
+
+    monkeypatch.delenv("S2SEG_NO_NUMBA", raising=False)
+    if kernels.numba is None:
+        pytest.skip("numba is not installed")
+    for kernel in (blend._rows_kernel(), blend._add_kernel(), uncertainty._kernel(), uncertainty._blend_confidence_rows):
+        assert isinstance(kernel, kernels.numba.core.registry.CPUDispatcher), kernel
+    monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
+    assert blend._rows_kernel() is None and blend._add_kernel() is None and uncertainty._kernel() is None
