@@ -108,14 +108,18 @@ def _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob
             t_x = max(total[x], tiny)
             h_x = (np.float32(math.log(t_x)) - plogp[x] / t_x) / ln2
             entropy[y, x] = min(max(h_x, np.float32(0.0)), log2c)
-            classes[y, x] = arg[x]
             maxprob[y, x] = top1[x]
             gap[y, x] = top1[x] - top2[x] if n_classes >= 2 else top1[x]
         else:
-            classes[y, x] = 255
             maxprob[y, x] = nan
             entropy[y, x] = nan
             gap[y, x] = nan
+    # Class ids in a loop of their own, through the row: with the uint8 store inside the loop above,
+    # numba 0.68.0 (numpy 2.5, a 16-core Xeon) wrote 8 bytes past the row (measured; the next row's
+    # first pixels, or past the array) — rows split over threads then lost their first 8 class ids.
+    row = classes[y]
+    for x in range(top1.shape[0]):
+        row[x] = np.uint8(arg[x]) if valid[y, x] else np.uint8(255)
 
 
 @_njit

@@ -1,7 +1,10 @@
 import math
 
+import pytest
+
 import torch
 
+from s2seg.core import kernels
 from s2seg.core.uncertainty import CLASS_NODATA, confidence
 
 
@@ -42,3 +45,53 @@ def test_nodata_pixels_get_nodata_in_every_product():
     for product in (out.maxprob, out.entropy, out.gap):
         assert torch.isnan(product[1, 2]) and torch.isfinite(product[valid]).all()
     assert (out.entropy[valid] >= 0).all() and (out.entropy[valid] <= 2.0 + 1e-6).all()
+
+
+def _guarded(h, w):
+    """Product rows (h, w) with one guard row after them, filled with markers."""
+    import numpy as np
+
+    return [np.full((h + 1, w), 77, np.uint8)] + [np.full((h + 1, w), 7.0, np.float32) for _ in range(3)]
+
+
+@pytest.mark.skipif(not kernels.enabled(), reason="needs numba")
+@pytest.mark.parametrize("width", [120, 1200, 1201])
+def test_compiled_kernels_write_inside_their_rows_only(width):
+    """Each kernel call writes rows r0 … r1-1 and nothing else: threads write neighbouring row
+    ranges of the same arrays. (Seen on a 16-core Xeon with numba 0.68.0: a uint8 store inside the
+    per-pixel loop wrote 8 bytes past the row, so every thread's first 8 class ids were lost.)"""
+    import numpy as np
+
+    from s2seg.core import uncertainty
+
+    h = 8
+    probs = torch.softmax(torch.randn(5, h, width, generator=torch.Generator().manual_seed(0)) * 3, 0).numpy()
+    valid = np.ones((h, width), dtype=bool)
+    products = _guarded(h, width)
+    uncertainty._confidence_rows(probs, valid, *(a[:h] for a in products), 0, h)
+    assert all((a[h] == (77 if a.dtype == np.uint8 else 7.0)).all() for a in products)
+    assert (products[0][:h] < 5).all()
+    rows = np.ascontiguousarray(probs[:, :2])  # the fused patch-level blend: two source rows mixed per output row
+    first, second = np.zeros(h, np.int64), np.ones(h, np.int64)
+    weights = np.full(h, 0.5, np.float32)
+    products = _guarded(h, width)
+    uncertainty._blend_confidence_rows(rows, first, second, weights, weights, valid, *(a[:h] for a in products), 0, h)
+    assert all((a[h] == (77 if a.dtype == np.uint8 else 7.0)).all() for a in products)
+
+
+def test_rows_split_over_threads_give_the_single_thread_products(monkeypatch):
+    """The CPU path splits rows over threads on machines with 4+ cores (never on a 2-core CI machine)."""
+    from s2seg.core import uncertainty
+
+    probs = torch.softmax(torch.randn(19, 512, 1320, generator=torch.Generator().manual_seed(1)) * 3, 0)[:, :, 60:1260]
+    valid = torch.ones((512, 1200), dtype=torch.bool)
+    valid[:, :40] = False
+    monkeypatch.setattr(uncertainty, "THREADS", 1)
+    single = confidence(probs, valid)
+    monkeypatch.setattr(uncertainty, "THREADS", 8)
+    split = confidence(probs, valid)
+    reference = uncertainty._confidence_torch(probs, valid)
+    for out in (single, split):
+        assert torch.equal(out.classes, reference.classes)
+        torch.testing.assert_close(out.maxprob, reference.maxprob, equal_nan=True)
+        torch.testing.assert_close(out.entropy, reference.entropy, equal_nan=True, atol=1e-5, rtol=1e-5)
