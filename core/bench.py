@@ -113,19 +113,61 @@ NOTES = """
    the journal, in order, while the writer goes on: the same guarantee (a chunk is journaled only once its
    data are on disk), but the disk writes overlap the next chunks. The I/O floor still counts the fsyncs
    serially.
-5. **GPU feeding** (not measurable here): `tensor.pin_memory()` per batch allocates page-locked memory every
-   batch; keep two pinned buffers per run, copy each batch into one, `.to(device, non_blocking=True)`, and
-   gather/normalise the next batch (numpy, GIL released) while the current one runs.
+5. **Applied — GPU feeding** (measured on a lent H100, below): the per-batch path gathered patches on the host,
+   copied each batch through `pin_memory()`, and read a result back three times per batch (the NaN/Inf test,
+   the patch indices sent as pageable tensors), so the GPU idled while the host prepared the next batch. Now
+   (`core/feed.py`) a chunk goes to the device once (page-locked staging, non-blocking copy), is normalised
+   there, and batches are gathered on the device; the NaN/Inf test is folded into a device flag read by the
+   writer once per chunk; the writer's kernels run on their own CUDA stream, waiting on an event recorded after
+   the chunk's last batch (not on the batches queued after it). Torch models run channels-last on CUDA, and the
+   GPU batch is 256 patches of 120² (as many pixels for other patch sizes).
 6. **Applied — patch-level models without `--probs`**: `blend.blend_patch_level_confidence(grid, chunk, P, valid,
    rows)` gives the products of a strip without materialising its `(C, rows, width)` probabilities (same
    results; no 93 MB buffer per 512-row strip to write and read again): 0.36 → 0.23 s per 2400² chunk, one
    thread.
-* GPU (not lent to this task): the compute floor above gives the CPU cost per patch; on one H100-class GPU a
-  ResNet-50 at 120² runs well above 5,000 patches/s in TF32/FP16 (≈ 1.2 GFLOP per patch), so a full tile's
-  ≈ 35,000 patches need ≈ 5–10 s of compute: the full tile under 60 s then depends on decoding the JP2 bands
-  concurrently (≈ 40 CPU-seconds, spread over the cores), on writing the four products in parallel
-  (ZSTD with GDAL threads) and on feeding the GPU (reused pinned buffers, non-blocking copies, next batch
-  prepared while the current one runs).
+## GPU: one H100 (80 GB), 16 cores (`tools/measure_gpu.py`, 2026-11-25)
+
+The GPU machine has torch 2.11 + CUDA but no GDAL Python bindings, so `s2seg bench` cannot run there;
+`tools/measure_gpu.py` runs the engine's own stages instead (rasterio wheel carried): compute floor (forward
+passes alone on normalised patches already on the GPU), the inference stage (`_Run._infer_chunk` over every
+chunk, pixels in memory) and the pipeline (`_Run.execute`: reader thread, inference, writer thread with
+blending, confidence, statistics and preview) with the GeoTIFF encoding left out. Input: the synthetic
+sample tile as ZSTD GeoTIFF (decodes faster than the JPEG 2000 of real products). ResNet-50 = random-weight
+BigEarthNet v2 checkpoint, 10 bands, 120² patches.
+
+| engine | model | tile | batch | floor s | inference stage s (÷ floor) | pipeline s | read s (alone) |
+|---|---|---|---|---|---|---|---|
+| before (per-batch host gather) | ResNet-50 | 5040² | 64 | 0.84 | 1.68 (2.01×) | 2.29 | 1.00 |
+| after, same batch | ResNet-50 | 5040² | 64 | 0.75 | 1.15 (1.54×) | 1.86 | 1.09 |
+| after, defaults (256, channels-last) | ResNet-50 | 5040² | 256 | 0.35 | 0.56 (1.60×) | 1.39 | 1.29 |
+| before | built-in | 5040² | 64 | 0.06 | 0.55 (9.9×) | 0.88 | 0.89 |
+| after, defaults | built-in | 5040² | 256 | 0.05 | 0.12 (2.4×) | 0.79 | 0.85 |
+| after, defaults | ResNet-50 | **10980²** | 256 | 1.59 | 1.75 (1.10×) | **4.35** | 4.45 |
+| after, defaults, `--half` | ResNet-50 | 10980² | 256 | 1.11 | 1.28 (1.15×) | 4.97 | 4.45 |
+| after, defaults, 10 read threads | ResNet-50 | 10980² | 256 | — | — | 3.97 | 3.54 |
+| after, defaults | built-in | 10980² | 256 | 0.23 | 0.58 (2.5×) | 3.70 | 3.84 |
+
+Forward pass alone, ResNet-50, ms per batch (patches/s): batch 64 7.98 (8,000); batch 256 float32 16.7
+(15,400), float16 12.8 (20,100); channels-last batch 256 float32 11.2 (22,800), float16 9.2 (27,800);
+channels-last batch 512 float16 13.7 (37,400). Small batches leave the H100 waiting on kernel launches.
+
+* A full tile with a ResNet-50 on one H100: 35,344 patches, 1.6 s of forward passes (float32): the GPU is
+  no longer what takes time. Reading is: the pipeline ran in 4.35 s, 0.98 × reading alone (4.45 s) — every
+  other stage hidden behind it. With real JPEG 2000 bands (≈ 40 CPU-seconds of decoding per tile, measured
+  on this VM: 7.6 s per 10 m band) spread over 10 read threads, and the four products encoded with GDAL's
+  threads (2.8 s per float32 product on 2 cores, fewer seconds on 16), a full tile is **≈ 10–15 s**
+  (estimate from these measurements: decoding bound), well under the 60 s goal.
+* `cudnn.benchmark` stays off: each new batch shape (the last batch of every chunk) triggered autotuning and
+  made the inference stage 2.5× slower (3.27 s against 1.33 s, 5040², batch 64).
+* Float16 (`--half`) gains 30 % in the forward pass but changes 1.4 % of the built-in model's classes
+  (ties between close prototypes): kept opt-in.
+* CPU against CUDA (built-in model, 2400² tile, after the fix below): 99.99997 % of the classes equal (2 of
+  5.76 M pixels, near-ties), the same nodata, max probability within 1.0e-6; 4.42 s on the CPU (16 cores),
+  0.96 s on the GPU (GeoTIFF encoding left out). The first comparison failed and found a miscompile on that
+  machine's CPU path: numba 0.68.0 (numpy 2.5.2) wrote 8 bytes past each row of the class array in the fused
+  confidence kernel, so rows split over threads (16 cores: 8 threads) lost their first 8 class ids. The class
+  ids are now stored in a loop of their own (no overrun, measured there) and tests check that every kernel
+  writes inside its rows and that the threaded split equals the single-threaded products.
 """
 
 
@@ -478,7 +520,7 @@ def _regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any]:
     bandset = discover(tile)
     card = model.card
     chunk_size = config.chunk_size or _auto_chunk_size(card, bandset, model.device)
-    batch = config.batch_size or (EngineConfig.GPU_BATCH_SIZE if model.device.type == "cuda" else EngineConfig.CPU_BATCH_SIZE)
+    batch = config.batch_size or EngineConfig.default_batch_size(model.device.type, card.patch_size)
     config = config.with_(chunk_size=chunk_size, batch_size=batch, overwrite=True)
     grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
 
@@ -500,7 +542,7 @@ def _io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pa
     import rasterio
     from rasterio.windows import Window
 
-    from .pipeline import _patch_has_data
+    from .feed import patches_with_data
     from .reader import ChunkReader
     from .writer import ProductWriter
 
@@ -526,7 +568,7 @@ def _io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pa
                     t0 = time.perf_counter()
                     pixels = reader.read(chunk.input_rows, chunk.input_cols)
                     t_read += time.perf_counter() - t0
-                    todo = _patch_has_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
+                    todo = patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
                     n_patches += int(todo.sum())
                     if sample is None and todo.any():
                         sample = (pixels, np.argwhere(todo))
@@ -556,7 +598,7 @@ def _compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> 
     """Forward passes alone on ``n_patches`` patches (cycled from the first chunk), already normalised on the device."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from .pipeline import _Normaliser
+    from .feed import Normaliser
 
     if sample is None or n_patches == 0:
         return 0.0
@@ -565,7 +607,7 @@ def _compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> 
     windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]
     pick = todo[np.linspace(0, len(todo) - 1, min(len(todo), 2 * batch)).astype(int)]
     pool = np.ascontiguousarray(windows[:, pick[:, 0], pick[:, 1]].transpose(1, 0, 2, 3))
-    normaliser = _Normaliser(card, bandset, model.device)
+    normaliser = Normaliser(card, bandset, model.device)
     with torch.inference_mode():
         pool_t = normaliser(torch.from_numpy(pool).to(model.device))
         sizes = [batch] * (n_patches // batch) + ([n_patches % batch] if n_patches % batch else [])

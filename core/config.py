@@ -30,7 +30,11 @@ class EngineConfig:
     PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520
     #: Models coarser than 10 m take chunks this many times larger (see pipeline._auto_chunk_size).
     COARSE_CHUNK_SCALE: ClassVar[int] = 2
-    GPU_BATCH_SIZE: ClassVar[int] = 64
+    #: Patches of PATCH_SIZE per forward pass on an accelerator; other patch sizes get as many pixels.
+    #: Measured on an H100 (docs/benchmarks.md, GPU): a ResNet-50 on 120² patches runs 8,000 patches/s
+    #: at 64, 23,000 at 256 (float32, channels-last): small batches leave the GPU waiting on launches.
+    #: An out-of-memory error halves the batch and retries (pipeline), so a small GPU still works.
+    GPU_BATCH_SIZE: ClassVar[int] = 256
     CPU_BATCH_SIZE: ClassVar[int] = 16
     #: Upper bound of the per-chunk model output held for blending (dense models).
     DENSE_OUTPUT_BUDGET_BYTES: ClassVar[int] = 768 * 2**20
@@ -73,6 +77,14 @@ class EngineConfig:
             raise ConfigError(f"half must be True or False, got {self.half!r}")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
+
+    @classmethod
+    def default_batch_size(cls, device_type: str, patch_size: int) -> int:
+        """Patches per forward pass when ``batch_size`` is 0: CPU_BATCH_SIZE on the CPU, else
+        GPU_BATCH_SIZE patches' worth of pixels of PATCH_SIZE (at least 8 patches)."""
+        if device_type == "cpu":
+            return cls.CPU_BATCH_SIZE
+        return max(8, cls.GPU_BATCH_SIZE * cls.PATCH_SIZE**2 // patch_size**2)
 
     def with_(self, **changes: object) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""

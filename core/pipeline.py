@@ -32,17 +32,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from . import __version__
 from .blend import DenseCanvas, blend_patch_level, blend_patch_level_confidence
 from .config import EngineConfig
 from .errors import Cancelled, ModelError, OutputError, S2SegError
+from .feed import Normaliser, PatchFeed, patches_with_data
 from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, model_chunk, plan
 from .journal import (Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release,
                       run_fields, unlock)
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
-from .models.base import SegmentationModel, check_output, error_summary
+from .models.base import SegmentationModel, check_output, check_shape, error_summary, non_finite, non_finite_error
 from .preview import PreviewBuilder, preview_name
 from .reader import ChunkPixels, ChunkReader
 from .resample import to_10m
@@ -56,6 +56,18 @@ LogCallback = Callable[[str], None]
 START_OVER = "to start over, run without --resume (resume mode auto or never)"
 STRIP_ROWS = 512  # rows blended at once: bounds the (C, rows, width) probability buffer
 _END = object()
+
+
+@dataclass
+class _Inferred:
+    """One chunk's model outputs, as the inference thread hands them to the writer."""
+
+    #: blended probabilities (C, h, w) of a dense model, or the (ny, nx, C) patch grid of a patch-level one
+    grid: torch.Tensor
+    #: asynchronous devices: 0-dim bool, did any batch hold NaN or Inf (read by the writer); None: checked per batch
+    non_finite: torch.Tensor | None
+    #: CUDA: recorded after the chunk's last kernel
+    ready: Any = None
 
 
 @dataclass
@@ -132,7 +144,7 @@ def segment(
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     chunk_size = _chunk_size(config, card, bandset, device, log)
     grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
-    batch_size = config.batch_size or (EngineConfig.CPU_BATCH_SIZE if device.type == "cpu" else EngineConfig.GPU_BATCH_SIZE)
+    batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
     preview_path = output_dir / preview_name(bandset.name)
     report_path = output_dir / f"{bandset.name}_report.json"
@@ -330,7 +342,12 @@ class _Run:
         self.products: dict[str, Path] = {}
         self._progress = progress
         self._progress_lock = threading.Lock()
-        self.normaliser = _Normaliser(card, bandset, model.device)
+        self.normaliser = Normaliser(card, bandset, model.device)
+        #: the device runs asynchronously: keep the host from waiting on it between batches
+        self.asynchronous = _asynchronous(model.device)
+        #: CUDA: the writer's kernels run on their own stream, so that reading a chunk's products
+        #: back waits for that chunk only, not for the batches queued after it
+        self.write_stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
         self.block = block_size(grid.chunk_size)
         #: chunks after which the written chunks can be journaled (all of them when blocks never straddle chunks)
         self.journal_points = journal_points(grid, self.block)
@@ -466,56 +483,64 @@ class _Run:
         while (item := self._get(in_q)) is not _END:
             chunk, pixels = item
             t0 = time.perf_counter()
-            grid = self._infer_chunk(chunk, pixels, n_chunks)
+            inferred = self._infer_chunk(chunk, pixels, n_chunks)
             self.busy["inference"] += time.perf_counter() - t0
-            self._put(out_q, (chunk, pixels.output_valid, grid))
+            self._put(out_q, (chunk, pixels.output_valid, inferred))
         self._put(out_q, _END)
 
-    def _infer_chunk(self, chunk: Chunk, pixels: ChunkPixels, n_chunks: int) -> torch.Tensor | None:
+    def _infer_chunk(self, chunk: Chunk, pixels: ChunkPixels, n_chunks: int) -> "_Inferred | None":
         p, s = self.card.patch_size, self.card.stride
         ny, nx = chunk.n_patches_y, chunk.n_patches_x
-        todo = np.argwhere(_patch_has_data(pixels.valid, ny, nx, s))  # nodata-only patches cost nothing
+        todo = np.argwhere(patches_with_data(pixels.valid, ny, nx, s))  # nodata-only patches cost nothing
         if len(todo) == 0:
             return None
         device = self.model.device
+        feed = PatchFeed(pixels.data, todo, p, s, self.normaliser, device, resident=self.asynchronous)
+        # On an asynchronous device the outputs' NaN/Inf test is read by the writer, once per chunk.
+        bad = torch.zeros((), dtype=torch.bool, device=device) if self.asynchronous else None
         # Dense outputs are blended as batches arrive (a canvas 4× smaller than the patch grid);
         # patch-level outputs are tiny and blended by the writer.
         window = model_chunk(chunk, self.card.pixel_factor)
         canvas = DenseCanvas(window, p, self.card.num_classes, device) if self.card.output_kind == "dense" else None
         grid = torch.zeros((ny, nx, self.card.num_classes), dtype=torch.float32, device=device) if canvas is None else None
-        windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]  # (B, ny, nx, P, P), a view
         start, b = 0, 0  # first patch of the next batch, batches done
-        while start < len(todo):
+        while start < feed.count:
             self._check()
-            ky, kx = todo[start: start + self.batch_size].T
-            out = self._predict(chunk, windows, ky, kx)
+            stop = min(start + self.batch_size, feed.count)
+            out = self._predict(chunk, feed, start, stop)
             if out is None:  # out of memory: the same patches again, in a batch half as large
                 continue
-            out = check_output(out, self.card, len(ky))
-            if canvas is not None:
-                canvas.add(torch.as_tensor(ky), torch.as_tensor(kx), out)
+            if bad is None:
+                out = check_output(out, self.card, stop - start)
             else:
-                grid[torch.as_tensor(ky, device=device), torch.as_tensor(kx, device=device)] = out
-            start, b = start + len(ky), b + 1
-            n_batches = b + math.ceil((len(todo) - start) / self.batch_size)
-            self._report((self._position[chunk.index] + start / len(todo) * 0.9) / n_chunks * 0.95,
+                check_shape(out, self.card, stop - start)
+                bad |= non_finite(out)
+                out = out.float()
+            ky, kx = feed.indices(start, stop)
+            if canvas is not None:
+                canvas.add(ky, kx, out)
+            else:
+                grid[ky, kx] = out
+            start, b = stop, b + 1
+            n_batches = b + math.ceil((feed.count - start) / self.batch_size)
+            self._report((self._position[chunk.index] + start / feed.count * 0.9) / n_chunks * 0.95,
                          f"chunk {chunk.index + 1}/{n_chunks}: batch {b}/{n_batches}")
-        return canvas.result() if canvas is not None else grid
+        ready = None
+        if self.write_stream is not None:
+            ready = torch.cuda.Event()
+            ready.record()
+        return _Inferred(canvas.result() if canvas is not None else grid, bad, ready)
 
-    def _predict(self, chunk: Chunk, windows: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> torch.Tensor | None:
-        """The model's output for patches (ky, kx), or None after halving ``self.batch_size``
-        because the device ran out of memory (the caller retries the same patches)."""
+    def _predict(self, chunk: Chunk, feed: PatchFeed, start: int, stop: int) -> torch.Tensor | None:
+        """The model's output for patches ``start:stop`` of ``feed``, or None after halving
+        ``self.batch_size`` because the device ran out of memory (the caller retries the same patches)."""
         device = self.model.device
-        batch = np.ascontiguousarray(windows[:, ky, kx].transpose(1, 0, 2, 3))
-        tensor = torch.from_numpy(batch)
-        if device.type == "cuda":
-            tensor = tensor.pin_memory().to(device, non_blocking=True)
-        elif device.type != "cpu":
-            tensor = tensor.to(device)
+        batch = None
         try:
+            batch = feed.batch(start, stop)
             precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
             with torch.inference_mode(), precision:
-                return self.model.predict(self.normaliser(tensor))
+                return self.model.predict(batch)
         except S2SegError:
             raise
         except Exception as exc:
@@ -523,7 +548,7 @@ class _Run:
                 raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
             message = error_summary(exc)
         # Outside the except block: the exception (and the frames holding the batch) is released.
-        del tensor, batch
+        del batch
         _empty_cache(device)
         if self.batch_size == 1:
             raise ModelError(f"model {self.card.name!r} ran out of memory on {device} (chunk {chunk.index + 1}) even with "
@@ -553,40 +578,18 @@ class _Run:
 
     def _write_chunks(self, in_q: queue.Queue, writer: ProductWriter, sync_q: queue.Queue) -> None:
         n_chunks = len(self.grid.chunks)
-        f = self.card.pixel_factor
         pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
         while (item := self._get(in_q)) is not _END:
-            chunk, valid_region, grid = item
+            chunk, valid_region, inferred = item
             t0 = time.perf_counter()
             # The input region starts (1 + margin) strides above/left of the output window.
             top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
             valid = valid_region[top: top + chunk.height, left: left + chunk.width]
-            if grid is None:
+            if inferred is None:
                 stats = self._write_nodata(writer, chunk)
             else:
-                acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=grid.device)
-                # Dense chunks arrive blended, (C, h, w); patch-level ones as the (ny, nx, C) grid.
-                dense = grid if self.card.output_kind == "dense" else None
-                window = model_chunk(chunk, f)
-                if f > 1 and dense is None:  # the model's grid is small: blend it whole
-                    dense = blend_patch_level(grid, window, self.card.patch_size)
-                for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
-                    self._check()
-                    r1 = min(r0 + STRIP_ROWS, chunk.row1)
-                    strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
-                    probs = None
-                    if f > 1:
-                        probs = to_10m(dense, window, f, (r0, r1), (chunk.col0, chunk.col1))
-                    elif dense is not None:
-                        probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]
-                    elif self.config.write_probs:
-                        probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
-                    if probs is None:  # patch-level, no probabilities to write: blend and confidence in one pass
-                        conf = blend_patch_level_confidence(grid, chunk, self.card.patch_size, strip_valid, rows=(r0, r1))
-                    else:
-                        conf = confidence(probs, strip_valid)
-                    self._write_strip(writer, conf, probs, strip_valid, r0, chunk.col0, acc)
-                stats = acc.cpu().numpy()
+                with self._writing_stream():
+                    stats = self._write_products(writer, chunk, valid, self._receive(inferred))
             pending.append((chunk.index, stats))
             if chunk.index in self.journal_points:
                 # In the files first (synced and journaled by the journal thread): a journaled chunk is
@@ -600,6 +603,47 @@ class _Run:
             self.busy["write"] += time.perf_counter() - t0
             self._chunks_done += 1
             self._report(self._chunks_done / n_chunks * 0.95, f"chunk {self._chunks_done}/{n_chunks} written")
+
+    def _write_products(self, writer: ProductWriter, chunk: Chunk, valid: np.ndarray, grid: torch.Tensor) -> np.ndarray:
+        """Blend, summarise and write one chunk strip by strip; its (3, C) statistics."""
+        f = self.card.pixel_factor
+        acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=grid.device)
+        # Dense chunks arrive blended, (C, h, w); patch-level ones as the (ny, nx, C) grid.
+        dense = grid if self.card.output_kind == "dense" else None
+        window = model_chunk(chunk, f)
+        if f > 1 and dense is None:  # the model's grid is small: blend it whole
+            dense = blend_patch_level(grid, window, self.card.patch_size)
+        for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
+            self._check()
+            r1 = min(r0 + STRIP_ROWS, chunk.row1)
+            strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(grid.device)
+            probs = None
+            if f > 1:
+                probs = to_10m(dense, window, f, (r0, r1), (chunk.col0, chunk.col1))
+            elif dense is not None:
+                probs = dense[:, r0 - chunk.row0: r1 - chunk.row0]
+            elif self.config.write_probs:
+                probs = blend_patch_level(grid, chunk, self.card.patch_size, rows=(r0, r1))
+            if probs is None:  # patch-level, no probabilities to write: blend and confidence in one pass
+                conf = blend_patch_level_confidence(grid, chunk, self.card.patch_size, strip_valid, rows=(r0, r1))
+            else:
+                conf = confidence(probs, strip_valid)
+            self._write_strip(writer, conf, probs, strip_valid, r0, chunk.col0, acc)
+        return acc.cpu().numpy()
+
+    def _writing_stream(self) -> contextlib.AbstractContextManager:
+        """Where the writer's device work runs: its own CUDA stream, else the default."""
+        return torch.cuda.stream(self.write_stream) if self.write_stream is not None else contextlib.nullcontext()
+
+    def _receive(self, inferred: "_Inferred") -> torch.Tensor:
+        """A chunk's outputs, once the device has computed them; raises when the model produced NaN or Inf."""
+        if inferred.ready is not None:  # on the writer's stream: wait for the chunk's last kernel, on the device
+            self.write_stream.wait_event(inferred.ready)
+            for tensor in (inferred.grid, inferred.non_finite):
+                tensor.record_stream(self.write_stream)  # not reused by the allocator before the writer is done
+        if inferred.non_finite is not None and bool(inferred.non_finite):
+            raise non_finite_error(self.card)
+        return inferred.grid
 
     def _write_strip(self, writer: ProductWriter, conf: Confidence, probs: torch.Tensor | None, valid: torch.Tensor,
                      row0: int, col0: int, acc: torch.Tensor) -> None:
@@ -632,23 +676,10 @@ class _Run:
         return np.zeros((3, self.card.num_classes), dtype=np.float64)
 
 
-class _Normaliser:
-    """Product DN → model input on the device: remove the baseline offset, scale, standardise."""
-
-    def __init__(self, card: ModelCard, bandset: BandSet, device: torch.device):
-        def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-        self.offset = column([bandset.offset(b) for b in card.bands])
-        self.scale = card.scale_factor
-        self.mean = column(list(card.mean)) if card.mean else None
-        self.std = column(list(card.std)) if card.std else None
-
-    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
-        x = (raw.to(torch.float32) + self.offset) * self.scale
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x
+def _asynchronous(device: torch.device) -> bool:
+    """Does ``device`` run kernels asynchronously to the host (any accelerator)? Then patches are
+    gathered on the device and nothing between two batches reads a result back."""
+    return device.type != "cpu"
 
 
 def _out_of_memory(error: BaseException, device: torch.device) -> bool:
@@ -666,12 +697,6 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps") and torch.backends.mps.is_available():
         torch.mps.empty_cache()
-
-
-def _patch_has_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndarray:
-    """(ny, nx) bool: does patch (ky, kx) hold at least one valid pixel? Block-reduce, no loop."""
-    blocks = valid.reshape(ny + 1, stride, nx + 1, stride).any(axis=(1, 3))
-    return blocks[:-1, :-1] | blocks[1:, :-1] | blocks[:-1, 1:] | blocks[1:, 1:]
 
 
 def _with_note(error: S2SegError, note: str) -> S2SegError:

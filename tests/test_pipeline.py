@@ -13,6 +13,7 @@ from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError
 from s2seg.core.models.base import apply_activation
 from s2seg.core.models.card import ModelCard
 from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
+from s2seg.core import pipeline
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
 
@@ -120,6 +121,19 @@ def test_patch_level_products_are_the_same_with_and_without_probabilities(tile, 
     assert np.array_equal(read(fused["class"]), read(split["class"]))
     for key in FLOATS:
         np.testing.assert_allclose(read(fused[key]), read(split[key]), atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("make_model", [lambda: "builtin", SpectralPatchModel, ConvDenseModel], ids=["dense", "patch", "dense-30m"])
+def test_accelerator_path_writes_the_same_products(tile, tmp_path, make_model, monkeypatch):
+    """On accelerators chunks are normalised on the device and batches gathered there, and NaN/Inf
+    is read by the writer once per chunk: forced on the CPU, that path writes the same products."""
+    config = EngineConfig(chunk_size=120 if make_model is not ConvDenseModel else 0)
+    host = segment(tile, tmp_path / "host", model=make_model(), config=config).products
+    monkeypatch.setattr(pipeline, "_asynchronous", lambda device: True)
+    resident = segment(tile, tmp_path / "resident", model=make_model(), config=config).products
+    assert np.array_equal(read(host["class"]), read(resident["class"]))
+    for key in FLOATS:
+        np.testing.assert_allclose(read(host[key]), read(resident[key]), atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize("make_model", [ConvDenseModel, lambda: SpectralPatchModel(patch_size=20, resolution=20)],
