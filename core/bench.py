@@ -596,20 +596,15 @@ def _io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pa
 
 def _compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> float:
     """Forward passes alone on ``n_patches`` patches (cycled from the first chunk), already normalised on the device."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    from .feed import Normaliser
+    from .feed import Normaliser, PatchFeed
 
     if sample is None or n_patches == 0:
         return 0.0
     pixels, todo = sample
-    p, s = card.patch_size, card.stride
-    windows = sliding_window_view(pixels.data, (p, p), axis=(1, 2))[:, ::s, ::s]
     pick = todo[np.linspace(0, len(todo) - 1, min(len(todo), 2 * batch)).astype(int)]
-    pool = np.ascontiguousarray(windows[:, pick[:, 0], pick[:, 1]].transpose(1, 0, 2, 3))
-    normaliser = Normaliser(card, bandset, model.device)
+    feed = PatchFeed(pixels.data, pick, card.patch_size, card.stride, Normaliser(card, bandset, model.device), model.device)
     with torch.inference_mode():
-        pool_t = normaliser(torch.from_numpy(pool).to(model.device))
+        pool_t = feed.batch(0, feed.count).to(model.device)
         sizes = [batch] * (n_patches // batch) + ([n_patches % batch] if n_patches % batch else [])
         if len(pool_t) < batch:
             pool_t = pool_t.repeat(math.ceil(batch / len(pool_t)), 1, 1, 1)

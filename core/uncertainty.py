@@ -131,13 +131,18 @@ def _row_has_data(valid, y):  # pragma: no cover - compiled by numba
 
 
 @_njit
+def _row_buffers(w):  # pragma: no cover - compiled by numba
+    """One row's scratch: values, mantissas, top-1, top-2, Σp, Σp ln p, argmax (``w`` each)."""
+    f32 = np.float32
+    return (np.empty(w, f32), np.empty(w, np.uint32), np.empty(w, f32), np.empty(w, f32), np.empty(w, f32),
+            np.empty(w, f32), np.empty(w, np.int32))
+
+
+@_njit
 def _confidence_rows(p, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover - compiled by numba
     """Rows ``r0 … r1-1`` of the products of ``p (C, h, w)`` float32."""
     n_classes, _, w = p.shape
-    buf = np.empty(w, np.float32)
-    mant = np.empty(w, np.uint32)
-    top1, top2, total, plogp = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
-    arg = np.empty(w, np.int32)
+    buf, mant, top1, top2, total, plogp, arg = _row_buffers(w)
     for y in range(r0, r1):
         if _row_has_data(valid, y):  # rows without a valid pixel cost nothing
             _reset(top1, top2, arg, total, plogp)
@@ -153,10 +158,7 @@ def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classe
     """Rows ``r0 … r1-1`` of the products of the patch-level blend ``p[c, y] = w_first[y] · rows[c, first[y]] +
     w_second[y] · rows[c, second[y]]`` (``rows = G · A_xᵀ``, (C, ky, w)), without materialising ``p``."""
     n_classes, _, w = rows.shape
-    buf = np.empty(w, np.float32)
-    mant = np.empty(w, np.uint32)
-    top1, top2, total, plogp = np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32)
-    arg = np.empty(w, np.int32)
+    buf, mant, top1, top2, total, plogp, arg = _row_buffers(w)
     for y in range(r0, r1):
         if _row_has_data(valid, y):
             _reset(top1, top2, arg, total, plogp)

@@ -47,11 +47,18 @@ def test_nodata_pixels_get_nodata_in_every_product():
     assert (out.entropy[valid] >= 0).all() and (out.entropy[valid] <= 2.0 + 1e-6).all()
 
 
+GUARD = {"uint8": 77, "float32": 7.0}
+
+
 def _guarded(h, w):
     """Product rows (h, w) with one guard row after them, filled with markers."""
     import numpy as np
 
-    return [np.full((h + 1, w), 77, np.uint8)] + [np.full((h + 1, w), 7.0, np.float32) for _ in range(3)]
+    return [np.full((h + 1, w), GUARD[dtype], dtype) for dtype in ("uint8", "float32", "float32", "float32")]
+
+
+def _guard_untouched(products, h):
+    return all((a[h] == GUARD[a.dtype.name]).all() for a in products)
 
 
 @pytest.mark.skipif(not kernels.enabled(), reason="needs numba")
@@ -69,14 +76,14 @@ def test_compiled_kernels_write_inside_their_rows_only(width):
     valid = np.ones((h, width), dtype=bool)
     products = _guarded(h, width)
     uncertainty._confidence_rows(probs, valid, *(a[:h] for a in products), 0, h)
-    assert all((a[h] == (77 if a.dtype == np.uint8 else 7.0)).all() for a in products)
+    assert _guard_untouched(products, h)
     assert (products[0][:h] < 5).all()
     rows = np.ascontiguousarray(probs[:, :2])  # the fused patch-level blend: two source rows mixed per output row
     first, second = np.zeros(h, np.int64), np.ones(h, np.int64)
     weights = np.full(h, 0.5, np.float32)
     products = _guarded(h, width)
     uncertainty._blend_confidence_rows(rows, first, second, weights, weights, valid, *(a[:h] for a in products), 0, h)
-    assert all((a[h] == (77 if a.dtype == np.uint8 else 7.0)).all() for a in products)
+    assert _guard_untouched(products, h)
 
 
 def test_rows_split_over_threads_give_the_single_thread_products(monkeypatch):

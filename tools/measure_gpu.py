@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2seg.core.bench import _heavy_model_folder, _sample_tile
+from s2seg.core.bench import _config, _heavy_model_folder, _sample_tile
 from s2seg.core.config import EngineConfig
 from s2seg.core.grid import plan
 from s2seg.core.models import load_model, resolve_card
@@ -203,10 +203,9 @@ def compare_cpu_gpu(work: Path, size: int, log) -> dict:
         model = load_model(resolve_card("builtin"), torch.device(dev))
         chunk_size = pipeline._auto_chunk_size(model.card, small, model.device)
         grid = plan(small.height, small.width, model.card.patch_size, chunk_size)
-        fields = {"resume": "never"} if "resume" in EngineConfig.__dataclass_fields__ else {}
         batch = default_batch(dev, model.card.patch_size)
         try:
-            seconds, _, products[dev] = pipeline_without_encoding(small, model, grid, EngineConfig(**fields, chunk_size=chunk_size), batch)
+            seconds, _, products[dev] = pipeline_without_encoding(small, model, grid, _config(chunk_size=chunk_size), batch)
             report[f"{dev}_s"] = round(seconds, 2)
         except Exception as exc:  # noqa: BLE001 - reported, the other device still runs
             report[f"{dev}_error"] = f"{type(exc).__name__}: {exc}"
@@ -253,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(folder, device)
         card = model.card
         batch = args.batch or default_batch(device.type, card.patch_size)
-        fields = {"resume": "never"} if "resume" in EngineConfig.__dataclass_fields__ else {}
-        if args.read_threads:
-            fields["read_threads"] = args.read_threads
-        base = EngineConfig(**fields)
+        base = _config(**({"read_threads": args.read_threads} if args.read_threads else {}))
         chunk_size = pipeline._auto_chunk_size(card, bandset, device)
         grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
         chunks, read_s = read_all(bandset, card, grid, base)
