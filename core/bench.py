@@ -89,6 +89,16 @@ NOTES = """
 | fresh 200 MB buffer, first touch | 170–280 ms | 70–80 ms | `blend.empty`: anonymous mapping with `MADV_HUGEPAGE` for CPU buffers ≥ 4 MB (page faults dominated simple passes on this VM) |
 
 * Numbers that cannot be met on this machine are reported with the measured reason in the Targets notes.
+* Peak RSS on a full tile (built-in model, 64 chunks of 1440, measured 2026-11-25 with VmRSS sampled every
+  0.2 s): 3.13 GB, 2.25× the 2520² run. Most of the growth is GDAL's process-wide block cache
+  (GDAL_CACHEMAX, default 5 % of RAM: 1.2 GB here). The input bands' blocks stay cached (729 MB by chunk 56
+  of 64; released when the reader closes), and building the overviews fills the cache again (the peak, at
+  "building overviews"). With `GDAL_CACHEMAX=128`: 1.74 GB against 1.33 GB for 2520² (1.31×), wall time
+  unchanged within noise (161 s against 154 s). The last ≈ 180 MB of growth over the run is not attributed
+  yet. The engine does not lower the cache itself: overview building must not evict dirty blocks (GDAL 3.6
+  deadlocked that way before, see writer.commit), and with JPEG 2000 input a small cache would decode the
+  blocks under chunk halos again. Meeting ≤ 1.2× needs overviews written per level with the cache flushed
+  in between (or computed from the chunks as they are written), and the reader keeping its halo rows itself.
 
 ### Pipeline changes found by this profile (all applied but 5)
 
