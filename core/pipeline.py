@@ -41,14 +41,15 @@ from .feed import Normaliser, PatchFeed, patches_with_data
 from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, model_chunk, plan
 from .journal import (Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release,
                       run_fields, unlock)
+from .memory import cache_budget, gdal_cache_limit, release_freed_memory, user_cache_setting
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
 from .models.base import SegmentationModel, check_output, check_shape, error_summary, non_finite, non_finite_error
 from .preview import PreviewBuilder, preview_name
-from .reader import ChunkPixels, ChunkReader
+from .reader import ChunkPixels, ChunkReader, input_cache_bytes
 from .resample import to_10m
 from .sentinel2 import BandSet, discover
 from .uncertainty import LOW_GAP, Confidence, confidence
-from .writer import PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_path, product_paths, release_frames
+from .writer import FLOAT_PRODUCTS, PARTIAL_SUFFIX, ProductWriter, check_output_folder, partial_path, product_paths, release_frames
 
 ProgressCallback = Callable[[float, str], None]
 LogCallback = Callable[[str], None]
@@ -145,6 +146,7 @@ def segment(
     chunk_size = _chunk_size(config, card, bandset, device, log)
     grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
+    cache = _cache_budget(bandset, card, grid, config.write_probs)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
     preview_path = output_dir / preview_name(bandset.name)
     report_path = output_dir / f"{bandset.name}_report.json"
@@ -182,7 +184,10 @@ def segment(
         raise
     log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes, {card.resolution} m) on {device}; "
         f"tile {bandset.name} {bandset.width} × {bandset.height} px, {len(grid.chunks)} chunk(s) of {grid.chunk_size} px, batch {batch_size}")
-    stats = run.execute(writer, journal, done)
+    with gdal_cache_limit(cache) as limit:
+        log(f"GDAL block cache: {limit / 2**20:.0f} MB for this run" if limit is not None
+            else f"GDAL block cache: GDAL_CACHEMAX={user_cache_setting()} as set by the user")
+        stats = run.execute(writer, journal, done)
     if run.batch_size != batch_size:
         log(f"finished with a batch of {run.batch_size} patches (started with {batch_size}): the device ran out of memory")
 
@@ -205,6 +210,16 @@ def segment(
     except OSError as exc:
         raise _os_output_error(report_path, exc) from None
     return result
+
+
+def _cache_budget(bandset: BandSet, card: ModelCard, grid: GridPlan, write_probs: bool) -> int:
+    """GDAL cache for the run (:mod:`.memory`): the reader's input blocks, and one chunk of products
+    (dirty blocks between two flushes)."""
+    rows = max(c.input_rows[1] - c.input_rows[0] for c in grid.chunks)
+    cols = max(c.input_cols[1] - c.input_cols[0] for c in grid.chunks)
+    bytes_per_pixel = 1 + 4 * len(FLOAT_PRODUCTS) + (4 * card.num_classes if write_probs else 0)
+    return cache_budget(input_cache_bytes(bandset, card.bands, card.name, rows, cols),
+                        grid.chunk_size**2 * bytes_per_pixel)
 
 
 def _chunk_size(config: EngineConfig, card: ModelCard, bandset: BandSet, device: torch.device, log: LogCallback) -> int:
@@ -476,6 +491,7 @@ class _Run:
                 pixels = reader.read(chunk.input_rows, chunk.input_cols)
                 self.busy["read"] += time.perf_counter() - t0
                 self._put(out_q, (chunk, pixels))
+                del pixels  # see _infer_stage
         self._put(out_q, _END)
 
     def _infer_stage(self, in_q: queue.Queue, out_q: queue.Queue) -> None:
@@ -485,7 +501,12 @@ class _Run:
             t0 = time.perf_counter()
             inferred = self._infer_chunk(chunk, pixels, n_chunks)
             self.busy["inference"] += time.perf_counter() - t0
-            self._put(out_q, (chunk, pixels.output_valid, inferred))
+            valid = pixels.output_valid
+            # The chunk's band values are done with: hold no reference to them (nor, below, to what
+            # was passed on) while waiting for the queues, or every stage holds one chunk more.
+            del item, pixels
+            self._put(out_q, (chunk, valid, inferred))
+            del inferred, valid
         self._put(out_q, _END)
 
     def _infer_chunk(self, chunk: Chunk, pixels: ChunkPixels, n_chunks: int) -> "_Inferred | None":
@@ -600,6 +621,9 @@ class _Run:
                 sync_q.put(pending)
                 pending = []
                 self.busy["flush"] += time.perf_counter() - t1
+            del item, inferred, valid_region, valid  # see _infer_stage
+            # Once per chunk (the writer finishes it last): trimming in every stage measured no lower.
+            release_freed_memory()  # the chunk's buffers, freed on the heap, go back to the OS (memory.py)
             self.busy["write"] += time.perf_counter() - t0
             self._chunks_done += 1
             self._report(self._chunks_done / n_chunks * 0.95, f"chunk {self._chunks_done}/{n_chunks} written")

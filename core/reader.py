@@ -11,6 +11,7 @@ band by band, so only one band's 10 m values are held at a time per read thread.
 """
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -149,6 +150,34 @@ class ChunkReader:
                        zero[rows.index0][:, cols.index1] | zero[rows.index1][:, cols.index1])
             valid &= ~touched
         return values, valid
+
+
+def input_cache_bytes(bandset: BandSet, band_ids: Sequence[str], model_name: str, rows: int, cols: int) -> int:
+    """Bytes of GDAL block cache that reading chunk regions of ``rows`` × ``cols`` 10 m pixels
+    (halo included) row after row needs so that no input block is decoded twice.
+
+    A block row straddling two chunk rows (JPEG 2000 tiles are 1024², seldom aligned with the
+    chunks) is read again by the next chunk row, so the cache holds a full-width strip of the
+    block rows under one chunk row, plus the blocks of one more chunk: the first chunk of the
+    next row then reads in its new blocks before LRU eviction reaches that strip. Capped at the
+    size of every band.
+    """
+    total = 0
+    reference = bandset.reference
+    for band in bandset.require(band_ids, model_name):
+        try:
+            with rasterio.open(band.path) as ds:
+                (block_h, block_w), itemsize = ds.block_shapes[0], np.dtype(ds.dtypes[0]).itemsize
+        except RasterioIOError as exc:
+            raise InputError(f"cannot open band file {band.path}: {exc}") from None
+        scale = reference.resolution / band.resolution  # native pixels per 10 m pixel
+        tile_rows, tile_cols = math.ceil(band.height / block_h), math.ceil(band.width / block_w)
+        # + 2 native pixels: bilinear neighbours; + 1 block: a region seldom starts on a block edge
+        chunk_rows = min(math.ceil((math.ceil(rows * scale) + 2) / block_h) + 1, tile_rows)
+        chunk_cols = min(math.ceil((math.ceil(cols * scale) + 2) / block_w) + 1, tile_cols)
+        blocks = min(chunk_rows * (tile_cols + chunk_cols), tile_rows * tile_cols)
+        total += blocks * block_h * block_w * itemsize
+    return total
 
 
 def _sampling(position: np.ndarray, n: int) -> _Sampling:

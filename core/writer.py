@@ -35,6 +35,8 @@ from .uncertainty import CLASS_NODATA
 PARTIAL_SUFFIX = ".part"
 FLOAT_PRODUCTS = ("maxprob", "entropy", "gap")
 BLOCK = 512
+#: Overview block edge: a level holds back at most two block rows before writing (_OverviewPyramid).
+OVERVIEW_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -295,9 +297,7 @@ class ProductWriter:
     def commit(self, progress=None) -> dict[str, Path]:
         """Build overviews, close, then rename every product to its final name."""
         try:
-            # No dirty block may be left for BuildOverviews: GDAL 3.6 can deadlock when its overview
-            # workers evict dirty blocks whose compression waits on the same (small) thread pool.
-            self.flush(sync=False)
+            self.flush(sync=False)  # the overviews are computed from the files as they are on disk
             for i, key in enumerate(list(self._datasets)):
                 if progress:
                     progress(i / len(self._datasets), f"overviews of {self.paths[key].name}")
@@ -317,17 +317,53 @@ class ProductWriter:
 
     def _finish(self, key: str) -> None:
         """Overviews (replacing any left by an earlier, failed commit) and, for the class raster,
-        class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF)."""
+        class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF).
+
+        GDAL creates the empty levels; :class:`_OverviewPyramid` fills them from the full-resolution
+        rows, read back strip by strip. Not ``BuildOverviews("AVERAGE")``: GDAL 3.6 reads the file
+        back with the dataset's decoding threads and, once its block cache is full, can deadlock
+        (a decoding thread evicts a dirty overview block whose compression waits for a free thread
+        of the same pool; seen here on 2 cores with GDAL_CACHEMAX set empty, i.e. no cache). Here a
+        second, read-only handle decodes on the calling thread, and only whole block rows of a level
+        are written. Measured on a full tile's four products: 31 s against 44 s for BuildOverviews.
+        """
+        from osgeo import gdal
+
         ds = self._datasets[key]
         path = self._partial(key)
         if ds.GetRasterBand(1).GetOverviewCount():
             _checked(path, lambda: ds.BuildOverviews("NONE", []))
         factors = _overview_factors(ds.RasterXSize, ds.RasterYSize)
         if factors:
-            _checked(path, lambda: ds.BuildOverviews("NEAREST" if key == "class" else "AVERAGE", factors))
+            previous = gdal.GetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", None)
+            gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", str(OVERVIEW_BLOCK))
+            try:
+                _checked(path, lambda: ds.BuildOverviews("NONE", factors))  # empty levels
+            finally:
+                gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", previous)
+            _checked(path, lambda: self._fill_overviews(key, len(factors)))
         if key == "class":
             names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
             _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
+
+    def _fill_overviews(self, key: str, n_levels: int) -> None:
+        """Fill the ``n_levels`` empty overview levels of ``key`` from its full-resolution pixels on disk."""
+        from osgeo import gdal
+
+        ds = self._datasets[key]
+        path = self._partial(key)
+        levels = [[ds.GetRasterBand(b).GetOverview(i) for b in range(1, ds.RasterCount + 1)] for i in range(n_levels)]
+        pyramid = _OverviewPyramid(levels, ds.RasterXSize, ds.RasterYSize, nearest=key == "class")
+        source = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)  # no NUM_THREADS: see _finish
+        if source is None:
+            raise OutputError(f"cannot read back {path}")
+        rows = 2 * OVERVIEW_BLOCK  # one block row of the first level
+        for row0 in range(0, ds.RasterYSize, rows):
+            height = min(rows, ds.RasterYSize - row0)
+            strip = source.ReadAsArray(0, row0, ds.RasterXSize, height)
+            if strip is None:
+                raise OutputError(f"cannot read back rows {row0}–{row0 + height} of {path}")
+            pyramid.push(strip.reshape(ds.RasterCount, height, ds.RasterXSize), last=row0 + height == ds.RasterYSize)
 
     def close(self) -> bool:
         """Close every file and keep it (a resumable stop); True when GDAL reported no error."""
@@ -394,6 +430,59 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _OverviewPyramid:
+    """Overview levels filled top to bottom from full-resolution rows (``push``), each level made from
+    the one above by halving (2 × 2 NaN-ignoring mean; for class ids the top-left pixel, which GDAL's
+    NEAREST also picks where a size is even). A level holds back at most two of its block rows, and writes whole block rows only,
+    so no block is written twice and the memory is a few strips, whatever the tile size."""
+
+    def __init__(self, levels: Sequence[Sequence[Any]], width: int, height: int, nearest: bool):
+        self.levels = levels
+        self.nearest = nearest
+        self.pending: list[np.ndarray | None] = [None] * len(levels)
+        self.written = [0] * len(levels)
+        for bands in levels:  # GDAL sizes level k as ceil(size / 2^k): what halving gives, level by level
+            width, height = math.ceil(width / 2), math.ceil(height / 2)
+            if (bands[0].XSize, bands[0].YSize) != (width, height):
+                raise OutputError(f"overview of {bands[0].XSize} × {bands[0].YSize} px where {width} × {height} was expected")
+
+    def push(self, rows: np.ndarray, level: int = 0, last: bool = False) -> None:
+        """Add ``rows`` (bands, rows, cols) of the level above ``level``; ``last``: nothing follows."""
+        if level == len(self.levels):
+            return
+        held = self.pending[level]
+        pending = rows if held is None else np.concatenate([held, rows], axis=1)
+        step = 2 * self.levels[level][0].GetBlockSize()[1]
+        n = pending.shape[1] if last else pending.shape[1] // step * step
+        self.pending[level] = pending[:, n:].copy()
+        if n == 0 and not last:
+            return
+        reduced = self._halve(pending[:, :n])
+        if reduced.shape[1]:
+            for band, plane in zip(self.levels[level], reduced):
+                band.WriteArray(plane, 0, self.written[level])
+            self.written[level] += reduced.shape[1]
+        self.push(reduced, level + 1, last)
+
+    def _halve(self, x: np.ndarray) -> np.ndarray:
+        if self.nearest:
+            return np.ascontiguousarray(x[:, ::2, ::2])
+        bands, h, w = x.shape
+        if h % 2 or w % 2:  # an odd last row or column: its pair is missing (NaN, ignored)
+            padded = np.full((bands, h + h % 2, w + w % 2), np.nan, dtype=np.float32)
+            padded[:, :h, :w] = x
+            x = padded
+        total = np.zeros((bands, x.shape[1] // 2, x.shape[2] // 2), dtype=np.float32)
+        count = np.zeros_like(total)
+        for quarter in (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]):
+            valid = quarter == quarter  # not NaN
+            count += valid
+            total += np.where(valid, quarter, np.float32(0))
+        with np.errstate(invalid="ignore"):
+            total /= count  # 0 / 0: NaN where no pixel of the four is valid
+        return total
 
 
 def _overview_factors(width: int, height: int) -> list[int]:

@@ -87,3 +87,52 @@ def test_coarse_model_grid_gets_block_means_and_keeps_the_10m_mask(tmp_path):
         valid = values != 0
         sums = np.where(valid, values, 0).reshape(40, 3, 40, 3).sum(axis=(1, 3))
         np.testing.assert_allclose(px.data[band], sums / valid.reshape(40, 3, 40, 3).sum(axis=(1, 3)), rtol=1e-6)
+
+
+def _tiled(path, size, res, block):
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs="EPSG:32618",
+                       transform=from_origin(435730.0, 4179460.0, res, res), tiled=True,
+                       blockxsize=block, blockysize=block) as ds:
+        ds.write(np.ones((size, size), dtype=np.uint16), 1)
+
+
+def _blocks_touched(lo, hi, scale, block, n):
+    """Native block indices under 10 m pixels [lo, hi) (one native pixel more for bilinear neighbours)."""
+    first, last = max(0, int(lo * scale) - 1), min(n - 1, int(np.ceil(hi * scale)))
+    return range(first // block, last // block + 1)
+
+
+def test_cache_budget_holds_a_chunk_row_of_blocks_and_the_next_chunk(tmp_path):
+    """What the budget must hold for no block to be decoded twice, counted block by block over a
+    real plan: every block a chunk row touches (full width) and those of the next row's first chunk."""
+    from s2seg.core.grid import plan
+    from s2seg.core.reader import input_cache_bytes
+
+    _tiled(tmp_path / "s2_B02.tif", 2000, 10, 128)
+    _tiled(tmp_path / "s2_B11.tif", 1000, 20, 128)
+    grid = plan(2000, 2000, 120, 240)
+    span = max(max(c.input_rows[1] - c.input_rows[0], c.input_cols[1] - c.input_cols[0]) for c in grid.chunks)
+    budget = input_cache_bytes(discover(tmp_path), ["B02", "B11"], "test", span, span)
+    rows_of = {}
+    for chunk in grid.chunks:
+        rows_of.setdefault(chunk.input_rows, []).append(chunk)
+    chunk_rows = list(rows_of.values())
+    needed = 0
+    for row, next_row in zip(chunk_rows, chunk_rows[1:]):
+        total = 0
+        for scale, n in ((1.0, 2000), (0.5, 1000)):
+            touched = {(by, bx) for c in row + next_row[:1]
+                       for by in _blocks_touched(*c.input_rows, scale, 128, n)
+                       for bx in _blocks_touched(*c.input_cols, scale, 128, n)}
+            total += len(touched) * 128 * 128 * 2
+        needed = max(needed, total)
+    whole = (16 * 16 + 8 * 8) * 128 * 128 * 2  # every block of both bands
+    assert needed <= budget <= whole
+    assert budget < whole  # a chunk row is smaller than this tile: not everything is cached
+
+
+def test_cache_budget_never_exceeds_the_bands(tmp_path):
+    from s2seg.core.reader import input_cache_bytes
+
+    _tiled(tmp_path / "s2_B02.tif", 300, 10, 128)
+    assert input_cache_bytes(discover(tmp_path), ["B02"], "test", 2000, 2000) == 3 * 3 * 128 * 128 * 2

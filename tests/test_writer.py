@@ -1,0 +1,111 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from s2seg.core.uncertainty import CLASS_NODATA
+from s2seg.core.writer import OVERVIEW_BLOCK, ProductWriter
+
+W, H = 1300, 1050  # odd-sized levels (650 × 525, 325 × 263, …) and a last block row cut short
+
+
+def _products(seed=0):
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 5, (H, W), dtype=np.uint8)
+    maxprob = rng.random((H, W), dtype=np.float32)
+    maxprob[100:300, 200:700] = np.nan  # nodata areas: not averaged in
+    maxprob[::7, ::3] = np.nan
+    classes[np.isnan(maxprob)] = CLASS_NODATA
+    probs = rng.random((3, H, W), dtype=np.float32)
+    probs[:, np.isnan(maxprob)] = np.nan
+    return classes, maxprob, probs
+
+
+def _write(tmp_path, classes, maxprob, probs, chunk=480):
+    writer = ProductWriter(tmp_path, "T", width=W, height=H, crs=CRS.from_epsg(32633),
+                           transform=from_origin(500000, 6000000, 10, 10), class_names=["a", "b", "c"],
+                           class_colours=["#ff0000", "#00ff00", "#0000ff"], write_probs=True, block=240)
+    for row0 in range(0, H, chunk):
+        for col0 in range(0, W, chunk):
+            window = np.s_[row0: row0 + chunk, col0: col0 + chunk]
+            writer.write("class", classes[window], row0, col0)
+            for key in ("maxprob", "entropy", "gap"):
+                writer.write(key, maxprob[window], row0, col0)
+            writer.write("probs", probs[(slice(None), *window)], row0, col0)
+    return writer.commit()
+
+
+def _halve_mean(x):
+    """Mean of each 2 × 2 block of the valid (non-NaN) pixels, in float64; NaN where none is valid."""
+    h, w = x.shape
+    padded = np.full((h + h % 2, w + w % 2), np.nan, dtype=np.float64)
+    padded[:h, :w] = x
+    blocks = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        return np.nanmean(blocks, axis=(1, 3))
+
+
+def _levels(path, band=1):
+    ds = gdal.Open(str(path))
+    b = ds.GetRasterBand(band)
+    return [b.GetOverview(i).ReadAsArray() for i in range(b.GetOverviewCount())], b.GetOverview(0).GetBlockSize()
+
+
+def test_overviews_are_nan_ignoring_means_level_by_level_and_nearest_for_classes(tmp_path):
+    classes, maxprob, probs = _products()
+    paths = _write(tmp_path, classes, maxprob, probs)
+
+    levels, block = _levels(paths["maxprob"])
+    assert block == [OVERVIEW_BLOCK, OVERVIEW_BLOCK]
+    assert len(levels) == 2  # 1300 / 4 = 325 ≥ 256 > 1300 / 8
+    expected = maxprob.astype(np.float64)
+    for level in levels:
+        expected = _halve_mean(expected)
+        assert level.shape == expected.shape
+        np.testing.assert_allclose(level, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+    class_levels, _ = _levels(paths["class"])
+    for k, level in enumerate(class_levels, start=1):
+        assert np.array_equal(level, classes[:: 2**k, :: 2**k])
+
+    for band in range(3):  # multi-band product: every band its own pyramid
+        probs_levels, _ = _levels(paths["probs"], band + 1)
+        np.testing.assert_allclose(probs_levels[0], _halve_mean(probs[band].astype(np.float64)), atol=1e-6, equal_nan=True)
+
+
+def test_first_level_equals_gdal_average(tmp_path):
+    """Against GDAL's own AVERAGE overview of the same full-resolution pixels (it ignores NaN too)."""
+    classes, maxprob, probs = _products(1)
+    paths = _write(tmp_path, classes, maxprob, probs)
+    copy = tmp_path / "gdal.tif"
+    gdal.Translate(str(copy), str(paths["maxprob"]), creationOptions=["TILED=YES"])
+    ds = gdal.Open(str(copy), gdal.GA_Update)
+    ds.BuildOverviews("AVERAGE", [2])
+    reference = ds.GetRasterBand(1).GetOverview(0).ReadAsArray()
+    ds = None
+    ours, _ = _levels(paths["maxprob"])
+    np.testing.assert_allclose(ours[0], reference, atol=1e-6, equal_nan=True)
+
+
+def test_commit_twice_replaces_the_overviews(tmp_path):
+    """A commit that failed after building overviews is retried on the same .part files: the
+    levels are rebuilt, not added to."""
+    classes, maxprob, probs = _products(2)
+    writer = ProductWriter(tmp_path, "T", width=W, height=H, crs=CRS.from_epsg(32633),
+                           transform=from_origin(500000, 6000000, 10, 10), class_names=["a"],
+                           class_colours=["#ff0000"], write_probs=False, block=240)
+    writer.write("class", classes, 0, 0)
+    for key in ("maxprob", "entropy", "gap"):
+        writer.write(key, maxprob, 0, 0)
+    writer.flush()
+    writer._finish("maxprob")
+    paths = writer.commit()
+    levels, _ = _levels(paths["maxprob"])
+    assert len(levels) == 2
+    np.testing.assert_allclose(levels[1], _halve_mean(_halve_mean(maxprob.astype(np.float64))), atol=1e-6, equal_nan=True)
+    assert math.ceil(W / 4) == levels[1].shape[1]
