@@ -33,7 +33,7 @@ _saved_max: int | None = None  # GDAL's cache size before the first of them star
 
 def cache_budget(input_bytes: int, output_bytes: int) -> int:
     """GDAL cache bytes for a run whose reads need ``input_bytes`` of cached input blocks
-    (see :meth:`s2seg.core.reader.ChunkReader.cache_bytes`) and whose writes leave
+    (see :func:`s2seg.core.reader.input_cache_bytes`) and whose writes leave
     ``output_bytes`` of dirty blocks between two flushes (one chunk of products)."""
     return max(MIN_CACHE_BYTES, input_bytes + output_bytes)
 
@@ -51,7 +51,8 @@ def gdal_cache_limit(budget_bytes: int) -> Iterator[int | None]:
 
     Runs in progress at once in one process (a batch, two QGIS algorithms) share the cache,
     so the limit is the sum of their budgets; the size found before the first of them is put
-    back when the last ends. The cache is never raised above that size, and left alone (yields
+    back when the last ends. The cache is never raised above that size (unless it was below
+    :data:`MIN_CACHE_BYTES`, as GDAL makes it of an empty GDAL_CACHEMAX), and left alone (yields
     None) where the user set GDAL_CACHEMAX.
     """
     global _saved_max
@@ -83,7 +84,8 @@ def _apply() -> int:
     from osgeo import gdal
 
     assert _saved_max is not None
-    limit = min(_saved_max, sum(_budgets.values()))
+    total = sum(_budgets.values())
+    limit = total if _saved_max < MIN_CACHE_BYTES else min(_saved_max, total)
     gdal.SetCacheMax(limit)  # evicts (writing dirty blocks) down to the new size
     return limit
 

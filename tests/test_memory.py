@@ -68,6 +68,13 @@ def test_runs_on_other_threads_restore_the_original_when_the_last_ends(large_cac
     assert gdal.GetCacheMax() == large_cache
 
 
+def test_a_cache_too_small_to_work_with_is_raised_to_the_budget(large_cache):
+    gdal.SetCacheMax(0)  # what GDAL makes of GDAL_CACHEMAX set to an empty string
+    with gdal_cache_limit(100 * MB) as limit:
+        assert limit == gdal.GetCacheMax() == 100 * MB
+    assert gdal.GetCacheMax() == 0
+
+
 def test_a_cache_size_the_user_chose_is_left_alone(large_cache):
     gdal.SetConfigOption("GDAL_CACHEMAX", "700")
     try:
