@@ -165,11 +165,7 @@ def input_cache_bytes(bandset: BandSet, band_ids: Sequence[str], model_name: str
     total = 0
     reference = bandset.reference
     for band in bandset.require(band_ids, model_name):
-        try:
-            with rasterio.open(band.path) as ds:
-                (block_h, block_w), itemsize = ds.block_shapes[0], np.dtype(ds.dtypes[0]).itemsize
-        except RasterioIOError as exc:
-            raise InputError(f"cannot open band file {band.path}: {exc}") from None
+        (block_h, block_w), itemsize = band.block_shape, band.itemsize
         scale = reference.resolution / band.resolution  # native pixels per 10 m pixel
         tile_rows, tile_cols = math.ceil(band.height / block_h), math.ceil(band.width / block_w)
         # + 2 native pixels: bilinear neighbours; + 1 block: a region seldom starts on a block edge

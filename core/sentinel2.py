@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -32,7 +33,7 @@ _OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
 
 @dataclass(frozen=True)
 class BandFile:
-    """One band raster: where it is and its grid."""
+    """One band raster: where it is, its grid, and how it is stored."""
 
     band: Band
     path: str  # a path GDAL opens, possibly /vsizip/…
@@ -40,6 +41,8 @@ class BandFile:
     height: int
     transform: Affine
     crs: CRS
+    block_shape: tuple[int, int]  # (rows, cols) of the blocks GDAL decodes and caches
+    itemsize: int  # bytes per pixel of the stored data type
 
     @property
     def resolution(self) -> float:
@@ -203,7 +206,8 @@ def _open_band(band: Band, gdal_path: str) -> BandFile:
                 raise InputError(f"band file {gdal_path} has no coordinate reference system")
             if ds.dtypes[0] not in ("uint16", "uint8", "int16", "uint32", "float32"):
                 raise InputError(f"band file {gdal_path} has data type {ds.dtypes[0]}; expected uint16 digital numbers")
-            return BandFile(band, gdal_path, ds.width, ds.height, ds.transform, ds.crs)
+            return BandFile(band, gdal_path, ds.width, ds.height, ds.transform, ds.crs, tuple(ds.block_shapes[0]),
+                            np.dtype(ds.dtypes[0]).itemsize)
     except RasterioIOError as exc:
         raise InputError(f"cannot open band file {gdal_path}: {exc}") from None
 

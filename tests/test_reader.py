@@ -6,9 +6,9 @@ from s2seg.core.reader import ChunkReader
 from s2seg.core.sentinel2 import discover
 
 
-def _write(path, data, res, origin):
+def _write(path, data, res, origin, **profile):
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint16",
-                       crs="EPSG:32618", transform=from_origin(origin[0], origin[1], res, res)) as ds:
+                       crs="EPSG:32618", transform=from_origin(origin[0], origin[1], res, res), **profile) as ds:
         ds.write(data, 1)
 
 
@@ -90,10 +90,8 @@ def test_coarse_model_grid_gets_block_means_and_keeps_the_10m_mask(tmp_path):
 
 
 def _tiled(path, size, res, block):
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs="EPSG:32618",
-                       transform=from_origin(435730.0, 4179460.0, res, res), tiled=True,
-                       blockxsize=block, blockysize=block) as ds:
-        ds.write(np.ones((size, size), dtype=np.uint16), 1)
+    _write(path, np.ones((size, size), dtype=np.uint16), res, (435730.0, 4179460.0), tiled=True,
+           blockxsize=block, blockysize=block)
 
 
 def _blocks_touched(lo, hi, scale, block, n):

@@ -25,10 +25,14 @@ def _products(seed=0):
     return classes, maxprob, probs
 
 
+def _writer(tmp_path, write_probs):
+    return ProductWriter(tmp_path, "T", width=W, height=H, crs=CRS.from_epsg(32633),
+                         transform=from_origin(500000, 6000000, 10, 10), class_names=["a", "b", "c"],
+                         class_colours=["#ff0000", "#00ff00", "#0000ff"], write_probs=write_probs, block=240)
+
+
 def _write(tmp_path, classes, maxprob, probs, chunk=480):
-    writer = ProductWriter(tmp_path, "T", width=W, height=H, crs=CRS.from_epsg(32633),
-                           transform=from_origin(500000, 6000000, 10, 10), class_names=["a", "b", "c"],
-                           class_colours=["#ff0000", "#00ff00", "#0000ff"], write_probs=True, block=240)
+    writer = _writer(tmp_path, write_probs=True)
     for row0 in range(0, H, chunk):
         for col0 in range(0, W, chunk):
             window = np.s_[row0: row0 + chunk, col0: col0 + chunk]
@@ -96,9 +100,7 @@ def test_commit_twice_replaces_the_overviews(tmp_path):
     """A commit that failed after building overviews is retried on the same .part files: the
     levels are rebuilt, not added to."""
     classes, maxprob, probs = _products(2)
-    writer = ProductWriter(tmp_path, "T", width=W, height=H, crs=CRS.from_epsg(32633),
-                           transform=from_origin(500000, 6000000, 10, 10), class_names=["a"],
-                           class_colours=["#ff0000"], write_probs=False, block=240)
+    writer = _writer(tmp_path, write_probs=False)
     writer.write("class", classes, 0, 0)
     for key in ("maxprob", "entropy", "gap"):
         writer.write(key, maxprob, 0, 0)
