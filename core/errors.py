@@ -32,3 +32,17 @@ class Cancelled(S2SegError):
     Chunks already written stay as ``.part`` files with their journal, so the same
     run resumes from there; when no chunk was finished, nothing is left behind.
     """
+
+
+# Errors a user fixes by changing one option. The engine's message says what is wrong, neutrally;
+# each front end (CLI, QGIS) adds how to change the option in its own words, keyed on the type.
+class OutputsExist(OutputError):
+    """Products of an earlier, finished run are in the output folder and overwriting is off."""
+
+
+class ResumeImpossible(OutputError):
+    """A resume was required but there is no matching interrupted run to continue."""
+
+
+class DeviceUnavailable(ConfigError):
+    """The requested device (CUDA, MPS) is not usable by torch on this machine."""
