@@ -15,7 +15,7 @@ from s2seg.core.errors import ConfigError, ModelError
 from s2seg.core.models.base import pick_device
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
-from test_pipeline import SpectralPatchModel
+from doubles import SpectralPatchModel
 
 FLOATS = ("maxprob", "entropy", "gap")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
+
+from doubles import ONNX_BANDS, ONNX_PATCH, SEGMENTOR_META, classifier, export, segmentor
 
 from s2seg.core.errors import ModelError
 from s2seg.core.models import onnx_model
@@ -15,50 +16,8 @@ from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 CPU = torch.device("cpu")
-BANDS = ["B04", "B03", "B02", "B08"]
-PATCH = 32
-
-
-def segmentor() -> torch.nn.Module:
-    """Dense, Deepness style: probabilities per pixel."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 3, 3, padding=1), torch.nn.Softmax(dim=1)).eval()
-
-
-def classifier(classes: int = 5) -> torch.nn.Module:
-    """Patch-level: raw logits per patch."""
-    torch.manual_seed(1)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(8, classes),
-    ).eval()
-
-
-def export(model: torch.nn.Module, path: Path, metadata: dict, *, dynamic_batch: bool = True, batch: int = 2) -> Path:
-    """Export with the TorchScript-based exporter (works offline) and add metadata_props as JSON strings."""
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(
-        model, (torch.zeros(batch, 4, PATCH, PATCH),), str(path), dynamo=False,
-        input_names=["input"], output_names=["output"], dynamic_axes=axes,
-    )
-    proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(path))
-    return path
-
-
-SEGMENTOR_META = {
-    "model_type": "Segmentor",
-    "class_names": {"0": "water", "1": "forest", "2": "urban"},
-    "resolution": 1000,
-    "tile_size": PATCH,
-    "tiles_overlap": 10,
-    "standardization_mean": [500.0, 600.0, 700.0, 2000.0],
-    "standardization_std": [400.0, 450.0, 500.0, 1200.0],
-    "s2seg_bands": BANDS,
-}
+BANDS = ONNX_BANDS
+PATCH = ONNX_PATCH
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from doubles import DENSE_CARD, TORCHSCRIPT_PATCH, Evil, TinyClassifier, TinySegmenter, save_scripted
 
 from s2seg.core.errors import ModelError
 from s2seg.core.models import torchscript_model
@@ -14,57 +15,7 @@ from s2seg.core.models.card import ModelCard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 CPU = torch.device("cpu")
-PATCH = 16
-
-
-class TinySegmenter(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class TinyClassifier(torch.nn.Module):
-    """Patch-level: class scores from the patch's mean band values."""
-
-    def __init__(self, bands: int = 3, classes: int = 4) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(bands, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-class Evil:
-    """Unpickling this creates a folder: proof of whether a file was unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.makedirs, (self.marker,)
-
-
-DENSE_CARD = {
-    "bands": ["B04", "B03", "B02"],
-    "patch_size": PATCH,
-    "output_kind": "dense",
-    "activation": "softmax",
-    "input_scale": "reflectance",
-    "class_names": ["land", "water"],
-    "class_colours": ["#C8B48C", "#1E64C8"],
-}
-
-
-def save_scripted(module: torch.nn.Module, path: Path, card: dict | None = None) -> Path:
-    torch.manual_seed(0)
-    module.eval()
-    torch.jit.script(module).save(str(path))
-    if card is not None:
-        path.with_suffix(".card.json").write_text(json.dumps(card))
-    return path
+PATCH = TORCHSCRIPT_PATCH
 
 
 def test_scripted_dense_model_with_sidecar(tmp_path):
