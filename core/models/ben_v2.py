@@ -21,7 +21,6 @@ folder name, default ``v0.2.0``) decides the band order. A sidecar card
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import TorchModel, smoke_test
 from .card import ModelCard
+from .jsonfile import read_json_object
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -84,14 +84,7 @@ def read_config(folder: str | Path) -> BenV2Config:
     """Parse and check ``<folder>/config.json``; Sentinel-1 models are refused here."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read BigEarthNet v2 config {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"BigEarthNet v2 config {path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"BigEarthNet v2 config {path} must hold a JSON object")
+    raw = read_json_object(path, "BigEarthNet v2 config")
     # Checkpoints saved through PyTorchModelHubMixin nest the model config under "config".
     nested = raw["config"] if isinstance(raw.get("config"), dict) else {}
 

@@ -33,6 +33,7 @@ from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
 from .card import BASE_RESOLUTION, MAX_RESOLUTION, ModelCard
+from .jsonfile import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,11 @@ def default_colours(class_names: list[str]) -> list[str]:
 
 
 def _sidecar_data(path: Path) -> dict[str, Any]:
-    """The sidecar's JSON object, or {} when unreadable (ModelCard.load then reports why)."""
+    """The sidecar's JSON object, or {} when unusable (ModelCard.load then reports why)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(path, "model card")
+    except ModelError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _class_names(value: Any, path: Path) -> list[str]:
@@ -136,7 +136,7 @@ def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
     if "class_names" in meta:
         fields["class_names"] = _class_names(meta["class_names"], path)
         if "s2seg_class_colours" in meta:
-            fields["class_colours"] = list(meta["s2seg_class_colours"])
+            fields["class_colours"] = meta["s2seg_class_colours"]  # as given: the card checks its type
         else:
             fields["class_colours"] = default_colours(fields["class_names"])
     if "resolution" in meta:
@@ -159,7 +159,7 @@ def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
     if "tiles_overlap" in meta:
         fields["extra"]["tiles_overlap"] = meta["tiles_overlap"]
     if "s2seg_bands" in meta:
-        fields["bands"] = list(meta["s2seg_bands"])
+        fields["bands"] = meta["s2seg_bands"]  # as given: a string "B04" is refused, not split into characters
     if "s2seg_input_scale" in meta:
         fields["input_scale"] = meta["s2seg_input_scale"]
     for source, target in (("standardization_mean", "mean"), ("standardization_std", "std")):
