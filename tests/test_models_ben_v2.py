@@ -189,3 +189,12 @@ def test_predict_on_cuda_matches_cpu(tmp_path, resnet):
     on_gpu = ben_v2.load(card, torch.device("cuda")).predict(batch.cuda())
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_card_path_that_is_a_file_says_a_folder_is_expected(tmp_path, resnet):
+    card = ben_v2.card_from_folder(write_checkpoint(tmp_path / "resnet50-s2-v0.2.0", resnet))
+    weights = Path(card.path) / "model.safetensors"
+    moved = type(card).from_dict({**card.to_dict(), "path": str(weights)})
+    with pytest.raises(ModelError, match=rf"BigEarthNet v2 checkpoint folder {weights} of model card '.*' is a file; "
+                                         r"expected a folder with config\.json \+ model\.safetensors"):
+        ben_v2.load(moved, CPU)

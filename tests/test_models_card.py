@@ -243,3 +243,12 @@ def test_card_path_that_is_a_folder(tmp_path):
     folder.mkdir()
     with pytest.raises(ModelError, match=rf"model card {folder} is a folder, not a JSON file"):
         ModelCard.load(folder)
+
+
+def test_resolve_folder_without_config_says_it_is_a_folder(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    with pytest.raises(ModelError, match=rf"model {folder} is a folder without a config\.json; expected a card \.json, "
+                                         r"a model folder with config\.json \+ model\.safetensors .*an \.onnx file or a "
+                                         r"TorchScript \.pt file"):
+        resolve_card(folder)

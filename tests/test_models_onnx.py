@@ -151,3 +151,13 @@ def test_cuda_request_falls_back_to_cpu_provider_when_onnxruntime_lacks_cuda():
     providers = onnx_model.providers_for(torch.device("cuda"))
     assert providers[-1] == "CPUExecutionProvider"
     assert ("CUDAExecutionProvider" in providers) == ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
+
+
+def test_card_path_that_is_a_folder_says_so(dense_file, tmp_path):
+    path, _ = dense_file
+    card = onnx_model.card_from_file(path)
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    moved = type(card).from_dict({**card.to_dict(), "path": str(folder)})
+    with pytest.raises(ModelError, match=rf"ONNX model file {folder} of model card 'seg' is a folder; expected an \.onnx file"):
+        onnx_model.load(moved, CPU)

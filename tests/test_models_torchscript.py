@@ -132,3 +132,60 @@ def test_broken_torchscript_archive(tmp_path):
     path.with_suffix(".card.json").write_text(json.dumps(DENSE_CARD))
     with pytest.raises(ModelError, match=rf"cannot load TorchScript model {path}: "):
         torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+
+
+def test_card_path_that_is_a_folder_says_so(tmp_path):
+    card = torchscript_model.card_from_file(save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    moved = ModelCard.from_dict({**card.to_dict(), "path": str(folder)})
+    with pytest.raises(ModelError, match=rf"TorchScript model file {folder} is a folder; expected a TorchScript \.pt file"):
+        torchscript_model.load(moved, CPU)
+
+
+class RefusesBrightPatches(torch.nn.Module):
+    """Fine on the all-zero load-time patch, raises from scripted code on real data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().max() > 0.5):
+            raise ValueError("reflectance above 0.5: this model expects dark water only")
+        return self.conv(x)
+
+
+class WantsFourBands(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 4:
+            raise ValueError("expected 4 bands")
+        return x[:, :2]
+
+
+def test_scripted_error_at_load_is_its_python_exception_without_tracebacks(tmp_path):
+    path = save_scripted(WantsFourBands(), tmp_path / "four.pt", DENSE_CARD)
+    with pytest.raises(ModelError) as info:
+        torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+    assert str(info.value) == "model 'four' fails on a (3, 16, 16) patch as its card describes it: ValueError: expected 4 bands"
+
+
+def test_scripted_error_in_predict_is_raised_as_its_python_exception(tmp_path):
+    path = save_scripted(RefusesBrightPatches(), tmp_path / "dark.pt", DENSE_CARD)
+    model = torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+    with pytest.raises(ValueError) as info:
+        model.predict(torch.ones(1, 3, PATCH, PATCH))
+    assert str(info.value) == "reflectance above 0.5: this model expects dark water only"
+    assert isinstance(info.value.__cause__, torch.jit.Error)  # the interpreter's error, tracebacks and all, for debugging
+
+
+def test_scripted_error_mid_run_reaches_the_user_as_one_line(small_tile, tmp_path):
+    from s2seg.core.config import EngineConfig
+    from s2seg.core.pipeline import segment
+
+    path = save_scripted(RefusesBrightPatches(), tmp_path / "dark.pt", {**DENSE_CARD, "input_scale": "dn"})
+    with pytest.raises(ModelError) as info:
+        segment(small_tile, tmp_path / "out", model=path, config=EngineConfig(chunk_size=120, device="cpu"))
+    message = str(info.value)
+    assert "failed on chunk 1: ValueError: reflectance above 0.5: this model expects dark water only" in message
+    assert "Traceback" not in message and "<--- HERE" not in message

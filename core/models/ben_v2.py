@@ -261,6 +261,10 @@ def load(card: ModelCard, device: torch.device) -> TorchModel:
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its BigEarthNet v2 checkpoint folder")
     folder = Path(card.path)
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "does not exist"
+        raise ModelError(f"BigEarthNet v2 checkpoint folder {folder} of model card {card.name!r} {state}; "
+                         f"expected a folder with {CONFIG_FILE} + {WEIGHTS_FILE}")
     config = read_config(folder)
     if len(card.bands) != config.channels:
         raise ModelError(

@@ -34,6 +34,7 @@ from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
 from .card import BASE_RESOLUTION, MAX_RESOLUTION, ModelCard
 from .jsonfile import read_json_object
+from .registry import require_file
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,7 @@ def load(card: ModelCard, device: torch.device) -> OnnxModel:
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its ONNX file")
     path = Path(card.path)
-    if not path.is_file():
-        raise ModelError(f"ONNX model file {path} of model card {card.name!r} does not exist")
+    require_file(path, f"ONNX model file {path} of model card {card.name!r}", "an .onnx file")
     model = OnnxModel(card, device, _open_session(path, providers_for(device)), path)
     smoke_test(model)
     return model

@@ -20,6 +20,7 @@ import torch
 from ..errors import ModelError
 from .base import TorchModel, error_summary, smoke_test
 from .card import ModelCard
+from .registry import require_file
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path), "
@@ -29,8 +30,7 @@ _EXPORT_HINT = (
 
 def check_torchscript_archive(path: Path) -> None:
     """Raise ModelError unless ``path`` is a TorchScript zip archive; reads the zip directory only."""
-    if not path.is_file():
-        raise ModelError(f"TorchScript model file {path} does not exist")
+    require_file(path, f"TorchScript model file {path}", "a TorchScript .pt file written by torch.jit.save")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
