@@ -161,3 +161,49 @@ def test_card_path_that_is_a_folder_says_so(dense_file, tmp_path):
     moved = type(card).from_dict({**card.to_dict(), "path": str(folder)})
     with pytest.raises(ModelError, match=rf"ONNX model file {folder} of model card 'seg' is a folder; expected an \.onnx file"):
         onnx_model.load(moved, CPU)
+
+
+# --- notices go to the run's log (issue 18), not to logging or stderr -------------------------------
+def test_cuda_request_without_onnxruntime_gpu_is_said_in_the_run_log(monkeypatch, caplog):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    lines: list[str] = []
+    assert onnx_model.providers_for(torch.device("cuda"), lines.append) == ["CPUExecutionProvider"]
+    assert lines == ["onnxruntime has no CUDA support installed (onnxruntime-gpu): the ONNX model runs on the CPU"]
+    assert not caplog.records
+    with pytest.warns(RuntimeWarning, match=r"onnxruntime has no CUDA support installed"):  # no log: a warning
+        onnx_model.providers_for(torch.device("cuda"))
+
+
+def test_provider_fallback_at_session_creation_is_said_in_the_run_log(dense_file, monkeypatch, caplog, capfd):
+    """onnxruntime-gpu that cannot start CUDA falls back to the CPU: say so through ``log``, with onnxruntime's
+    own warning, and print nothing to stderr."""
+    import onnxruntime
+
+    from s2seg.core.models import load_model
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has CUDA: the fallback cannot be provoked")
+    path, _ = dense_file
+    # onnxruntime offers CUDA but the session cannot start it, as when the CUDA libraries are missing.
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_model, "smoke_test", lambda model: None)  # its tensors would go to a missing GPU
+    lines: list[str] = []
+    model = load_model(path, torch.device("cuda"), log=lines.append)
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    assert any(line.startswith("onnxruntime: Specified provider 'CUDAExecutionProvider' is not in available provider names")
+               for line in lines), lines
+    assert lines[-1] == ("onnxruntime could not start CUDAExecutionProvider for seg.onnx (are the CUDA and cuDNN libraries "
+                         "onnxruntime-gpu needs installed?): the ONNX model runs on the CPU")
+    assert not caplog.records
+    assert capfd.readouterr().err == ""
+
+
+def test_load_model_on_cpu_has_nothing_to_say(dense_file, capfd):
+    from s2seg.core.models import load_model
+
+    lines: list[str] = []
+    model = load_model(dense_file[0], "cpu", log=lines.append)
+    assert model.predict(torch.zeros(1, 4, PATCH, PATCH)).shape == (1, 3, PATCH, PATCH)
+    assert lines == [] and capfd.readouterr().err == ""

@@ -189,3 +189,10 @@ def test_scripted_error_mid_run_reaches_the_user_as_one_line(small_tile, tmp_pat
     message = str(info.value)
     assert "failed on chunk 1: ValueError: reflectance above 0.5: this model expects dark water only" in message
     assert "Traceback" not in message and "<--- HERE" not in message
+
+
+def test_loading_tells_the_log_nothing_about_torchscript_deprecation(tmp_path):
+    lines: list[str] = []
+    path = save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD)
+    torchscript_model.load(torchscript_model.card_from_file(path), CPU, log=lines.append)
+    assert lines == []

@@ -33,6 +33,7 @@ from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import TorchModel, smoke_test
 from .card import ModelCard
 from .jsonfile import read_json_object
+from .runlog import Log, forward_warnings
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -256,8 +257,9 @@ def load_weights(module: torch.nn.Module, folder: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def load(card: ModelCard, device: torch.device) -> TorchModel:
-    """Build the architecture, load the weights strictly and move the model to ``device``."""
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> TorchModel:
+    """Build the architecture, load the weights strictly and move the model to ``device``; timm's and
+    safetensors' warnings go to ``log``."""
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its BigEarthNet v2 checkpoint folder")
     folder = Path(card.path)
@@ -274,8 +276,9 @@ def load(card: ModelCard, device: torch.device) -> TorchModel:
         raise ModelError(
             f"model card {card.name!r} lists {card.num_classes} classes but {folder / CONFIG_FILE} says {config.classes}"
         )
-    module = build_module(config)
-    load_weights(module, folder)
+    with forward_warnings(log, f"loading {folder.name}"):
+        module = build_module(config)
+        load_weights(module, folder)
     model = TorchModel(card, device, module.eval().to(device))
     smoke_test(model)
     return model

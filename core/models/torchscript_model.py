@@ -21,6 +21,7 @@ from ..errors import ModelError
 from .base import TorchModel, error_summary, smoke_test
 from .card import ModelCard
 from .registry import require_file
+from .runlog import Log, forward_warnings
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path), "
@@ -69,14 +70,15 @@ def card_from_file(path: str | Path) -> ModelCard:
     return card
 
 
-def load(card: ModelCard, device: torch.device) -> TorchModel:
-    """``torch.jit.load`` the card's file onto ``device`` after checking it is TorchScript."""
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> TorchModel:
+    """``torch.jit.load`` the card's file onto ``device`` after checking it is TorchScript; torch's
+    warnings (other than its deprecation of TorchScript) go to ``log``."""
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its TorchScript file")
     path = Path(card.path)
     check_torchscript_archive(path)
     try:
-        with warnings.catch_warnings():
+        with forward_warnings(log, f"loading {path.name}"), warnings.catch_warnings():
             # torch ≥ 2.9 flags TorchScript as deprecated on every load; not the user's concern here.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
