@@ -11,11 +11,11 @@ import torch
 
 from s2seg.core.cli import _parser
 from s2seg.core.config import EngineConfig
-from s2seg.core.errors import ConfigError, ModelError
+from s2seg.core.errors import ConfigError, DeviceUnavailable, ModelError
 from s2seg.core.models.base import pick_device
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
-from test_pipeline import SpectralPatchModel
+from doubles import SpectralPatchModel
 
 FLOATS = ("maxprob", "entropy", "gap")
 
@@ -83,7 +83,7 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expe
 
 def test_unavailable_mps_is_an_error(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    with pytest.raises(ModelError, match=r"device 'mps' was requested but torch has no usable Apple-silicon GPU"):
+    with pytest.raises(DeviceUnavailable, match=r"device 'mps' was requested but torch has no usable Apple-silicon GPU"):
         pick_device("mps")
 
 

@@ -6,16 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file, save_file
+
+from doubles import BEN_V2_PREFIX, make_timm, write_checkpoint
 
 from s2seg.core.errors import ModelError
 from s2seg.core.models import ben_v2
 from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 
 CPU = torch.device("cpu")
-PREFIX = "model.vision_encoder."
+PREFIX = BEN_V2_PREFIX
 # Published constants, written out independently of the module's table.
 V020_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 V020_MEAN = (438.3720703125, 614.0556640625, 588.4096069335938, 942.8433227539062, 1769.931640625,
@@ -23,34 +24,6 @@ V020_MEAN = (438.3720703125, 614.0556640625, 588.4096069335938, 942.843322753906
 V020_STD = (607.02685546875, 603.2968139648438, 684.56884765625, 738.4326782226562, 1100.4560546875,
             1275.805419921875, 1369.3717041015625, 1356.5440673828125, 1070.1612548828125, 813.5276489257812)
 V011_BANDS = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B11", "B12", "B8A")
-
-
-def make_timm(arch: str = "test_resnet", channels: int = 10, image_size: int | None = None) -> torch.nn.Module:
-    torch.manual_seed(0)
-    kwargs = {"img_size": image_size} if image_size else {}
-    return timm.create_model(arch, pretrained=False, num_classes=19, in_chans=channels, **kwargs).eval()
-
-
-def write_checkpoint(
-    folder: Path,
-    model: torch.nn.Module,
-    *,
-    arch: str = "test_resnet",
-    channels: int = 10,
-    image_size: int = 120,
-    nested: bool = True,
-    arch_key: str = "network_type",
-    extra: dict | None = None,
-) -> Path:
-    """A folder in the reBEN layout: hub-mixin config.json and prefixed safetensors."""
-    folder.mkdir(parents=True)
-    model_config = {arch_key: arch, "channels": channels, "classes": 19, "image_size": image_size, "dropout": 0.15}
-    config = {"config": model_config, "lr": 0.001} if nested else model_config
-    config.update(extra or {})
-    (folder / "config.json").write_text(json.dumps(config))
-    state = {PREFIX + k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +189,12 @@ def test_predict_on_cuda_matches_cpu(tmp_path, resnet):
     on_gpu = ben_v2.load(card, torch.device("cuda")).predict(batch.cuda())
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_card_path_that_is_a_file_says_a_folder_is_expected(tmp_path, resnet):
+    card = ben_v2.card_from_folder(write_checkpoint(tmp_path / "resnet50-s2-v0.2.0", resnet))
+    weights = Path(card.path) / "model.safetensors"
+    moved = type(card).from_dict({**card.to_dict(), "path": str(weights)})
+    with pytest.raises(ModelError, match=rf"BigEarthNet v2 checkpoint folder {weights} of model card '.*' is a file; "
+                                         r"expected a folder with config\.json \+ model\.safetensors"):
+        ben_v2.load(moved, CPU)

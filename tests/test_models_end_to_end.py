@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from doubles import DENSE_CARD, SEGMENTOR_META, TinySegmenter, export, make_timm, save_scripted, segmentor, write_checkpoint
+
 from s2seg.core.cli import main
-from test_models_ben_v2 import make_timm, write_checkpoint
-from test_models_onnx import SEGMENTOR_META, export, segmentor
-from test_models_torchscript import DENSE_CARD, TinySegmenter, save_scripted
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
+
+from doubles import ONNX_BANDS, ONNX_PATCH, SEGMENTOR_META, classifier, export, segmentor
 
 from s2seg.core.errors import ModelError
 from s2seg.core.models import onnx_model
@@ -15,50 +16,8 @@ from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 CPU = torch.device("cpu")
-BANDS = ["B04", "B03", "B02", "B08"]
-PATCH = 32
-
-
-def segmentor() -> torch.nn.Module:
-    """Dense, Deepness style: probabilities per pixel."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 3, 3, padding=1), torch.nn.Softmax(dim=1)).eval()
-
-
-def classifier(classes: int = 5) -> torch.nn.Module:
-    """Patch-level: raw logits per patch."""
-    torch.manual_seed(1)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(8, classes),
-    ).eval()
-
-
-def export(model: torch.nn.Module, path: Path, metadata: dict, *, dynamic_batch: bool = True, batch: int = 2) -> Path:
-    """Export with the TorchScript-based exporter (works offline) and add metadata_props as JSON strings."""
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(
-        model, (torch.zeros(batch, 4, PATCH, PATCH),), str(path), dynamo=False,
-        input_names=["input"], output_names=["output"], dynamic_axes=axes,
-    )
-    proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(path))
-    return path
-
-
-SEGMENTOR_META = {
-    "model_type": "Segmentor",
-    "class_names": {"0": "water", "1": "forest", "2": "urban"},
-    "resolution": 1000,
-    "tile_size": PATCH,
-    "tiles_overlap": 10,
-    "standardization_mean": [500.0, 600.0, 700.0, 2000.0],
-    "standardization_std": [400.0, 450.0, 500.0, 1200.0],
-    "s2seg_bands": BANDS,
-}
+BANDS = ONNX_BANDS
+PATCH = ONNX_PATCH
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +151,59 @@ def test_cuda_request_falls_back_to_cpu_provider_when_onnxruntime_lacks_cuda():
     providers = onnx_model.providers_for(torch.device("cuda"))
     assert providers[-1] == "CPUExecutionProvider"
     assert ("CUDAExecutionProvider" in providers) == ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
+
+
+def test_card_path_that_is_a_folder_says_so(dense_file, tmp_path):
+    path, _ = dense_file
+    card = onnx_model.card_from_file(path)
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    moved = type(card).from_dict({**card.to_dict(), "path": str(folder)})
+    with pytest.raises(ModelError, match=rf"ONNX model file {folder} of model card 'seg' is a folder; expected an \.onnx file"):
+        onnx_model.load(moved, CPU)
+
+
+# --- notices go to the run's log (issue 18), not to logging or stderr -------------------------------
+def test_cuda_request_without_onnxruntime_gpu_is_said_in_the_run_log(monkeypatch, caplog):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    lines: list[str] = []
+    assert onnx_model.providers_for(torch.device("cuda"), lines.append) == ["CPUExecutionProvider"]
+    assert lines == ["onnxruntime has no CUDA support installed (onnxruntime-gpu): the ONNX model runs on the CPU"]
+    assert not caplog.records
+    with pytest.warns(RuntimeWarning, match=r"onnxruntime has no CUDA support installed"):  # no log: a warning
+        onnx_model.providers_for(torch.device("cuda"))
+
+
+def test_provider_fallback_at_session_creation_is_said_in_the_run_log(dense_file, monkeypatch, caplog, capfd):
+    """onnxruntime-gpu that cannot start CUDA falls back to the CPU: say so through ``log``, with onnxruntime's
+    own warning, and print nothing to stderr."""
+    import onnxruntime
+
+    from s2seg.core.models import load_model
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has CUDA: the fallback cannot be provoked")
+    path, _ = dense_file
+    # onnxruntime offers CUDA but the session cannot start it, as when the CUDA libraries are missing.
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_model, "smoke_test", lambda model: None)  # its tensors would go to a missing GPU
+    lines: list[str] = []
+    model = load_model(path, torch.device("cuda"), log=lines.append)
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    assert any(line.startswith("onnxruntime: Specified provider 'CUDAExecutionProvider' is not in available provider names")
+               for line in lines), lines
+    assert lines[-1] == ("onnxruntime could not start CUDAExecutionProvider for seg.onnx (are the CUDA and cuDNN libraries "
+                         "onnxruntime-gpu needs installed?): the ONNX model runs on the CPU")
+    assert not caplog.records
+    assert capfd.readouterr().err == ""
+
+
+def test_load_model_on_cpu_has_nothing_to_say(dense_file, capfd):
+    from s2seg.core.models import load_model
+
+    lines: list[str] = []
+    model = load_model(dense_file[0], "cpu", log=lines.append)
+    assert model.predict(torch.zeros(1, 4, PATCH, PATCH)).shape == (1, 3, PATCH, PATCH)
+    assert lines == [] and capfd.readouterr().err == ""

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from doubles import DENSE_CARD, TORCHSCRIPT_PATCH, Evil, TinyClassifier, TinySegmenter, save_scripted
 
 from s2seg.core.errors import ModelError
 from s2seg.core.models import torchscript_model
@@ -14,57 +15,7 @@ from s2seg.core.models.card import ModelCard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 CPU = torch.device("cpu")
-PATCH = 16
-
-
-class TinySegmenter(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class TinyClassifier(torch.nn.Module):
-    """Patch-level: class scores from the patch's mean band values."""
-
-    def __init__(self, bands: int = 3, classes: int = 4) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(bands, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-class Evil:
-    """Unpickling this creates a folder: proof of whether a file was unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.makedirs, (self.marker,)
-
-
-DENSE_CARD = {
-    "bands": ["B04", "B03", "B02"],
-    "patch_size": PATCH,
-    "output_kind": "dense",
-    "activation": "softmax",
-    "input_scale": "reflectance",
-    "class_names": ["land", "water"],
-    "class_colours": ["#C8B48C", "#1E64C8"],
-}
-
-
-def save_scripted(module: torch.nn.Module, path: Path, card: dict | None = None) -> Path:
-    torch.manual_seed(0)
-    module.eval()
-    torch.jit.script(module).save(str(path))
-    if card is not None:
-        path.with_suffix(".card.json").write_text(json.dumps(card))
-    return path
+PATCH = TORCHSCRIPT_PATCH
 
 
 def test_scripted_dense_model_with_sidecar(tmp_path):
@@ -181,3 +132,67 @@ def test_broken_torchscript_archive(tmp_path):
     path.with_suffix(".card.json").write_text(json.dumps(DENSE_CARD))
     with pytest.raises(ModelError, match=rf"cannot load TorchScript model {path}: "):
         torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+
+
+def test_card_path_that_is_a_folder_says_so(tmp_path):
+    card = torchscript_model.card_from_file(save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    moved = ModelCard.from_dict({**card.to_dict(), "path": str(folder)})
+    with pytest.raises(ModelError, match=rf"TorchScript model file {folder} is a folder; expected a TorchScript \.pt file"):
+        torchscript_model.load(moved, CPU)
+
+
+class RefusesBrightPatches(torch.nn.Module):
+    """Fine on the all-zero load-time patch, raises from scripted code on real data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().max() > 0.5):
+            raise ValueError("reflectance above 0.5: this model expects dark water only")
+        return self.conv(x)
+
+
+class WantsFourBands(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 4:
+            raise ValueError("expected 4 bands")
+        return x[:, :2]
+
+
+def test_scripted_error_at_load_is_its_python_exception_without_tracebacks(tmp_path):
+    path = save_scripted(WantsFourBands(), tmp_path / "four.pt", DENSE_CARD)
+    with pytest.raises(ModelError) as info:
+        torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+    assert str(info.value) == "model 'four' fails on a (3, 16, 16) patch as its card describes it: ValueError: expected 4 bands"
+
+
+def test_scripted_error_in_predict_is_raised_as_its_python_exception(tmp_path):
+    path = save_scripted(RefusesBrightPatches(), tmp_path / "dark.pt", DENSE_CARD)
+    model = torchscript_model.load(torchscript_model.card_from_file(path), CPU)
+    with pytest.raises(ValueError) as info:
+        model.predict(torch.ones(1, 3, PATCH, PATCH))
+    assert str(info.value) == "reflectance above 0.5: this model expects dark water only"
+    assert isinstance(info.value.__cause__, torch.jit.Error)  # the interpreter's error, tracebacks and all, for debugging
+
+
+def test_scripted_error_mid_run_reaches_the_user_as_one_line(small_tile, tmp_path):
+    from s2seg.core.config import EngineConfig
+    from s2seg.core.pipeline import segment
+
+    path = save_scripted(RefusesBrightPatches(), tmp_path / "dark.pt", {**DENSE_CARD, "input_scale": "dn"})
+    with pytest.raises(ModelError) as info:
+        segment(small_tile, tmp_path / "out", model=path, config=EngineConfig(chunk_size=120, device="cpu"))
+    message = str(info.value)
+    assert "failed on chunk 1: ValueError: reflectance above 0.5: this model expects dark water only" in message
+    assert "Traceback" not in message and "<--- HERE" not in message
+
+
+def test_loading_tells_the_log_nothing_about_torchscript_deprecation(tmp_path):
+    lines: list[str] = []
+    path = save_scripted(TinySegmenter(), tmp_path / "seg.pt", DENSE_CARD)
+    torchscript_model.load(torchscript_model.card_from_file(path), CPU, log=lines.append)
+    assert lines == []

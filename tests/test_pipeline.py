@@ -8,6 +8,8 @@ import rasterio
 import torch
 from osgeo import gdal
 
+from doubles import SpectralPatchModel
+
 from s2seg.core.config import EngineConfig
 from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError
 from s2seg.core.models.base import apply_activation
@@ -18,30 +20,6 @@ from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
 
 FLOATS = ("maxprob", "entropy", "gap")
-
-
-class SpectralPatchModel:
-    """A patch-level model: class scores from the patch's mean normalised band values."""
-
-    def __init__(self, fail_on_call=None, classes=5, patch_size=60, resolution=10, name="patch-test",
-                 levels=("L1C", "L2A")):
-        self.card = ModelCard(name=name, format="builtin", bands=("B02", "B04", "B08", "B11"), patch_size=patch_size,
-                              class_names=BIGEARTHNET19_NAMES[:classes], class_colours=BIGEARTHNET19_COLOURS[:classes],
-                              output_kind="patch", activation="softmax", input_scale="reflectance", resolution=resolution,
-                              levels=levels)
-        self.device = torch.device("cpu")
-        torch.manual_seed(0)
-        self.weights = torch.randn(4, classes) * 20
-        self.calls = 0
-        self.patches = 0
-        self.fail_on_call = fail_on_call
-
-    def predict(self, batch):
-        self.calls += 1
-        self.patches += batch.shape[0]
-        if self.fail_on_call == self.calls:
-            raise RuntimeError("simulated CUDA out of memory")
-        return apply_activation(batch.mean(dim=(2, 3)) @ self.weights, "softmax")
 
 
 class ConvDenseModel:

@@ -23,7 +23,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from test_models_torchscript import Evil, TinyClassifier
+from doubles import Evil, TinyClassifier
 
 from s2seg.core.cli import main
 from s2seg.core.config import EngineConfig

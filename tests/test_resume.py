@@ -20,7 +20,7 @@ import pytest
 import rasterio
 import torch
 
-from test_pipeline import SpectralPatchModel
+from doubles import SpectralPatchModel
 
 from s2seg.core import pipeline
 from s2seg.core.cli import main

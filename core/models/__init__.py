@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .card import ModelCard
 from .registry import DEFAULT_MODEL, available_cards, loader, resolve_card, sidecar_card_path
+from .runlog import Log
 
 if TYPE_CHECKING:
     import torch
@@ -32,15 +33,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_model(spec: str | Path | ModelCard, device: "str | torch.device" = "auto") -> "SegmentationModel":
-    """Resolve ``spec`` and load the model onto ``device`` (``auto`` picks CUDA when present)."""
+def load_model(spec: str | Path | ModelCard, device: "str | torch.device" = "auto",
+               log: "Log | None" = None) -> "SegmentationModel":
+    """Resolve ``spec`` and load the model onto ``device`` (``auto`` picks CUDA when present).
+
+    ``log`` receives the loaders' notices for the user, one line per call (e.g. that an ONNX model
+    runs on the CPU because onnxruntime has no CUDA); without it they are issued as Python warnings."""
     import torch
 
     from .base import pick_device
 
     card = resolve_card(spec)
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    return loader(card.format).load(card, dev)
+    return loader(card.format).load(card, dev, log=log)
 
 
 __all__ = ["ModelCard", "SegmentationModel", "available_cards", "load_model", "resolve_card", "pick_device",

@@ -1,11 +1,13 @@
 """The interface every loaded model offers to the pipeline."""
 from __future__ import annotations
 
+import builtins
+import re
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ModelError
+from ..errors import DeviceUnavailable, ModelError
 from .card import ModelCard
 
 
@@ -71,15 +73,15 @@ def mps_available() -> bool:
 
 def pick_device(requested: str = "auto") -> torch.device:
     """``auto`` → CUDA when present, else MPS (Apple silicon), else CPU; ``cuda`` or ``mps``
-    without that device is an error."""
+    without that device raises :class:`DeviceUnavailable` (the front ends say which option to change)."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps" if mps_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was requested but no CUDA GPU is available to torch; use --device auto or cpu")
+        raise DeviceUnavailable("device 'cuda' was requested but no CUDA GPU is available to torch")
     if requested == "mps" and not mps_available():
-        raise ModelError("device 'mps' was requested but torch has no usable Apple-silicon GPU (MPS); use --device auto or cpu")
+        raise DeviceUnavailable("device 'mps' was requested but torch has no usable Apple-silicon GPU (MPS)")
     return torch.device(requested)
 
 
@@ -99,7 +101,13 @@ class TorchModel:
         if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            output = self.module(batch)
+            try:
+                output = self.module(batch)
+            except Exception as exc:
+                plain = plain_scripted_error(exc)
+                if plain is None:
+                    raise
+                raise plain from exc
             if not isinstance(output, torch.Tensor):
                 raise ModelError(f"model {self.card.name!r} returned {type(output).__name__}, expected one tensor")
             # float() first: a half-precision model's logits would lose precision in softmax.
@@ -120,20 +128,58 @@ def smoke_test(model: SegmentationModel) -> None:
     except ModelError:
         raise
     except Exception as exc:  # torch and onnxruntime raise many types; all mean the same here
+        # A TorchScript summary already starts with the scripted code's exception type.
+        what = error_summary(exc) if scripted_exception(exc) else f"{type(exc).__name__}: {error_summary(exc)}"
         raise ModelError(
             f"model {card.name!r} fails on a ({len(card.bands)}, {card.patch_size}, {card.patch_size}) patch "
-            f"as its card describes it: {error_summary(exc)}"
+            f"as its card describes it: {what}"
         ) from exc
 
 
+#: The first line of a TorchScript interpreter error, followed by the serialized and original tracebacks.
+_SCRIPTED_HEAD = "The following operation failed in the TorchScript interpreter"
+_TRACEBACK_HEAD = "Traceback of TorchScript"
+#: The scripted code's exception after the tracebacks: unindented "[builtins.]SomeError: message".
+_EXCEPTION_LINE = re.compile(r"(?:builtins\.)?([A-Za-z_][\w.]*?(?:Error|Exception)): ?(.*)")
+
+
+def scripted_exception(exc: BaseException) -> tuple[str, str] | None:
+    """For an error raised by the TorchScript interpreter: the type name and message of the exception
+    the scripted code raised (``("ValueError", "expected 3 bands")``), without the tracebacks; else None."""
+    text = str(exc)
+    if not text.startswith(_SCRIPTED_HEAD):
+        return None
+    lines = text.rstrip("\n").splitlines()
+    last_header = max((i for i, line in enumerate(lines) if line.startswith(_TRACEBACK_HEAD)), default=0)
+    for i in range(last_header + 1, len(lines)):
+        match = None if lines[i][:1].isspace() else _EXCEPTION_LINE.fullmatch(lines[i])
+        if match:
+            return match.group(1), "\n".join([match.group(2), *lines[i + 1:]]).strip()
+    return None
+
+
+def plain_scripted_error(exc: BaseException) -> Exception | None:
+    """The exception a TorchScript model's code raised, as if run by Python: its builtin type when it
+    has one (``ValueError``), else a RuntimeError saying the type; None for other errors and for
+    running out of memory (kept as they are: the engine halves the batch on those)."""
+    found = scripted_exception(exc)
+    if found is None or isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in found[1].lower():
+        return None
+    name, message = found
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            return kind(message)
+        except Exception:  # noqa: BLE001 - a builtin with another constructor (UnicodeDecodeError …)
+            pass
+    return RuntimeError(f"{name}: {message}")
+
+
 def error_summary(exc: BaseException) -> str:
-    """One line saying what went wrong: the first line of the message, or for the
-    TorchScript interpreter (whose message starts with two tracebacks) the last one."""
+    """What went wrong, without tracebacks: for the TorchScript interpreter the scripted code's
+    exception type and message, else the first line of the message (or the exception's type)."""
+    found = scripted_exception(exc)
+    if found is not None:
+        return f"{found[0]}: {found[1]}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if "TorchScript interpreter" in lines[0]:
-        last = lines[-1]
-        head, sep, rest = last.partition(": ")
-        return rest if sep and head.endswith(("Error", "Exception")) else last
-    return lines[0]
+    return lines[0] if lines else type(exc).__name__

@@ -21,7 +21,6 @@ folder name, default ``v0.2.0``) decides the band order. A sidecar card
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import TorchModel, smoke_test
 from .card import ModelCard
+from .jsonfile import read_json_object
+from .runlog import Log, forward_warnings
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -84,14 +85,7 @@ def read_config(folder: str | Path) -> BenV2Config:
     """Parse and check ``<folder>/config.json``; Sentinel-1 models are refused here."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read BigEarthNet v2 config {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"BigEarthNet v2 config {path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"BigEarthNet v2 config {path} must hold a JSON object")
+    raw = read_json_object(path, "BigEarthNet v2 config")
     # Checkpoints saved through PyTorchModelHubMixin nest the model config under "config".
     nested = raw["config"] if isinstance(raw.get("config"), dict) else {}
 
@@ -263,11 +257,16 @@ def load_weights(module: torch.nn.Module, folder: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def load(card: ModelCard, device: torch.device) -> TorchModel:
-    """Build the architecture, load the weights strictly and move the model to ``device``."""
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> TorchModel:
+    """Build the architecture, load the weights strictly and move the model to ``device``; timm's and
+    safetensors' warnings go to ``log``."""
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its BigEarthNet v2 checkpoint folder")
     folder = Path(card.path)
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "does not exist"
+        raise ModelError(f"BigEarthNet v2 checkpoint folder {folder} of model card {card.name!r} {state}; "
+                         f"expected a folder with {CONFIG_FILE} + {WEIGHTS_FILE}")
     config = read_config(folder)
     if len(card.bands) != config.channels:
         raise ModelError(
@@ -277,8 +276,9 @@ def load(card: ModelCard, device: torch.device) -> TorchModel:
         raise ModelError(
             f"model card {card.name!r} lists {card.num_classes} classes but {folder / CONFIG_FILE} says {config.classes}"
         )
-    module = build_module(config)
-    load_weights(module, folder)
+    with forward_warnings(log, f"loading {folder.name}"):
+        module = build_module(config)
+        load_weights(module, folder)
     model = TorchModel(card, device, module.eval().to(device))
     smoke_test(model)
     return model

@@ -24,6 +24,7 @@ from ..nomenclature import BIGEARTHNET19_NAMES, class_index
 from .base import apply_activation
 from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS  # noqa: F401 - the card belongs to this model
 from .card import ModelCard
+from .runlog import Log
 
 _FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water")
 _FEATURE_SCALE = (0.15, 0.15, 0.15, 0.05, 0.07, 0.25)
@@ -158,5 +159,5 @@ class BuiltinModel:
             return apply_activation(self.net(batch), self.card.activation)
 
 
-def load(card: ModelCard, device: torch.device) -> BuiltinModel:
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> BuiltinModel:  # noqa: ARG001 - nothing to tell
     return BuiltinModel(card, device)

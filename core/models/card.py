@@ -7,13 +7,15 @@ class nomenclature all come from here.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from ..bands import BAND_BY_ID, normalise_band_id
 from ..errors import ModelError
-from ..nomenclature import hex_to_rgb
+from .jsonfile import read_json_object
 
 FORMATS = ("builtin", "ben-v2", "torchscript", "onnx")
 OUTPUT_KINDS = ("patch", "dense")
@@ -27,6 +29,141 @@ LEVELS = ("L1C", "L2A")
 BASE_RESOLUTION = 10
 #: Coarsest model pixel accepted (the 60 m bands' resolution).
 MAX_RESOLUTION = 60
+
+#: Classes are indices in a uint8 raster whose 255 is nodata.
+MAX_CLASSES = 255
+_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+_BAND_EXAMPLE = '["B04", "B03", "B02"]'
+
+# --- field checks: one per card field, each sees the value as given (JSON or Python) -----------------
+#: A check takes the field name and its value and returns what is wrong, as a whole sentence, or None.
+FieldCheck = Callable[[str, Any], "str | None"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list(value: Any) -> bool:
+    # A string is a sequence too, but never a list of bands or classes: "B02" is not ["B", "0", "2"].
+    return isinstance(value, (list, tuple))
+
+
+def _text(name: str, value: Any) -> str | None:
+    return None if isinstance(value, str) else f"{name} must be a string, got {value!r}"
+
+
+def _name(name: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"model card name must be a string, got {value!r}"
+    return None if value else "model card has an empty name"
+
+
+def _one_of(choices: Iterable[str]) -> FieldCheck:
+    choices = tuple(choices)
+
+    def check(name: str, value: Any) -> str | None:
+        return None if isinstance(value, str) and value in choices else f"{name} must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+def _list_of_text(name: str, value: Any) -> str | None:
+    if not _is_list(value):
+        return f"{name} must be a list of strings, got {value!r}"
+    if not value:
+        return f"{name} is empty"
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"{name}[{i}] must be a string, got {item!r} ({type(item).__name__})"
+        if not item.strip():
+            return f"{name}[{i}] is blank"
+    return None
+
+
+def _bands(name: str, value: Any) -> str | None:
+    if not _is_list(value):
+        return f"{name} must be a list of Sentinel-2 band ids such as {_BAND_EXAMPLE}, got {value!r}"
+    if not value:
+        return f"{name} is empty"
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"{name}[{i}] must be a band id string such as \"B04\", got {item!r}"
+    unknown = [b for b in (normalise_band_id(b) for b in value) if b not in BAND_BY_ID]
+    if unknown:
+        return f"unknown Sentinel-2 band ids {unknown}; Sentinel-1 or other inputs are not supported on Sentinel-2 tiles"
+    return None
+
+
+def _colours(name: str, value: Any) -> str | None:
+    if not _is_list(value):
+        return f"{name} must be a list of #RRGGBB colours, got {value!r}"
+    for i, item in enumerate(value):
+        if not (isinstance(item, str) and _HEX_COLOUR.fullmatch(item)):
+            return f"colour {item!r} is not of the form #RRGGBB ({name}[{i}])"
+    return None
+
+
+def _numbers(positive: bool) -> FieldCheck:
+    def check(name: str, value: Any) -> str | None:
+        if not _is_list(value):
+            return f"{name} must be a list of numbers, one per band, got {value!r}"
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                return f"{name}[{i}] must be a finite number, got {item!r}"
+        if positive and any(v <= 0 for v in value):
+            return f"{name} values must be positive, got {list(value)}"
+        return None
+
+    return check
+
+
+def _patch_size(name: str, value: Any) -> str | None:
+    if _is_int(value) and value >= 12 and value % 2 == 0:
+        return None
+    return f"{name} must be an even number of pixels ≥ 12, got {value!r}"
+
+
+def _resolution(name: str, value: Any) -> str | None:
+    if _is_int(value) and BASE_RESOLUTION <= value <= MAX_RESOLUTION and value % BASE_RESOLUTION == 0:
+        return None
+    return (f"{name} must be a multiple of {BASE_RESOLUTION} m from {BASE_RESOLUTION} to {MAX_RESOLUTION} m "
+            f"(the model's pixel is a whole block of 10 m pixels), got {value!r}")
+
+
+def _levels(name: str, value: Any) -> str | None:
+    if _is_list(value) and value and all(isinstance(v, str) and v in LEVELS for v in value):
+        return None
+    shown = list(value) if _is_list(value) else value
+    return f"{name} must be a non-empty subset of {LEVELS}, got {shown!r}"
+
+
+def _mapping(name: str, value: Any) -> str | None:
+    return None if isinstance(value, dict) else f"{name} must be a JSON object, got {value!r}"
+
+
+#: Card field → its check; every field of :class:`ModelCard` has one (a test keeps them in step).
+FIELD_CHECKS: dict[str, FieldCheck] = {
+    "name": _name,
+    "format": _one_of(FORMATS),
+    "bands": _bands,
+    "patch_size": _patch_size,
+    "class_names": _list_of_text,
+    "class_colours": _colours,
+    "output_kind": _one_of(OUTPUT_KINDS),
+    "activation": _one_of(ACTIVATIONS),
+    "resolution": _resolution,
+    "input_scale": _one_of(INPUT_SCALES),
+    "mean": _numbers(positive=False),
+    "std": _numbers(positive=True),
+    "resampling": _one_of(RESAMPLINGS),
+    "levels": _levels,
+    "path": _text,
+    "description": _text,
+    "licence": _text,
+    "source": _text,
+    "extra": _mapping,
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +194,10 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Types first, on the values as given: a band list written as the string "B02" would
+        # otherwise be iterated as the bands "B", "0", "2", and an integer class name would pass
+        # here and crash only when the finished class raster is labelled.
+        self._check_fields()
         object.__setattr__(self, "bands", tuple(normalise_band_id(b) for b in self.bands))
         for name in ("class_names", "class_colours", "mean", "std", "levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -65,56 +206,32 @@ class ModelCard:
         self.validate()
 
     # --- checks -----------------------------------------------------------------
+    def _who(self) -> str:
+        return f"model card {self.name!r}" if isinstance(self.name, str) and self.name else "model card"
+
+    def _check_fields(self) -> None:
+        """Each field on its own (type, allowed values), by :data:`FIELD_CHECKS`."""
+        for f in fields(self):
+            problem = FIELD_CHECKS[f.name](f.name, getattr(self, f.name))
+            if problem:
+                raise ModelError(f"{self._who()}: {problem}" if f.name != "name" else problem)
+
     def validate(self) -> None:
         """Raise :class:`ModelError` naming the model and the inconsistent field."""
-        who = f"model card {self.name!r}"
-        if not self.name:
-            raise ModelError("model card has an empty name")
-        if self.format not in FORMATS:
-            raise ModelError(f"{who}: format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if not self.bands:
-            raise ModelError(f"{who}: bands is empty")
-        unknown = [b for b in self.bands if b not in BAND_BY_ID]
-        if unknown:
-            raise ModelError(f"{who}: unknown Sentinel-2 band ids {unknown}; Sentinel-1 or other inputs are not supported on Sentinel-2 tiles")
+        self._check_fields()
+        who = self._who()
         if len(set(self.bands)) != len(self.bands):
             raise ModelError(f"{who}: bands contain duplicates: {list(self.bands)}")
-        if not isinstance(self.patch_size, int) or self.patch_size < 12 or self.patch_size % 2:
-            raise ModelError(f"{who}: patch_size must be an even number of pixels ≥ 12, got {self.patch_size!r}")
-        if (isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < BASE_RESOLUTION
-                or self.resolution % BASE_RESOLUTION or self.resolution > MAX_RESOLUTION):
-            raise ModelError(f"{who}: resolution must be a multiple of {BASE_RESOLUTION} m from {BASE_RESOLUTION} to "
-                             f"{MAX_RESOLUTION} m (the model's pixel is a whole block of 10 m pixels), got {self.resolution!r}")
-        if not self.class_names:
-            raise ModelError(f"{who}: class_names is empty")
-        if len(self.class_names) > 255:
-            raise ModelError(f"{who}: at most 255 classes fit the uint8 class raster, got {len(self.class_names)}")
+        if len(self.class_names) > MAX_CLASSES:
+            raise ModelError(f"{who}: at most {MAX_CLASSES} classes fit the uint8 class raster, got {len(self.class_names)}")
         if len(self.class_colours) != len(self.class_names):
             raise ModelError(f"{who}: {len(self.class_names)} class names but {len(self.class_colours)} class colours")
-        for colour in self.class_colours:
-            try:
-                hex_to_rgb(colour)
-            except ValueError as exc:
-                raise ModelError(f"{who}: {exc}") from None
-        if self.output_kind not in OUTPUT_KINDS:
-            raise ModelError(f"{who}: output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ModelError(f"{who}: activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.input_scale not in INPUT_SCALES:
-            raise ModelError(f"{who}: input_scale must be one of {', '.join(INPUT_SCALES)}, got {self.input_scale!r}")
-        if self.resampling not in RESAMPLINGS:
-            raise ModelError(f"{who}: resampling must be one of {', '.join(RESAMPLINGS)}, got {self.resampling!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if values and len(values) != len(self.bands):
                 raise ModelError(f"{who}: {name} has {len(values)} values for {len(self.bands)} bands")
         if bool(self.mean) != bool(self.std):
             raise ModelError(f"{who}: give both mean and std, or neither")
-        if any(s <= 0 for s in self.std):
-            raise ModelError(f"{who}: std values must be positive, got {list(self.std)}")
-        bad_levels = [lv for lv in self.levels if lv not in LEVELS]
-        if not self.levels or bad_levels:
-            raise ModelError(f"{who}: levels must be a non-empty subset of {LEVELS}, got {list(self.levels)}")
 
     # --- derived ----------------------------------------------------------------
     @property
@@ -171,14 +288,7 @@ class ModelCard:
         """Read a card file; ``defaults`` (fields derived from the model's own metadata)
         fill the fields the file leaves out, so a sidecar card may be partial."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ModelError(f"cannot read model card {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"model card {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ModelError(f"model card {path} must hold a JSON object")
+        data = read_json_object(path, "model card")
         if defaults:
             data = {**defaults, **data}
         card = cls.from_dict(data, origin=f"model card {path}")

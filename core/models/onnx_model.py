@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,9 @@ from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
 from .card import BASE_RESOLUTION, MAX_RESOLUTION, ModelCard
-
-log = logging.getLogger(__name__)
+from .jsonfile import read_json_object
+from .registry import require_file
+from .runlog import Log, forward_warnings, notify
 
 #: Deepness ``model_type`` (lower-cased) → card output_kind.
 MODEL_TYPES = {"segmentor": "dense", "classifier": "patch"}
@@ -45,13 +45,16 @@ INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _REQUIRED = ("bands", "class_names", "patch_size")
 
 
-def _open_session(path: Path, providers: list[str]):
+def _open_session(path: Path, providers: list[str], log: Log | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's provider warnings are noise in QGIS
+    # Fatal only: onnxruntime's own log goes to stderr, which QGIS never shows. What matters reaches
+    # the user otherwise: failures as exceptions, a provider fallback through ``log`` (load()).
+    options.log_severity_level = 4
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        with forward_warnings(log, "onnxruntime"):
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, NoSuchFile …)
         raise ModelError(f"cannot open ONNX model {path}: {exc}") from None
 
@@ -85,12 +88,11 @@ def default_colours(class_names: list[str]) -> list[str]:
 
 
 def _sidecar_data(path: Path) -> dict[str, Any]:
-    """The sidecar's JSON object, or {} when unreadable (ModelCard.load then reports why)."""
+    """The sidecar's JSON object, or {} when unusable (ModelCard.load then reports why)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(path, "model card")
+    except ModelError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _class_names(value: Any, path: Path) -> list[str]:
@@ -136,7 +138,7 @@ def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
     if "class_names" in meta:
         fields["class_names"] = _class_names(meta["class_names"], path)
         if "s2seg_class_colours" in meta:
-            fields["class_colours"] = list(meta["s2seg_class_colours"])
+            fields["class_colours"] = meta["s2seg_class_colours"]  # as given: the card checks its type
         else:
             fields["class_colours"] = default_colours(fields["class_names"])
     if "resolution" in meta:
@@ -159,7 +161,7 @@ def card_fields_from_metadata(session, path: Path) -> dict[str, Any]:
     if "tiles_overlap" in meta:
         fields["extra"]["tiles_overlap"] = meta["tiles_overlap"]
     if "s2seg_bands" in meta:
-        fields["bands"] = list(meta["s2seg_bands"])
+        fields["bands"] = meta["s2seg_bands"]  # as given: a string "B04" is refused, not split into characters
     if "s2seg_input_scale" in meta:
         fields["input_scale"] = meta["s2seg_input_scale"]
     for source, target in (("standardization_mean", "mean"), ("standardization_std", "std")):
@@ -255,24 +257,31 @@ class OnnxModel:
             return check_output(result, self.card, n)
 
 
-def providers_for(device: torch.device) -> list[str]:
+def providers_for(device: torch.device, log: Log | None = None) -> list[str]:
     """CUDA first when both torch's device and onnxruntime offer it; CPU always as fallback."""
     import onnxruntime as ort
 
     if device.type == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        log.warning("onnxruntime has no CUDA support installed (onnxruntime-gpu); the ONNX model runs on the CPU")
+        notify(log, "onnxruntime has no CUDA support installed (onnxruntime-gpu): the ONNX model runs on the CPU")
     return ["CPUExecutionProvider"]
 
 
-def load(card: ModelCard, device: torch.device) -> OnnxModel:
-    """Open the card's ONNX file with onnxruntime for ``device``."""
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> OnnxModel:
+    """Open the card's ONNX file with onnxruntime for ``device``; notices (CPU fallback, onnxruntime's
+    warnings at session creation) go to ``log``."""
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its ONNX file")
     path = Path(card.path)
-    if not path.is_file():
-        raise ModelError(f"ONNX model file {path} of model card {card.name!r} does not exist")
-    model = OnnxModel(card, device, _open_session(path, providers_for(device)), path)
+    require_file(path, f"ONNX model file {path} of model card {card.name!r}", "an .onnx file")
+    providers = providers_for(device, log)
+    session = _open_session(path, providers, log)
+    missing = [p for p in providers if p not in session.get_providers()]
+    if missing:
+        # onnxruntime-gpu without the CUDA/cuDNN libraries it needs falls back to the CPU silently.
+        notify(log, f"onnxruntime could not start {', '.join(missing)} for {path.name} (are the CUDA and cuDNN "
+                    f"libraries onnxruntime-gpu needs installed?): the ONNX model runs on the CPU")
+    model = OnnxModel(card, device, session, path)
     smoke_test(model)
     return model

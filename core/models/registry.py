@@ -22,8 +22,11 @@ LOADERS = {
     "onnx": ".onnx_model",
 }
 DEFAULT_MODEL = "builtin"
-#: Cards shipped with the plugin (small models and cards of well-known checkpoints).
-SHIPPED_CARDS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
+#: What a model spec that is a path may be (said when a path is none of these).
+EXPECTED_MODEL_PATHS = (
+    "a card .json, a model folder with config.json + model.safetensors (BigEarthNet v2), an .onnx file or a "
+    "TorchScript .pt file with a sidecar card"
+)
 
 
 def loader(fmt: str):
@@ -35,14 +38,17 @@ def loader(fmt: str):
 
 
 def available_cards() -> dict[str, ModelCard]:
-    """Built-in cards, the ukis-csmask cloud models when installed, and the cards shipped in
-    ``resources/models``, by name."""
-    cards = {**BUILTIN_CARDS, **csmask.cards()}
-    if SHIPPED_CARDS_DIR.is_dir():
-        for path in sorted(SHIPPED_CARDS_DIR.glob("*.card.json")):
-            card = ModelCard.load(path)
-            cards.setdefault(card.name, card)
-    return cards
+    """Built-in cards and the ukis-csmask cloud models when installed, by name."""
+    return {**BUILTIN_CARDS, **csmask.cards()}
+
+
+def require_file(path: Path, description: str, expected: str) -> None:
+    """ModelError unless ``path`` is a file: ``description`` names it ("ONNX model file /m/x.onnx"),
+    ``expected`` says what it should be when it is a folder."""
+    if path.is_dir():
+        raise ModelError(f"{description} is a folder; expected {expected}")
+    if not path.is_file():
+        raise ModelError(f"{description} does not exist")
 
 
 def sidecar_card_path(model_path: Path) -> Path | None:
@@ -75,7 +81,6 @@ def resolve_card(spec: str | Path | ModelCard) -> ModelCard:
         return loader("onnx").card_from_file(path)
     if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript"):
         return loader("torchscript").card_from_file(path)
-    raise ModelError(
-        f"cannot tell what kind of model {path} is: expected a card .json, a BigEarthNet v2 folder "
-        "(config.json + model.safetensors), an .onnx file or a TorchScript .pt file with a sidecar card"
-    )
+    if path.is_dir():
+        raise ModelError(f"model {path} is a folder without a config.json; expected {EXPECTED_MODEL_PATHS}")
+    raise ModelError(f"cannot tell what kind of model {path} is: expected {EXPECTED_MODEL_PATHS}")

@@ -20,6 +20,8 @@ import torch
 from ..errors import ModelError
 from .base import TorchModel, error_summary, smoke_test
 from .card import ModelCard
+from .registry import require_file
+from .runlog import Log, forward_warnings
 
 _EXPORT_HINT = (
     "export the model with torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path), "
@@ -29,8 +31,7 @@ _EXPORT_HINT = (
 
 def check_torchscript_archive(path: Path) -> None:
     """Raise ModelError unless ``path`` is a TorchScript zip archive; reads the zip directory only."""
-    if not path.is_file():
-        raise ModelError(f"TorchScript model file {path} does not exist")
+    require_file(path, f"TorchScript model file {path}", "a TorchScript .pt file written by torch.jit.save")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -69,14 +70,15 @@ def card_from_file(path: str | Path) -> ModelCard:
     return card
 
 
-def load(card: ModelCard, device: torch.device) -> TorchModel:
-    """``torch.jit.load`` the card's file onto ``device`` after checking it is TorchScript."""
+def load(card: ModelCard, device: torch.device, log: Log | None = None) -> TorchModel:
+    """``torch.jit.load`` the card's file onto ``device`` after checking it is TorchScript; torch's
+    warnings (other than its deprecation of TorchScript) go to ``log``."""
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its TorchScript file")
     path = Path(card.path)
     check_torchscript_archive(path)
     try:
-        with warnings.catch_warnings():
+        with forward_warnings(log, f"loading {path.name}"), warnings.catch_warnings():
             # torch ≥ 2.9 flags TorchScript as deprecated on every load; not the user's concern here.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
