@@ -263,3 +263,52 @@ def test_band_id_split_into_characters_is_explained(bandset):
 
 def test_require_accepts_band_id_spellings_and_keeps_the_order(bandset):
     assert [f.band.id for f in bandset.require(["b8a", "B2", "B04"], "m")] == ["B8A", "B02", "B04"]
+
+
+# ------------------------------------------------------------------ through the command line: exit 1, nothing written
+def run_cli(capsys, *args) -> tuple[int, str]:
+    from s2seg.core.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_refuses_a_forged_tile_size_before_any_output(tmp_path, capsys):
+    folder = tmp_path / "forged"
+    folder.mkdir()
+    write_declared_band(folder / "T32UNU_20240612T103031_B02.tif", 10**6)
+    code, err = run_cli(capsys, "segment", folder, tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert f"s2seg: error: band file {folder / 'T32UNU_20240612T103031_B02.tif'} is 1000000 × 1000000 px" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_damaged_zip_member_before_any_output(zipped, tmp_path, capsys):
+    bad = tmp_path / zipped.name
+    info = damage(zipped, "_B03_10m", bad)
+    code, err = run_cli(capsys, "segment", bad, tmp_path / "out")
+    assert code == 1
+    assert f"s2seg: error: member {info.filename} of zip archive {bad} is damaged: its CRC-32 does not match its bytes" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_metadata_zip_bomb_before_any_output(zipped, tmp_path, capsys):
+    mtd = member(zipped, "MTD_MSIL2A.xml")
+    bomb = rezip(zipped, tmp_path / zipped.name, replace={mtd.filename: b" " * (MAX_METADATA_BYTES + 1)})
+    code, err = run_cli(capsys, "segment", bomb, tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert f"s2seg: error: product metadata {bomb}!{mtd.filename} is {MAX_METADATA_BYTES + 1} bytes or more" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_non_utf8_tile_path_before_any_output(tmp_path, capsys):
+    flat = write_sample_tile(tmp_path, size=120, layout="flat")
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/tile\xe9"))
+    try:
+        flat.rename(latin1)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses non-UTF-8 names")
+    code, err = run_cli(capsys, "segment", latin1, tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert f"s2seg: error: tile path {str(latin1)!r} is not valid UTF-8" in err
+    assert not (tmp_path / "out").exists()
