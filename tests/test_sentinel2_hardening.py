@@ -3,6 +3,7 @@ items 2a, 3, 4, 6, 10, 13): oversized band files, metadata zip bombs, damaged zi
 from outside the product, paths GDAL cannot open, band lists given as a string."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -312,3 +313,13 @@ def test_cli_refuses_a_non_utf8_tile_path_before_any_output(tmp_path, capsys):
     assert code == 1 and "Traceback" not in err
     assert f"s2seg: error: tile path {str(latin1)!r} is not valid UTF-8" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_run_ignores_metadata_above_a_flat_band_folder(tmp_path, capsys):
+    """The issue's case end to end: the offsets of a metadata file two folders up were applied to the run."""
+    flat = write_sample_tile(tmp_path / "a" / "b", size=120, layout="flat")
+    (flat / "MTD_MSIL2A.xml").rename(tmp_path / "a" / "MTD_MSIL2A.xml")
+    code, err = run_cli(capsys, "segment", flat, tmp_path / "out", "--quiet")
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "out").glob("*_report.json")).read_text())
+    assert report["tile"]["offsets"] == {} and report["tile"]["baseline"] is None
