@@ -40,6 +40,9 @@ BAND_IDS: tuple[str, ...] = tuple(b.id for b in BANDS)
 BAND_BY_COMMON_NAME: dict[str, Band] = {b.common_name: b for b in BANDS}
 #: Every band resolution is a divisor of this many 10 m pixels.
 RESOLUTION_LCM = 6
+#: Width and height of a full Sentinel-2 tile (a 109.8 km MGRS square) at 10 m, its finest
+#: resolution: no band file of a tile, or of a crop of one, has more pixels along either axis.
+TILE_SIZE_PX = 10980
 
 
 def band(band_id: str) -> Band:

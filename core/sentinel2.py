@@ -8,12 +8,15 @@ content (some ``.jp2`` files in the wild are GeoTIFFs).
 """
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from pathlib import Path, PurePath, PurePosixPath
+from typing import BinaryIO, Callable, Sequence, TypeVar
 
 import numpy as np
 import rasterio
@@ -21,14 +24,21 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
-from .bands import BAND_BY_ID, Band, normalise_band_id
-from .errors import InputError
+from .bands import BAND_BY_ID, TILE_SIZE_PX, Band, normalise_band_id
+from .errors import InputError, ModelError
 
 _BAND_FILE = re.compile(r"(?:^|[_\-.])(B(?:0?[1-9]|1[0-2]|8A))(?:_(?:10|20|60)m)?\.(?:jp2|tiff?)$", re.IGNORECASE)
 _SKIP_FILE = re.compile(r"(^MSK_|_TCI|_PVI|preview|QUICKLOOK)", re.IGNORECASE)
 _TILE_STEM = re.compile(r"(T\d{2}[A-Z]{3}_\d{8}T\d{6})")
 _METADATA_NAME = re.compile(r"^MTD_MSIL(1C|2A)\.xml$", re.IGNORECASE)
 _OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+_RESOLUTION_FOLDER = re.compile(r"^R(10|20|60)m$", re.IGNORECASE)
+#: Most bytes of product metadata read (MTD_MSIL1C.xml/MTD_MSIL2A.xml weigh 45–55 kB): a bigger
+#: member is damaged or a zip bomb, and is refused before it is inflated.
+MAX_METADATA_BYTES = 4 * 2**20
+_CRC_CHUNK = 4 * 2**20  # bytes per read while checking a zip member's CRC
+_CRC_THREADS = 8  # members checked at once (one thread checks ~1.5 GB/s of page-cached zip)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class BandSet:
     baseline: str | None
     #: band id → additive offset turning product DN into pre-04.00 DN (reflectance × 10000).
     offsets: dict[str, float] = field(default_factory=dict)
+    #: the product metadata that gave level, baseline and offsets (``<zip>!<member>`` inside a zip);
+    #: None when no metadata belongs to the product (then no offset is applied)
     metadata_path: str | None = None
 
     @property
@@ -93,7 +105,23 @@ class BandSet:
         return self.offsets.get(band_id, 0.0)
 
     def require(self, band_ids: Sequence[str], model_name: str) -> list[BandFile]:
-        """The files of ``band_ids`` in that order; InputError naming the missing bands and the model."""
+        """The files of ``band_ids`` in that order; InputError naming the missing bands and the model.
+
+        ``band_ids`` must be a list of band ids: a string such as ``"B02"`` (which Python would
+        iterate as ``"B", "0", "2"``) or an unknown id is a ModelError naming the model.
+        """
+        if isinstance(band_ids, (str, bytes)):
+            raise ModelError(f"model {model_name!r}: bands must be a list of band ids such as ['B02', 'B03'], "
+                             f"got the string {band_ids!r}")
+        unknown = [b for b in band_ids if not isinstance(b, str) or normalise_band_id(b) not in BAND_BY_ID]
+        if unknown:
+            hint = ""
+            if all(isinstance(b, str) and len(b) == 1 for b in band_ids):
+                joined = "".join(band_ids)
+                hint = f" (a band id split into characters: give the list ['{joined}'], not the string '{joined}')"
+            raise ModelError(f"model {model_name!r} asks for unknown band id(s) {', '.join(map(repr, unknown))}{hint}; "
+                             f"known: {', '.join(BAND_BY_ID)}")
+        band_ids = [normalise_band_id(b) for b in band_ids]
         missing = [b for b in band_ids if b not in self.files]
         if missing:
             raise InputError(
@@ -104,41 +132,56 @@ class BandSet:
 
 
 def discover(path: str | Path) -> BandSet:
-    """Find every band of the tile at ``path`` and check they share CRS and footprint."""
+    """Find every band of the tile at ``path`` and check they share CRS and footprint.
+
+    Raises :class:`InputError` naming the file before any output exists: for a path GDAL cannot
+    open (not UTF-8), a band file larger than a tile, a damaged zip member or oversized metadata,
+    band files of different products, and bands whose grids disagree.
+    """
     source = Path(path).expanduser()
+    _check_utf8(str(source), "tile path")
     if not source.exists():
         raise InputError(f"tile {source} does not exist")
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise InputError(f"tile {source} is a file but not a zip archive; give a .SAFE folder, its .zip or a folder of band files")
-        candidates, metadata = _list_zip(source)
+        candidates, metadata_in = _list_zip(source)
     else:
-        candidates, metadata = _list_folder(source)
+        candidates, metadata_in = _list_folder(source)
     if not candidates:
         if source.is_dir() and not any(source.iterdir()):
             raise InputError(f"tile folder {source} is empty; give a .SAFE folder, its .zip or a folder of band files")
         raise InputError(f"no Sentinel-2 band files (*_B02.jp2, *_B8A.tif …) found in {source}")
 
+    kept: dict[str, _Candidate] = {}
     files: dict[str, BandFile] = {}
-    for band_id, gdal_path in candidates:
-        band_file = _open_band(BAND_BY_ID[band_id], gdal_path)
-        previous = files.get(band_id)
+    for candidate in candidates:
+        _check_utf8(candidate.path, "band file path")
+        try:
+            band_file = _open_band(BAND_BY_ID[candidate.band_id], candidate.path)
+        except InputError:
+            if candidate.member is not None:
+                _verify_members(source, [candidate.member])  # a damaged member explains a failed open best
+            raise
+        previous = files.get(candidate.band_id)
         if previous is None or band_file.resolution < previous.resolution:
-            files[band_id] = band_file  # L2A ships resampled copies in R20m/R60m: keep the finest
+            files[candidate.band_id] = band_file  # L2A ships resampled copies in R20m/R60m: keep the finest
+            kept[candidate.band_id] = candidate
         elif band_file.resolution == previous.resolution and band_file.path != previous.path:
-            raise InputError(f"band {band_id} found twice at {band_file.resolution:g} m: {previous.path} and {band_file.path}")
+            raise InputError(f"band {candidate.band_id} found twice at {band_file.resolution:g} m: {previous.path} and {band_file.path}")
     if not any(f.band.resolution == 10 for f in files.values()):
         raise InputError(f"tile {source} has no 10 m band (B02, B03, B04 or B08); the output grid is defined by them")
+    members = [c.member for c in kept.values() if c.member is not None]
+    if members:
+        _verify_members(source, members)
 
-    level, baseline, offsets = (None, None, {})
-    if metadata is not None:
-        level, baseline, offsets = _parse_metadata(metadata)
-    level = level or _level_from_name(source.name)
+    metadata = _product_metadata(source, kept, metadata_in)
+    level, baseline, offsets = _parse_metadata(metadata) if metadata is not None else (None, None, {})
     bandset = BandSet(
-        name=_tile_name(source, [p for _, p in candidates]),
+        name=_tile_name(source, [c.path for c in candidates]),
         source=source,
         files=files,
-        level=level,
+        level=level or _level_from_name(source.name),
         baseline=baseline,
         offsets=offsets,
         metadata_path=metadata[0] if metadata else None,
@@ -147,44 +190,152 @@ def discover(path: str | Path) -> BandSet:
     return bandset
 
 
-def _list_zip(source: Path) -> tuple[list[tuple[str, str]], tuple[str, bytes] | None]:
+@dataclass(frozen=True)
+class _Candidate:
+    """A file whose name says it holds a band, and where its product metadata must be."""
+
+    band_id: str
+    path: str  # a path GDAL opens, possibly /vsizip/…
+    home: PurePath  # the folder (or zip member folder) whose MTD_MSIL*.xml describes it
+    member: zipfile.ZipInfo | None = None  # its zip member, for a zipped product
+
+
+#: Reads a metadata file from its folder (or zip member folder): (label, content), or None when absent.
+_MetadataReader = Callable[[PurePath], "tuple[str, bytes] | None"]
+
+
+def _check_utf8(path: str, what: str) -> None:
+    """GDAL takes UTF-8 paths: a name holding a byte that is not UTF-8 (decoded by Python as a
+    surrogate escape) would crash rasterio with a UnicodeEncodeError."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} {path!r} is not valid UTF-8 (a byte of another encoding in a file or folder name); "
+                         "GDAL cannot open it: rename it") from None
+
+
+def _metadata_home(folder: PurePath) -> PurePath:
+    """The folder whose MTD_MSIL*.xml describes the band files in ``folder``: the .SAFE root for a
+    folder of the granule structure (``GRANULE/<granule>/IMG_DATA[/R10m]``), else ``folder`` itself,
+    so that a metadata file outside the product is never used."""
+    inner = folder.parent if _RESOLUTION_FOLDER.match(folder.name) else folder
+    if inner.name.upper() == "IMG_DATA" and inner.parent.parent.name.upper() == "GRANULE":
+        return inner.parent.parent.parent
+    return folder
+
+
+def _product_metadata(source: Path, kept: dict[str, _Candidate], read: _MetadataReader) -> tuple[str, bytes] | None:
+    """The metadata of the product the kept band files belong to (None when there is none)."""
+    found = {home: read(home) for home in sorted({c.home for c in kept.values()}, key=str)}
+    labels = {home: m[0] if m else None for home, m in found.items()}
+    if len(set(labels.values())) > 1:
+        by_home = {home: sorted((b for b, c in kept.items() if c.home == home), key=lambda b: BAND_BY_ID[b].band_index)
+                   for home in found}
+        described = "; ".join(f"{', '.join(bands)} with {labels[home] or 'no product metadata'}"
+                              for home, bands in by_home.items())
+        raise InputError(f"the band files of tile {source} belong to different products ({described}); "
+                         "give the bands of one product")
+    return next(iter(found.values()))
+
+
+def _read_capped(stream: BinaryIO, label: str, declared: int) -> bytes:
+    if declared > MAX_METADATA_BYTES:
+        raise InputError(_too_large(label, declared))
+    content = stream.read(MAX_METADATA_BYTES + 1)  # the declared size may lie
+    if len(content) > MAX_METADATA_BYTES:
+        raise InputError(_too_large(label, len(content)))
+    return content
+
+
+def _too_large(label: str, size: int) -> str:
+    return (f"product metadata {label} is {size} bytes or more (real ones weigh about 50 kB; at most "
+            f"{MAX_METADATA_BYTES} bytes are read): a damaged or forged product")
+
+
+def _list_zip(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
     try:
         with zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
-            metadata = None
-            for name in names:
-                if _METADATA_NAME.match(Path(name).name):
-                    metadata = (f"{source}!{name}", archive.read(name))
-                    break
+            infos = [i for i in archive.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"cannot read zip archive {source}: {exc}") from None
-    candidates = []
-    for name in names:
-        band_id = _band_id_of(Path(name).name)
-        if band_id:
-            candidates.append((band_id, f"/vsizip/{source.resolve()}/{name}"))
-    return candidates, metadata
+    candidates, metadata = [], {}
+    for info in infos:
+        member = PurePosixPath(info.filename)
+        if _METADATA_NAME.match(member.name):
+            metadata.setdefault(member.parent, []).append(info)
+        band_id = _band_id_of(member.name)
+        if band_id and "QI_DATA" not in member.parts:
+            candidates.append(_Candidate(band_id, f"/vsizip/{source.resolve()}/{info.filename}",
+                                         _metadata_home(member.parent), info))
+
+    def read(home: PurePath) -> tuple[str, bytes] | None:
+        infos = metadata.get(home, [])
+        if not infos:
+            return None
+        info = _only_one(infos, [i.filename for i in infos], f"{source}!{home}")
+        label = f"{source}!{info.filename}"
+        try:
+            with zipfile.ZipFile(source) as archive, archive.open(info) as stream:
+                return label, _read_capped(stream, label, info.file_size)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # zipfile checks the CRC at the end
+            raise InputError(f"cannot read product metadata {label}: {exc}") from None
+
+    return candidates, read
 
 
-def _list_folder(source: Path) -> tuple[list[tuple[str, str]], tuple[str, bytes] | None]:
+def _list_folder(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
     candidates = []
-    metadata = None
     for file in sorted(source.rglob("*")):
         if not file.is_file():
             continue
-        if metadata is None and _METADATA_NAME.match(file.name):
-            metadata = (str(file), file.read_bytes())
         band_id = _band_id_of(file.name)
         if band_id and "QI_DATA" not in file.parts:
-            candidates.append((band_id, str(file)))
-    if metadata is None:
-        # An IMG_DATA or R10m folder given directly: the product metadata sits a few levels up.
-        for parent in list(source.resolve().parents)[:4]:
-            found = [p for p in parent.glob("MTD_MSIL*.xml") if _METADATA_NAME.match(p.name)]
-            if found:
-                metadata = (str(found[0]), found[0].read_bytes())
-                break
-    return candidates, metadata
+            # abspath, not resolve: a band symlinked from elsewhere still belongs to this folder
+            candidates.append(_Candidate(band_id, str(file), _metadata_home(Path(os.path.abspath(file)).parent)))
+
+    def read(home: PurePath) -> tuple[str, bytes] | None:
+        folder = Path(home)
+        try:
+            found = sorted(p for p in folder.iterdir() if _METADATA_NAME.match(p.name) and p.is_file())
+        except OSError as exc:
+            raise InputError(f"cannot list {folder} for the product metadata: {exc}") from None
+        if not found:
+            return None
+        path = _only_one(found, [str(p) for p in found], str(folder))
+        try:
+            with open(path, "rb") as stream:
+                return str(path), _read_capped(stream, str(path), os.fstat(stream.fileno()).st_size)
+        except OSError as exc:
+            raise InputError(f"cannot read product metadata {path}: {exc}") from None
+
+    return candidates, read
+
+
+def _only_one(found: list[_T], names: list[str], where: str) -> _T:
+    if len(found) > 1:
+        raise InputError(f"{where} holds {len(found)} product metadata files ({', '.join(names)}); expected one")
+    return found[0]
+
+
+def _verify_members(source: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Stream each member through zipfile, which checks its CRC-32 at the end: GDAL's /vsizip/
+    never does, so damaged bytes would otherwise be classified as if they were data. Members are
+    checked in parallel (reads and zlib.crc32 release the GIL), each thread with its own handle."""
+
+    def verify(info: zipfile.ZipInfo) -> None:
+        try:
+            with zipfile.ZipFile(source) as archive, archive.open(info) as stream:
+                while stream.read(_CRC_CHUNK):
+                    pass
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            detail = "its CRC-32 does not match its bytes" if "CRC-32" in str(exc) else str(exc)
+            raise InputError(f"member {info.filename} of zip archive {source} is damaged: {detail}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read member {info.filename} of zip archive {source}: {exc}") from None
+
+    threads = max(1, min(len(members), os.cpu_count() or 1, _CRC_THREADS))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s2seg-crc") as pool:
+        list(pool.map(verify, members))  # re-raises the first member's error, in member order
 
 
 def _band_id_of(file_name: str) -> str | None:
@@ -200,6 +351,10 @@ def _band_id_of(file_name: str) -> str | None:
 def _open_band(band: Band, gdal_path: str) -> BandFile:
     try:
         with rasterio.open(gdal_path) as ds:  # GDAL picks the driver by content, not extension
+            if ds.width > TILE_SIZE_PX or ds.height > TILE_SIZE_PX:
+                # refused before planning: a forged header would otherwise plan (and write) terabytes
+                raise InputError(f"band file {gdal_path} is {ds.width} × {ds.height} px, larger than a whole Sentinel-2 "
+                                 f"tile ({TILE_SIZE_PX} × {TILE_SIZE_PX} px at 10 m): not a Sentinel-2 tile or crop")
             if ds.count < 1:
                 raise InputError(f"band file {gdal_path} holds no raster band")
             if ds.crs is None:
