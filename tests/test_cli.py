@@ -4,7 +4,6 @@ change; a traceback for bugs)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import types
 from pathlib import Path
 
@@ -174,4 +173,3 @@ def test_option_wording_is_keyed_on_the_type():
     # Subclasses of the option errors get the same wording.
     sub = type("NoGpu", (DeviceUnavailable,), {})
     assert options.with_option_hint("m", sub("m")).endswith("use --device auto or --device cpu")
-    assert dataclasses.is_dataclass(options.Option)
