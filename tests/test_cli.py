@@ -173,3 +173,15 @@ def test_option_wording_is_keyed_on_the_type():
     # Subclasses of the option errors get the same wording.
     sub = type("NoGpu", (DeviceUnavailable,), {})
     assert options.with_option_hint("m", sub("m")).endswith("use --device auto or --device cpu")
+
+
+def test_building_the_parser_imports_neither_torch_nor_dask():
+    """``s2seg --help`` and argument errors stay instant: torch and dask load only when a command runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from s2seg.core import cli; cli._parser(); "
+            "print(sorted(m for m in ('torch', 'dask', 'distributed', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

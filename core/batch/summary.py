@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..atomic import write_atomic
-from ..preview import PREVIEW_SUFFIX
 from .results import CANCELLED, FAILED, OK, SKIPPED, BatchResult, TileOutcome
 
 SUMMARY_JSON = "s2seg_batch.json"
@@ -61,6 +60,8 @@ th { background: #f3f3f3; } td.num { text-align: right; }
 
 def summary_html(result: BatchResult, output_root: Path) -> str:
     """A self-contained page: one row per tile with links to its report and preview (relative links)."""
+    from ..preview import PREVIEW_SUFFIX  # here: preview imports torch, and `s2seg --help` must not
+
     e = lambda value: html.escape(str(value), quote=True)  # noqa: E731
 
     def link(path: Path, label: str) -> str:
