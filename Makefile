@@ -15,8 +15,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The benchmark harness lives in benchmarks/ (not shipped in the plugin): make bench BENCH_ARGS="--full"
+BENCH_ARGS ?=
 bench: setup
-	$(S2SEG) bench
+	$(PY) -m s2seg.benchmarks.bench $(BENCH_ARGS)
 
 install: setup
 	@bash tools/install_plugin.sh

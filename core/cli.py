@@ -1,14 +1,31 @@
-"""The ``s2seg`` command line: segment, models, sample-tile, bench."""
+"""The ``s2seg`` command line: segment, batch, models, sample-tile.
+
+The options ``segment`` and ``batch`` share are declared once in :mod:`s2seg.core.options`.
+Errors: a user error (:class:`S2SegError`: a bad input, model or option) is one line, with the
+option to change where one fixes it (:func:`s2seg.core.options.with_option_hint`); any other
+exception is a bug and prints its traceback too. ``--debug`` prints the traceback of every error.
+(The benchmark harness is not part of the command line: ``make bench`` runs ``benchmarks/``.)
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
-from .config import DEVICES, EngineConfig
 from .errors import Cancelled, S2SegError
+from .options import add_engine_options, engine_config, with_option_hint
+
+#: Modules (relative to ``s2seg.core``) that add subcommands through ``add_commands(subparsers)``;
+#: a new command family (e.g. the accuracy commands) adds its module here. Keep them light to import.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+EPILOG = """errors: a problem with an input, a model or an option is reported in one line (exit code 1);
+any other error is a bug in s2seg or a model and is reported with its traceback (exit code 1).
+--debug prints the traceback of every error. Ctrl-C stops a run within one batch (exit code 130)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,44 +34,52 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    debug = getattr(args, "debug", False)
     try:
         return args.run(args)
     except Cancelled as exc:
         print(f"s2seg: {exc}", file=sys.stderr)
         return 130
     except S2SegError as exc:
-        print(f"s2seg: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"s2seg: error: {with_option_hint(str(exc), exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: keep where it happened, then one line to close on
+        traceback.print_exc(file=sys.stderr)
+        print(f"s2seg: internal error: {type(exc).__name__}: {exc} (a bug in s2seg or the model: please report "
+              "it with the traceback above)", file=sys.stderr)
         return 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s2seg", description="Segment whole Sentinel-2 tiles into land cover with per-pixel confidence.")
+    parser = argparse.ArgumentParser(prog="s2seg", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Segment whole Sentinel-2 tiles into land cover with per-pixel confidence.")
+    debug_help = "print the traceback of every error, not only of unexpected ones"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Also after the subcommand (``s2seg segment … --debug``); SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command")
 
-    seg = sub.add_parser("segment", help="segment one tile (.SAFE folder, .zip, IMG_DATA or folder of band files)")
+    seg = sub.add_parser("segment", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         help="segment one tile (.SAFE folder, .zip, IMG_DATA or folder of band files)")
     seg.add_argument("tile", type=Path)
     seg.add_argument("output", type=Path, help="output folder")
-    seg.add_argument("--model", default="builtin", help="model name (see `s2seg models`), card .json, BigEarthNet v2 folder, .onnx or TorchScript .pt")
-    seg.add_argument("--chunk-size", type=int, default=0, help="chunk edge in 10 m pixels (0 = automatic)")
-    seg.add_argument("--batch-size", type=int, default=0, help="patches per forward pass (0 = automatic)")
-    seg.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA, else Apple MPS, else CPU")
-    seg.add_argument("--half", action="store_true", help="half-precision (float16 autocast) inference on CUDA; ignored elsewhere")
-    seg.add_argument("--probs", action="store_true", help="also write per-class probabilities")
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    resume = seg.add_mutually_exclusive_group()
-    resume.add_argument("--resume", dest="resume", action="store_const", const="require", default="auto",
-                        help="continue an interrupted run (an error when there is none to continue). Without this "
-                             "flag a run resumes automatically when the output folder holds the journal of an "
-                             "interrupted run of the same tile, model and settings, and starts over otherwise")
-    resume.add_argument("--no-resume", dest="resume", action="store_const", const="never",
-                        help="discard the partial results of an interrupted run and start over")
-    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(seg)
     seg.set_defaults(run=_segment)
 
-    models = sub.add_parser("models", help="list the models available by name")
+    from .batch import add_arguments as add_batch_arguments  # light: dask and torch load only when it runs
+
+    batch = sub.add_parser("batch", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           help="segment many tiles, one Dask task each (local cluster or --scheduler)")
+    add_batch_arguments(batch)
+    batch.set_defaults(run=_batch)
+
+    models = sub.add_parser("models", parents=[common], help="list the models available by name")
     models.set_defaults(run=_models)
 
-    sample = sub.add_parser("sample-tile", help="write a synthetic, physically plausible Sentinel-2 tile")
+    sample = sub.add_parser("sample-tile", parents=[common], help="write a synthetic, physically plausible Sentinel-2 tile")
     sample.add_argument("output", type=Path, help="folder to write the tile into")
     sample.add_argument("--size", type=int, default=10980, help="10 m size in pixels (default 10980, a full tile)")
     sample.add_argument("--seed", type=int, default=0)
@@ -64,16 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--nodata-corner", action="store_true", help="DN 0 triangle in a corner, as at swath edges")
     sample.set_defaults(run=_sample_tile)
 
-    bench = sub.add_parser("bench", help="benchmark the pipeline against its I/O and compute floors")
-    bench.add_argument("--size", type=int, default=5040)
-    bench.add_argument("--full", action="store_true", help="use a full 10980² tile")
-    bench.set_defaults(run=_bench)
-
-    from .batch import add_arguments as add_batch_arguments  # light: dask and torch load only when it runs
-
-    batch = sub.add_parser("batch", help="segment many tiles, one Dask task each (local cluster or --scheduler)")
-    add_batch_arguments(batch)
-    batch.set_defaults(run=_batch)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module, __package__).add_commands(sub)
     return parser
 
 
@@ -82,8 +99,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     from .pipeline import segment
 
-    config = EngineConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                          write_probs=args.probs, overwrite=args.overwrite, resume=args.resume, half=args.half)
+    config = engine_config(args)
     cancel = threading.Event()
     bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}", disable=args.quiet, file=sys.stderr)
 
@@ -135,12 +151,6 @@ def _sample_tile(args: argparse.Namespace) -> int:
                                  nodata_corner=args.nodata_corner, fmt=args.fmt, progress=progress)
     print(path)
     return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
-    return run_bench(size=10980 if args.full else args.size)
 
 
 def _batch(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from s2seg.core.batch import (
     FAILED,
     OK,
     SKIPPED,
+    TileJob,
     TileOutcome,
     completed_report,
     expand_inputs,
@@ -27,7 +28,9 @@ from s2seg.core.batch import (
     local_cluster_plan,
     plan_jobs,
     run_batch,
+    run_tile,
     tile_folder_name,
+    write_summary,
 )
 from s2seg.core.cli import main
 from s2seg.core.config import EngineConfig
@@ -225,8 +228,8 @@ def test_a_different_model_or_setting_is_not_complete(first_run):
 
 
 def test_interrupted_tile_is_resumed_and_identical(tiles, tmp_path, scheduler):
-    """A run cancelled after its first chunk leaves partial state; the batch continues it (when the engine
-    journals) or starts it over, and the result equals an uninterrupted run."""
+    """A run cancelled after its first chunk leaves partial state; the batch continues it from the engine's
+    journal, and the result equals an uninterrupted run."""
     from s2seg.core.errors import Cancelled
     from s2seg.core.pipeline import segment
 
@@ -240,7 +243,7 @@ def test_interrupted_tile_is_resumed_and_identical(tiles, tmp_path, scheduler):
 
     with pytest.raises(Cancelled):
         segment(job.source, job.output_dir, config=config, progress=stop_after_first_chunk, cancel=cancel)
-    journaled = batch.engine_supports_resume() and any("journal" in p.name for p in job.output_dir.iterdir())
+    journaled = any("journal" in p.name for p in job.output_dir.iterdir())
     result = run_batch([tiles["safe"]], tmp_path / "out", config=config, scheduler=scheduler)
     (outcome,) = result.outcomes
     assert outcome.status == OK, outcome.message
@@ -271,7 +274,7 @@ def test_bad_model_is_one_error_not_one_per_tile(tiles, tmp_path, scheduler):
 
 
 def test_unreachable_scheduler_is_an_error(tiles, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(batch, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(batch.driver, "CONNECT_TIMEOUT_S", 2)
     code = main(["batch", str(tiles["safe"]), str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9",
                  "--quiet"])
     assert code == 1
@@ -292,3 +295,41 @@ def test_a_tile_keeps_its_folder_when_run_alone_or_with_others(tmp_path):
     alone.output_dir.mkdir(parents=True)
     (alone.output_dir / "T_report.json").write_text(json.dumps({"tile": {"source": str(a)}}))
     assert [j.name for j in plan_jobs([b, a], tmp_path / "out2")][1] == alone.name
+
+
+def test_unexpected_tile_error_keeps_its_traceback_in_the_outcome_and_summary(tmp_path, monkeypatch):
+    """A bug in one tile (not an S2SegError) fails that tile with file:line and the formatted traceback."""
+    import s2seg.core.pipeline as pipeline
+
+    def broken_segment(*args, **kwargs):
+        raise KeyError("chunk 7")  # raised here: this file and line must be in the outcome
+
+    monkeypatch.setattr(pipeline, "segment", broken_segment)
+    job = TileJob(source=tmp_path / "T.SAFE", name="T", output_dir=tmp_path / "out" / "T")
+    outcome = run_tile(job, config=CONFIG)
+    assert outcome.status == FAILED
+    here = Path(__file__).name
+    assert outcome.message.startswith("KeyError: 'chunk 7' (at " + here + ":")
+    assert outcome.error_type == "KeyError"
+    assert outcome.traceback.startswith("Traceback (most recent call last):")
+    assert f'{here}", line' in outcome.traceback and "in broken_segment" in outcome.traceback
+    result = batch.BatchResult(outcomes=[outcome], seconds=1.0, cluster="none")
+    json_path, html_path = write_summary(result, tmp_path)
+    (tile,) = json.loads(json_path.read_text())["tiles"]
+    assert tile["traceback"] == outcome.traceback and tile["error_type"] == "KeyError"
+    assert "in broken_segment" in html_path.read_text()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.part"))  # written atomically
+
+
+def test_engine_errors_keep_their_type_for_the_front_ends(tmp_path, monkeypatch):
+    import s2seg.core.pipeline as pipeline
+    from s2seg.core.errors import ResumeImpossible
+
+    def segment(*args, **kwargs):
+        raise ResumeImpossible("no interrupted run of T to continue")
+
+    monkeypatch.setattr(pipeline, "segment", segment)
+    job = TileJob(source=tmp_path / "T.SAFE", name="T", output_dir=tmp_path / "out" / "T")
+    outcome = run_tile(job, config=CONFIG.with_(resume="require"))
+    assert (outcome.status, outcome.error_type, outcome.traceback) == (FAILED, "ResumeImpossible", "")
+    assert outcome.message == "no interrupted run of T to continue"

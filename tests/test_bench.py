@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness (`s2seg bench`) on a tiny tile: every section runs, every ratio is
+"""Smoke test of the benchmark harness (`make bench`, :mod:`s2seg.benchmarks.bench`) on a tiny tile: every section runs, every ratio is
 computed, the three blending implementations agree. No timing assertions: seconds are machine noise."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2seg.core import bench
+from s2seg.benchmarks import bench
 from s2seg.core.blend import blend_patch_level
 from s2seg.core.grid import plan
 from s2seg.core.uncertainty import confidence
@@ -33,6 +33,63 @@ def test_run_bench_prints_the_table_and_writes_the_docs(tmp_path, monkeypatch, c
     assert "Pipeline against its floors" in capsys.readouterr().out
     text = docs.read_text(encoding="utf-8")
     assert "| t | 1× | ≤ 2× | yes |" in text and "GDAL 3" in text and "How to read this" in text
+
+
+def test_generated_page_points_at_the_one_copy_of_the_notes(result):
+    """The prose lives in docs/benchmark-notes.md only: no Python string, no copy in the generated page."""
+    from conftest import REPO_ROOT
+
+    _, markdown = result
+    notes = REPO_ROOT / "docs" / "benchmark-notes.md"
+    assert "[benchmark-notes.md](benchmark-notes.md)" in markdown
+    assert "Profile of the built-in pipeline" in notes.read_text(encoding="utf-8")
+    assert "Profile of the built-in pipeline" not in markdown
+    assert "Profile of the built-in pipeline" not in (REPO_ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+
+
+def test_engine_internals_are_reached_only_through_engine_parts():
+    """Private engine names (``_x``) appear in benchmarks/engine_parts.py and nowhere else in benchmarks/."""
+    import ast
+
+    from conftest import REPO_ROOT
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "benchmarks").glob("*.py")):
+        if path.name == "engine_parts.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("s2seg.core"):
+                offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+            if isinstance(node, ast.ImportFrom) and node.module == "s2seg.core" and any(a.name == "pipeline" for a in node.names):
+                offenders.append(f"{path.name}: imports the pipeline module")
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and isinstance(node.value, ast.Name) and node.value.id in ("pipeline", "writer", "_run"):
+                offenders.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not offenders, offenders
+
+
+def test_plugin_zip_leaves_the_benchmarks_out(tmp_path):
+    """The harness is repository-only: neither benchmarks/ nor the old core/bench.py ship in the plugin zip,
+    and nothing the plugin ships imports it."""
+    import re
+    import subprocess
+    import zipfile
+
+    from conftest import REPO_ROOT
+
+    target = tmp_path / "s2seg.zip"
+    proc = subprocess.run(["bash", str(REPO_ROOT / "tools" / "package.sh"), "-q", "-o", str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = zipfile.ZipFile(target).namelist()
+    assert "s2seg/core/cli.py" in names
+    assert not [n for n in names if n.startswith("s2seg/benchmarks/") or n == "s2seg/core/bench.py"]
+    shipped = [n for n in names if n.endswith(".py")]
+    imports = re.compile(r"s2seg\.benchmarks|from \.+benchmarks|import benchmarks")
+    importing = [n for n in shipped if imports.search(zipfile.ZipFile(target).read(n).decode("utf-8", "replace"))]
+    assert not importing, importing
 
 
 def test_every_ratio_is_computed(result):
@@ -148,3 +205,18 @@ def test_fused_patch_blend_confidence_equals_the_two_calls():
         a, b = getattr(fused, key), getattr(plain, key)
         assert torch.equal(torch.isnan(a), torch.isnan(b)), key
         torch.testing.assert_close(a[~torch.isnan(a)], b[~torch.isnan(b)], atol=2e-6, rtol=0)
+
+
+def test_gpu_tool_drives_the_engine_stages_through_engine_parts(tmp_path):
+    """benchmarks/measure_gpu.py on a tiny tile (CPU here): the inference stage and the pipeline without
+    encoding run through engine_parts.StageRun against today's engine, and every pixel reaches the writer."""
+    import json
+
+    from s2seg.benchmarks import measure_gpu
+
+    out = tmp_path / "gpu.json"
+    assert measure_gpu.main(["--size", "240", "--models", "builtin", "--work", str(tmp_path), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["stage_s"] > 0 and row["pipeline_s"] > 0 and row["patches"] > 0
+    assert set(row["busy"]) >= {"read", "inference", "write"}
+    assert sum(row["classes_hist"][:255]) == 240 * 240  # every pixel classified (no nodata in the sample tile)

@@ -45,7 +45,7 @@ for path, _attr, value in zip(fields[0::3], fields[1::3], fields[2::3]):
 else
     find . -type f \
         -not -path './.git/*' -not -path './.venv/*' -not -path './tests/*' -not -path './tools/*' \
-        -not -path './docs/*' -not -path './data/*' -not -path './out/*' -not -path './dist/*' \
+        -not -path './docs/*' -not -path './benchmarks/*' -not -path './data/*' -not -path './out/*' -not -path './dist/*' \
         -not -path './.qgis-settings/*' -not -path '*/.pytest_cache/*' -not -path '*/.hypothesis/*' \
         -not -name 'Makefile' -not -name 'pytest.ini' -not -name 'requirements*.txt' -not -name '.git*' \
         | sed 's|^\./||' > "$LIST"

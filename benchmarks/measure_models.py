@@ -1,6 +1,6 @@
 """Patches per second of each model kind on a 1200² L2A sample crop, on this machine's CPU (or --device).
 
-    .venv/bin/python tools/measure_models.py [--size 1200] [--device cpu]
+    .venv/bin/python benchmarks/measure_models.py [--size 1200] [--device cpu]
 
 Models: the built-in one, a ResNet-50 BigEarthNet v2 checkpoint folder (random weights,
 the real layout), and the tiny ONNX and TorchScript models of the format tests. Each is

@@ -1,21 +1,21 @@
 """Measure how well the engine feeds a GPU, on a machine that may lack GDAL's Python bindings.
 
-`s2seg bench` needs ``osgeo`` (the products are written through GDAL's bindings). A lent GPU
+``make bench`` (:mod:`s2seg.benchmarks.bench`) needs ``osgeo`` (the products are written through GDAL's bindings). A lent GPU
 machine has torch and CUDA but no GDAL bindings, so this tool runs the engine's own stages
 and leaves only the GeoTIFF encoding out:
 
 * **compute floor**: the model's forward passes alone, on as many patches as the tile sends,
   inputs already normalised on the device, same batch size (issue 7's definition);
-* **inference stage**: ``_Run._infer_chunk`` over every chunk, pixels already in memory
+* **inference stage**: the engine's per-chunk inference (:meth:`.engine_parts.StageRun.infer_chunk`) over every chunk, pixels already in memory
   (patch gathering, normalisation, host→device copies, forward passes, dense blending);
-* **pipeline, GDAL writes discarded**: ``_Run.execute`` with the real reader thread (rasterio)
+* **pipeline, GDAL writes discarded**: the engine's stages (:meth:`.engine_parts.StageRun.execute`) with the real reader thread (rasterio)
   and the real writer thread (blending, confidence, statistics, preview), whose GeoTIFF
   writer keeps the class map and sums of the float products instead of encoding them.
 
 ``--compare-cpu`` reruns the built-in model's pipeline on the CPU and reports how far the
 GPU's products are from it. Prints a table and writes JSON to ``--json``.
 
-    python tools/measure_gpu.py --size 5040 --models builtin,resnet50 --half --json out/gpu.json
+    python -m s2seg.benchmarks.measure_gpu --size 5040 --models builtin,resnet50 --half --json out/gpu.json
 """
 from __future__ import annotations
 
@@ -25,18 +25,18 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from s2seg.core.bench import _config, _heavy_model_folder, _sample_tile
+from s2seg.benchmarks.common import bench_config, heavy_model_folder, sample_tile
+from s2seg.benchmarks.engine_parts import StageRun, auto_chunk_size
 from s2seg.core.config import EngineConfig
+from s2seg.core.feed import Normaliser, patches_with_data
 from s2seg.core.grid import plan
 from s2seg.core.models import load_model, resolve_card
-from s2seg.core import pipeline
 from s2seg.core.reader import ChunkReader
 from s2seg.core.sentinel2 import discover
 
@@ -84,23 +84,9 @@ class NullJournal:
         pass
 
 
-def default_batch(device_type: str, patch_size: int) -> int:
-    """The engine's default batch size (also for engine versions before ``default_batch_size``)."""
-    if hasattr(EngineConfig, "default_batch_size"):
-        return EngineConfig.default_batch_size(device_type, patch_size)
-    return EngineConfig.CPU_BATCH_SIZE if device_type == "cpu" else EngineConfig.GPU_BATCH_SIZE
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def new_run(bandset, model, grid, config: EngineConfig, batch: int) -> "pipeline._Run":
-    run = pipeline._Run(bandset, model.card, model, grid, config, batch, Path("/nonexistent"), None,
-                        threading.Event(), lambda message: None)
-    run._position = {c.index: c.index for c in grid.chunks}
-    return run
 
 
 def read_all(bandset, card, grid, config: EngineConfig) -> tuple[list, float]:
@@ -113,7 +99,7 @@ def read_all(bandset, card, grid, config: EngineConfig) -> tuple[list, float]:
 def normalised_pool(model, bandset, chunks, batch: int) -> torch.Tensor:
     """2 × batch real patches of the first chunk, normalised on the device (the floor's inputs)."""
     card = model.card
-    normaliser = (pipeline.Normaliser if hasattr(pipeline, "Normaliser") else pipeline._Normaliser)(card, bandset, model.device)
+    normaliser = Normaliser(card, bandset, model.device)
     chunk, pixels = chunks[0]
     p, s = card.patch_size, card.stride
     data = torch.from_numpy(pixels.data.astype(np.float32))
@@ -175,11 +161,11 @@ def floor_variants(model, pool: torch.Tensor, batches: tuple[int, ...], repeats:
     return rows
 
 
-def inference_stage(run, chunks) -> float:
-    run._infer_chunk(*chunks[0], len(chunks))  # warm-up
+def inference_stage(run: StageRun, chunks) -> float:
+    run.infer_chunk(*chunks[0], len(chunks))  # warm-up
     sync(run.model.device)
     t0 = time.perf_counter()
-    outputs = [run._infer_chunk(chunk, pixels, len(chunks)) for chunk, pixels in chunks]
+    outputs = [run.infer_chunk(chunk, pixels, len(chunks)) for chunk, pixels in chunks]
     sync(run.model.device)
     seconds = time.perf_counter() - t0
     del outputs
@@ -187,25 +173,25 @@ def inference_stage(run, chunks) -> float:
 
 
 def pipeline_without_encoding(bandset, model, grid, config: EngineConfig, batch: int) -> tuple[float, dict, DiscardingWriter]:
-    run = new_run(bandset, model, grid, config, batch)
+    run = StageRun(bandset, model, grid, config, batch)
     writer = DiscardingWriter(bandset.width, bandset.height)
     t0 = time.perf_counter()
-    run.execute(writer, NullJournal(), {})
+    run.execute(writer, NullJournal())
     sync(model.device)
-    return time.perf_counter() - t0, dict(run.busy), writer
+    return time.perf_counter() - t0, run.busy, writer
 
 
 def compare_cpu_gpu(work: Path, size: int, log) -> dict:
     """The built-in model's products on CUDA against the CPU's, on a ``size``² tile."""
-    small = discover(_sample_tile(work, size, log))
+    small = discover(sample_tile(work, size, log))
     products, report = {}, {"size": size}
     for dev in ("cuda", "cpu"):
         model = load_model(resolve_card("builtin"), torch.device(dev))
-        chunk_size = pipeline._auto_chunk_size(model.card, small, model.device)
+        chunk_size = auto_chunk_size(model.card, small, model.device)
         grid = plan(small.height, small.width, model.card.patch_size, chunk_size)
-        batch = default_batch(dev, model.card.patch_size)
+        batch = EngineConfig.default_batch_size(dev, model.card.patch_size)
         try:
-            seconds, _, products[dev] = pipeline_without_encoding(small, model, grid, _config(chunk_size=chunk_size), batch)
+            seconds, _, products[dev] = pipeline_without_encoding(small, model, grid, bench_config(chunk_size=chunk_size), batch)
             report[f"{dev}_s"] = round(seconds, 2)
         except Exception as exc:  # noqa: BLE001 - reported, the other device still runs
             report[f"{dev}_error"] = f"{type(exc).__name__}: {exc}"
@@ -239,26 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     info = {"label": args.label, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "cores": os.cpu_count(), "size": args.size,
-            "engine": "feed" if hasattr(pipeline, "Normaliser") else "baseline"}
+            "torch": torch.__version__, "cores": os.cpu_count(), "size": args.size, "engine": "s2seg"}
     log(f"[gpu] {info}")
     t0 = time.perf_counter()
-    tile = _sample_tile(work, args.size, log)
+    tile = sample_tile(work, args.size, log)
     info["sample_tile_s"] = round(time.perf_counter() - t0, 1)
     bandset = discover(tile)
     rows = []
     for name in args.models.split(","):
-        folder = resolve_card("builtin") if name == "builtin" else resolve_card(_heavy_model_folder(work, name, log))
+        folder = resolve_card("builtin") if name == "builtin" else resolve_card(heavy_model_folder(work, name, log))
         model = load_model(folder, device)
         card = model.card
-        batch = args.batch or default_batch(device.type, card.patch_size)
-        base = _config(**({"read_threads": args.read_threads} if args.read_threads else {}))
-        chunk_size = pipeline._auto_chunk_size(card, bandset, device)
+        batch = args.batch or EngineConfig.default_batch_size(device.type, card.patch_size)
+        base = bench_config(**({"read_threads": args.read_threads} if args.read_threads else {}))
+        chunk_size = auto_chunk_size(card, bandset, device)
         grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
         chunks, read_s = read_all(bandset, card, grid, base)
         n_patches = int(sum(
-            (pipeline.patches_with_data if hasattr(pipeline, "patches_with_data") else pipeline._patch_has_data)(
-                px.valid, c.n_patches_y, c.n_patches_x, card.stride).sum() for c, px in chunks))
+            patches_with_data(px.valid, c.n_patches_y, c.n_patches_x, card.stride).sum() for c, px in chunks))
         pool = normalised_pool(model, bandset, chunks, batch)
         if args.variants and device.type == "cuda":
             for v in floor_variants(model, pool, tuple(int(b) for b in args.variants.split(","))):
@@ -273,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["floor_s"] = compute_floor(model, pool, n_patches, batch, half)
                 row["floor_patches_per_s"] = n_patches / row["floor_s"]
             if "stage" not in skip:
-                run = new_run(bandset, model, grid, config, batch)
+                run = StageRun(bandset, model, grid, config, batch)
                 row["stage_s"] = inference_stage(run, chunks)
                 row["stage_patches_per_s"] = n_patches / row["stage_s"]
                 if "floor_s" in row:

@@ -1,6 +1,6 @@
 """Batch overhead on real-size tiles: `s2seg batch` against a serial loop of `s2seg segment`.
 
-    .venv/bin/python tools/measure_batch.py TILE [TILE …] --work DIR [--layouts 2x1,1x2]
+    .venv/bin/python benchmarks/measure_batch.py TILE [TILE …] --work DIR [--layouts 2x1,1x2]
 
 Each variant runs as its own command, as a user would run it, one after the other on the
 same tiles: the serial loop (one process calling ``segment`` per tile; torch imported once)

@@ -1,0 +1,158 @@
+"""Sections 1–3: the pipeline end to end against its I/O floor and its compute floor."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .common import PIPELINE_OVER_FLOOR_MAX, fmt_s, in_thread, sync
+from .engine_parts import auto_chunk_size
+
+
+def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any]:
+    from s2seg.core.config import EngineConfig
+    from s2seg.core.grid import plan
+    from s2seg.core.pipeline import segment
+    from s2seg.core.sentinel2 import discover
+
+    bandset = discover(tile)
+    card = model.card
+    chunk_size = config.chunk_size or auto_chunk_size(card, bandset, model.device)
+    batch = config.batch_size or EngineConfig.default_batch_size(model.device.type, card.patch_size)
+    config = config.with_(chunk_size=chunk_size, batch_size=batch, overwrite=True)
+    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
+
+    out_dir = work / f"out-{key}-{bandset.width}"
+    sync(model.device)
+    result = segment(tile, out_dir, model=model, config=config)
+    io = io_floor(bandset, card, grid, config, result.products, work / f"io-{key}-{bandset.width}")
+    compute = in_thread(compute_floor, model, card, bandset, io["sample"], io["n_patches"], batch)
+    return {
+        "size": bandset.width, "chunk_size": chunk_size, "n_chunks": len(grid.chunks), "n_patches": io["n_patches"],
+        "pipeline": result.seconds, "busy": {k: result.timings.get(k, 0.0) for k in BUSY_KEYS},
+        "read": io["read"], "write": io["write"], "flush": io["flush"], "io_floor": io["read"] + io["write"], "compute_floor": compute,
+        "products": result.products, "grid": grid, "bandset": bandset, "config": config,
+    }
+
+
+def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Path) -> dict[str, Any]:
+    """Read every chunk window the pipeline reads; write the pipeline's products again, window by window."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from s2seg.core.feed import patches_with_data
+    from s2seg.core.grid import block_size
+    from s2seg.core.reader import ChunkReader
+    from s2seg.core.writer import ProductWriter
+
+    shutil.rmtree(io_dir, ignore_errors=True)
+    io_dir.mkdir(parents=True)
+    s = card.stride
+    t_read = t_write = t_flush = 0.0
+    n_patches = 0
+    sample = None
+    sources = {k: rasterio.open(p) for k, p in products.items()}
+    try:
+        with ChunkReader(bandset, card.bands, card.name, card.resampling, config.read_threads) as reader:
+            kwargs = dict(width=bandset.width, height=bandset.height, crs=bandset.crs, transform=bandset.transform,
+                          class_names=card.class_names, class_colours=card.class_colours, write_probs=False,
+                          compress=config.compress)
+            writer = ProductWriter(io_dir, bandset.name, block=block_size(grid.chunk_size), **kwargs)  # the pipeline's blocks
+            try:
+                for chunk in grid.chunks:
+                    t0 = time.perf_counter()
+                    pixels = reader.read(chunk.input_rows, chunk.input_cols)
+                    t_read += time.perf_counter() - t0
+                    todo = patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
+                    n_patches += int(todo.sum())
+                    if sample is None and todo.any():
+                        sample = (pixels, np.argwhere(todo))
+                    window = Window(chunk.col0, chunk.row0, chunk.width, chunk.height)
+                    arrays = {k: src.read(1, window=window) for k, src in sources.items() if k != "probs"}
+                    t0 = time.perf_counter()
+                    for k, array in arrays.items():
+                        writer.write(k, array, chunk.row0, chunk.col0)
+                    t1 = time.perf_counter()  # as the pipeline does after every chunk (resume journal)
+                    writer.flush()
+                    t_flush += time.perf_counter() - t1
+                    t_write += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                writer.commit()
+                t_write += time.perf_counter() - t0
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        for src in sources.values():
+            src.close()
+    return {"read": t_read, "write": t_write, "flush": t_flush, "n_patches": n_patches, "sample": sample}
+
+
+def compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> float:
+    """Forward passes alone on ``n_patches`` patches (cycled from the first chunk), already normalised on the device."""
+    from s2seg.core.feed import Normaliser, PatchFeed
+
+    if sample is None or n_patches == 0:
+        return 0.0
+    pixels, todo = sample
+    pick = todo[np.linspace(0, len(todo) - 1, min(len(todo), 2 * batch)).astype(int)]
+    feed = PatchFeed(pixels.data, pick, card.patch_size, card.stride, Normaliser(card, bandset, model.device), model.device)
+    with torch.inference_mode():
+        pool_t = feed.batch(0, feed.count).to(model.device)
+        sizes = [batch] * (n_patches // batch) + ([n_patches % batch] if n_patches % batch else [])
+        if len(pool_t) < batch:
+            pool_t = pool_t.repeat(math.ceil(batch / len(pool_t)), 1, 1, 1)
+        batches = [pool_t[:n] if i % 2 == 0 else pool_t[len(pool_t) - n:] for i, n in enumerate(sizes)]
+        model.predict(batches[0])  # warm-up (lazy initialisation, caches)
+        sync(model.device)
+        t0 = time.perf_counter()
+        for b in batches:
+            model.predict(b)
+        sync(model.device)
+        return time.perf_counter() - t0
+
+
+#: Stage timings of SegmentResult.timings shown in the tables: threads' busy seconds.
+BUSY_KEYS = ("read", "inference", "write", "flush", "sync")
+
+
+BUSY_HEADER = "busy read / inference / write (flush) / journal sync"
+
+
+def busy_cells(b: dict[str, float]) -> str:
+    return f"{fmt_s(b['read'])} / {fmt_s(b['inference'])} / {fmt_s(b['write'])} ({fmt_s(b['flush'])}) / {fmt_s(b['sync'])}"
+
+
+def pipeline_note(r: dict[str, Any]) -> str:
+    busy = r["busy"]
+    floor = max(r["io_floor"], r["compute_floor"])
+    ratio = r["pipeline"] / floor
+    if ratio <= PIPELINE_OVER_FLOOR_MAX:
+        return ""
+    parts = [f"wall {fmt_s(r['pipeline'])} s against floors of {fmt_s(r['io_floor'])} s (I/O, of which {fmt_s(r['flush'])} s "
+             f"fsync) and {fmt_s(r['compute_floor'])} s (compute)."]
+    if busy["inference"] > 1.3 * r["compute_floor"]:
+        parts.append(f"The inference stage was busy {fmt_s(busy['inference'])} s for {fmt_s(r['compute_floor'])} s of forward "
+                     "passes: the rest is the stage's own per-batch work (gathering and normalising patches, adding dense "
+                     "outputs into the chunk's canvas) and waiting for a core: the reader's decoding and the writer's "
+                     "blending, confidence and encoding run on the same cores.")
+    parts.append(f"The writer stage was busy {fmt_s(busy['write'])} s ({fmt_s(busy['flush'])} s flushing GDAL's cache; the "
+                 f"journal thread's fsyncs took {fmt_s(busy['sync'])} s beside it).")
+    work = busy["read"] + busy["inference"] + busy["write"]
+    cores = os.cpu_count() or 1
+    if work > 0.8 * cores * r["pipeline"]:
+        parts.append(f"The stages' busy seconds add up to {fmt_s(work)} s of work for {cores} cores, so on this machine the "
+                     "wall time cannot come down to the larger floor: the floors are each measured alone, with every "
+                     "core to themselves.")
+    else:
+        outside = r["pipeline"] - max(busy["read"], busy["inference"], busy["write"])
+        parts.append(f"The stages overlap; {fmt_s(outside)} s of the wall time lie outside the busiest stage: loading the "
+                     "model, opening the bands, filling the pipeline before the first batch and building overviews "
+                     "after the last chunk, which a tile of 4 chunks cannot amortise.")
+    return " ".join(parts)
