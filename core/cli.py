@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", help="segment many tiles, one Dask task each (local cluster or --scheduler)")
     add_batch_arguments(batch)
     batch.set_defaults(run=_batch)
+    from .accuracy.cli import add_commands as add_accuracy_commands  # light: numpy only until a command runs
+    add_accuracy_commands(sub)
     return parser
 
 
