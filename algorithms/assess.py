@@ -68,7 +68,7 @@ class AssessAlgorithm(AccuracyAlgorithm):
         )
 
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 - QGIS API
-        from ..core.accuracy.design import REFERENCE_FIELD
+        from ..core.accuracy.config import REFERENCE_FIELD
 
         self.addParameter(QgsProcessingParameterFile(self.PRODUCTS, self.tr("Products folder (of the segment run)"),
                                                      behavior=QgsProcessingParameterFile.Folder))

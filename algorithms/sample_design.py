@@ -107,7 +107,7 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
         )
 
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 - QGIS API
-        from ..core.accuracy.design import CONFIDENCE_MEASURES, DesignConfig
+        from ..core.accuracy.config import CONFIDENCE_MEASURES, DesignConfig
 
         defaults = DesignConfig()
         self.addParameter(QgsProcessingParameterFile(self.PRODUCTS, self.tr("Products folder (of a segment run)"),
@@ -139,7 +139,8 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
     def processAlgorithm(  # noqa: N802 - QGIS API
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.accuracy.design import REFERENCE_FIELD, SAMPLE_LAYER, DesignConfig, sample_design
+        from ..core.accuracy.config import REFERENCE_FIELD, SAMPLE_LAYER, DesignConfig
+        from ..core.accuracy.design import sample_design
         from ..core.errors import S2SegError
 
         products = self.parameterAsFile(parameters, self.PRODUCTS, context)

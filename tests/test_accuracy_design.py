@@ -6,8 +6,8 @@ import pytest
 import rasterio
 from osgeo import ogr
 
-from s2seg.core.accuracy.design import (REFERENCE_FIELD, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig,
-                                        draw_design, find_products, sample_design)
+from s2seg.core.accuracy.config import REFERENCE_FIELD, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig
+from s2seg.core.accuracy.design import draw_design, find_products, sample_design
 from s2seg.core.config import EngineConfig
 from s2seg.core.errors import ConfigError, InputError, OutputsExist
 from s2seg.core.pipeline import segment

@@ -15,7 +15,8 @@ import rasterio
 from osgeo import ogr
 
 from s2seg.core.accuracy.assess import assess
-from s2seg.core.accuracy.design import (REFERENCE_FIELD, SAMPLE_LAYER, DesignConfig, draw_design, find_products)
+from s2seg.core.accuracy.config import REFERENCE_FIELD, SAMPLE_LAYER, DesignConfig
+from s2seg.core.accuracy.design import draw_design, find_products, sample_design
 from s2seg.core.accuracy.estimate import Z95, estimate
 from s2seg.core.accuracy.report import write_reports
 from s2seg.core.cli import main
@@ -138,8 +139,6 @@ def test_cli_design_label_assess_report(scene, tmp_path, capsys):
 
 def test_assess_reads_codes_and_matches_direct_estimate(scene, tmp_path):
     products, reference, codes, _ = scene
-    from s2seg.core.accuracy.design import sample_design
-
     sample = tmp_path / "s.gpkg"
     design = sample_design(products.paths["class"].parent, sample, DesignConfig(total=300, minimum=5, seed=8))
     label_with_truth(sample, products, reference, names=False)

@@ -23,7 +23,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from s2seg.core.accuracy.design import REFERENCE_FIELD, SAMPLE_LAYER
+from s2seg.core.accuracy.config import REFERENCE_FIELD, SAMPLE_LAYER
 
 
 @pytest.fixture(scope="module")

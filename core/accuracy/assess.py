@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .design import DESIGN_LAYER, REFERENCE_FIELD, SAMPLE_LAYER, STRATA_LAYER, Products, find_products
+from .config import DESIGN_LAYER, REFERENCE_FIELD, SAMPLE_LAYER, STRATA_LAYER
+from .design import Products, find_products
 from .estimate import AccuracyError, Assessment, estimate
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OutputsExist
-from .design import CONFIDENCE_MEASURES, REFERENCE_FIELD, DesignConfig
+from .config import CONFIDENCE_MEASURES, REFERENCE_FIELD, DesignConfig
 
 _DEFAULTS = DesignConfig()
 

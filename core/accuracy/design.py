@@ -16,55 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import ConfigError, InputError, OutputError, OutputsExist
+from ..errors import InputError, OutputError, OutputsExist
 from ..uncertainty import CLASS_NODATA
 from ..writer import product_paths
+from .config import DESIGN_LAYER, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig, Progress
 from .estimate import allocate, sample_size_overall
-
-CONFIDENCE_MEASURES = ("none", "gap", "entropy")
-
-#: GeoPackage layers and fields of a sample design: the one definition read by :mod:`.assess`.
-SAMPLE_LAYER = "sample"
-STRATA_LAYER = "strata"
-DESIGN_LAYER = "design"
-REFERENCE_FIELD = "reference"
-SAMPLE_FIELDS = ("stratum", "stratum_name", "map_class", "map_class_name", "maxprob", "gap", "entropy",
-                 REFERENCE_FIELD)
-
-Progress = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class DesignConfig:
-    """How to draw the sample. ``total=0``: size from ``target_se`` by Olofsson 2014 eq. 13."""
-
-    total: int = 0
-    target_se: float = 0.01  # target standard error of overall accuracy
-    minimum: int = 50  # units per stratum at least (§5.1.1 suggests 50-100)
-    confidence: str = "none"  # split each class by "gap" or "entropy", or not ("none")
-    threshold: float = 0.2  # gap below it, or entropy (bits) above it: "uncertain"
-    expected_user: float = 0.9  # expected user's accuracy of a class (or its confident part)
-    expected_uncertain: float = 0.6  # … of an uncertain part
-    seed: int = 0
-    block_rows: int = 256  # rows per strip read
-
-    def __post_init__(self) -> None:
-        if self.confidence not in CONFIDENCE_MEASURES:
-            raise ConfigError(f"confidence measure {self.confidence!r} is not one of {', '.join(CONFIDENCE_MEASURES)}")
-        if self.total < 0 or self.minimum < 0:
-            raise ConfigError(f"sample size {self.total} and minimum per stratum {self.minimum} must not be negative")
-        if self.total == 0 and not 0 < self.target_se < 1:
-            raise ConfigError(f"target standard error {self.target_se} must lie between 0 and 1")
-        for name in ("expected_user", "expected_uncertain"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)} must lie between 0 and 1")
-        if self.block_rows < 1:
-            raise ConfigError(f"block rows {self.block_rows} must be positive")
 
 
 @dataclass(frozen=True)
@@ -148,7 +109,7 @@ def find_products(products_dir: Path, tile: str | None = None) -> Products:
         if len(tiles) > 1:
             raise InputError(f"{products_dir} holds the products of several tiles ({', '.join(tiles)}): name one")
         tile = tiles[0]
-    paths = {k: v for k, v in product_paths(products_dir, tile, False).items()}
+    paths = product_paths(products_dir, tile, False)
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise InputError(f"product(s) missing for tile {tile}: {', '.join(missing)}")
@@ -244,7 +205,11 @@ def draw_design(products: Products, config: DesignConfig, progress: Progress | N
         total = sample_size_overall(sizes / sizes.sum(), expected, config.target_se)
         messages.append(f"sample size {total} from a target standard error of overall accuracy of "
                         f"{config.target_se} (Olofsson et al. 2014 eq. 13)")
-    total = max(total, min(int(sizes.sum()), config.minimum * len(strata)))  # the minimum always applies
+    floor = min(int(sizes.sum()), config.minimum * len(strata))
+    if total < floor:  # the minimum per stratum wins over a smaller total
+        messages.append(f"sample size raised from {total} to {floor}: {config.minimum} per stratum × {len(strata)} "
+                        "strata")
+        total = floor
     for stratum, n in zip(strata, allocate(total, sizes, config.minimum)):
         stratum.sample = int(n)
     small = [s.name for s in strata if s.sample < min(config.minimum, 2)]
@@ -294,7 +259,7 @@ def draw_design(products: Products, config: DesignConfig, progress: Progress | N
 
 def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     """Write the points, the strata table and the design settings as one GeoPackage (atomically)."""
-    from osgeo import ogr, osr
+    from osgeo import gdal, ogr, osr
 
     path = Path(path)
     if path.suffix.lower() != ".gpkg":
@@ -313,9 +278,14 @@ def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     try:
         with atomic_path(path) as tmp:
             tmp.unlink()  # the GeoPackage driver creates its file itself
-            ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+            # Quiet: GDAL warns that the temporary name does not end in .gpkg; failures are checked below.
+            gdal.PushErrorHandler("CPLQuietErrorHandler")
+            try:
+                ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+            finally:
+                gdal.PopErrorHandler()
             if ds is None:
-                raise OutputError(f"cannot create GeoPackage {path}: {ogr.GetLastErrorMsg() or gdal_error()}")
+                raise OutputError(f"cannot create GeoPackage {path}: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}")
             points = ds.CreateLayer(SAMPLE_LAYER, srs if design.products.crs_wkt else None, ogr.wkbPoint)
             for name, kind in zip(SAMPLE_FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTInteger, ogr.OFTString,
                                                   ogr.OFTReal, ogr.OFTReal, ogr.OFTReal, ogr.OFTString)):
@@ -367,12 +337,6 @@ def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     except RuntimeError as exc:  # GDAL with exceptions enabled
         raise OutputError(f"cannot write sample file {path}: {exc}") from None
     return path
-
-
-def gdal_error() -> str:
-    from osgeo import gdal
-
-    return gdal.GetLastErrorMsg() or "unknown GDAL error"
 
 
 def sample_design(products_dir: Path, out: Path, config: DesignConfig = DesignConfig(), *, tile: str | None = None,
