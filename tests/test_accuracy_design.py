@@ -92,3 +92,21 @@ def test_errors_name_the_problem(products, tmp_path):
         find_products(tmp_path)
     with pytest.raises(ConfigError, match="confidence measure 'margin'"):
         DesignConfig(confidence="margin")
+
+
+def test_memory_is_bounded_by_the_strip_not_the_raster(products):
+    """The rasters are read strip by strip: the peak of numpy memory follows the strip height."""
+    import tracemalloc
+
+    def peak(block_rows: int) -> int:
+        config = DesignConfig(total=200, minimum=5, confidence="entropy", threshold=1.0, block_rows=block_rows)
+        tracemalloc.start()
+        try:
+            draw_design(products, config)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(8)  # first use: imports and caches
+    strips, whole = peak(8), peak(products.height)
+    assert strips * 4 < whole and strips < products.width * products.height * 4  # < one float raster
