@@ -1,4 +1,4 @@
-"""Processing algorithm ``s2seg:assess``: accuracy and error-adjusted areas from a labelled sample.
+"""Processing algorithm ``s2seg:validate``: accuracy and error-adjusted areas from a labelled sample.
 
 A thin adapter over :func:`s2seg.core.accuracy.assess.assess`: the HTML report opens from
 the Results Viewer, the JSON report is written beside it, and the per-class estimates
@@ -46,7 +46,7 @@ class AssessAlgorithm(AccuracyAlgorithm):
     OVERALL = "OVERALL_ACCURACY"
 
     def name(self) -> str:
-        return "assess"
+        return "validate"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Assess accuracy and area")

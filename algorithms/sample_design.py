@@ -1,4 +1,4 @@
-"""Processing algorithm ``s2seg:sampledesign``: a stratified random sample of a segmented tile to label.
+"""Processing algorithm ``s2seg:stratifiedsample``: a stratified random sample of a segmented tile to label.
 
 A thin adapter over :func:`s2seg.core.accuracy.design.sample_design`; the points load
 styled so that unlabelled points stand out (hollow red) from labelled ones (green).
@@ -79,7 +79,8 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
     SAMPLE = "SAMPLE"
 
     def name(self) -> str:
-        return "sampledesign"
+        # Ids sort after "segmenttile(s)", which qgis_process lists first under S2Seg (tests rely on it).
+        return "stratifiedsample"
 
     def displayName(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Sample design for accuracy assessment")

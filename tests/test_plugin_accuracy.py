@@ -1,4 +1,4 @@
-"""``s2seg:sampledesign`` and ``s2seg:assess`` through Processing, and in a graphical model
+"""``s2seg:stratifiedsample`` and ``s2seg:validate`` through Processing, and in a graphical model
 (segment → sample design → assess) on the 240² session tile."""
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ def segmented(s2seg_registered, small_tile, tmp_path_factory) -> Path:
 
 def test_algorithms_in_the_toolbox(s2seg_provider):
     registry = QgsApplication.processingRegistry()
-    for alg_id in ("s2seg:sampledesign", "s2seg:assess"):
+    for alg_id in ("s2seg:stratifiedsample", "s2seg:validate"):
         alg = registry.algorithmById(alg_id)
         assert alg is not None and alg.group() == "Accuracy assessment" and "<p>" in alg.shortHelpString()
-    html = registry.algorithmById("s2seg:assess").outputDefinition("OUTPUT_HTML")
+    html = registry.algorithmById("s2seg:validate").outputDefinition("OUTPUT_HTML")
     assert isinstance(html, QgsProcessingOutputHtml)  # so the report opens in the Results Viewer
 
 
@@ -46,7 +46,7 @@ def test_design_label_assess(segmented, tmp_path):
     sample = tmp_path / "sample.gpkg"
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
-    design = processing.run("s2seg:sampledesign", {"PRODUCTS": str(segmented), "SIZE": 150, "MINIMUM": 5,
+    design = processing.run("s2seg:stratifiedsample", {"PRODUCTS": str(segmented), "SIZE": 150, "MINIMUM": 5,
                                                    "CONFIDENCE": "gap", "THRESHOLD": 0.2, "SEED": 1,
                                                    "OUTPUT": str(sample)}, context=context)
     assert Path(design["OUTPUT"]) == sample
@@ -62,7 +62,7 @@ def test_design_label_assess(segmented, tmp_path):
     for feature in layer.getFeatures():
         layer.changeAttributeValue(feature.id(), index, feature["map_class_name"])
     assert layer.commitChanges()
-    results = processing.run("s2seg:assess", {"PRODUCTS": str(segmented), "SAMPLE": str(sample),
+    results = processing.run("s2seg:validate", {"PRODUCTS": str(segmented), "SAMPLE": str(sample),
                                               "REFERENCE_FIELD": REFERENCE_FIELD, "ESTIMATES": "memory:",
                                               "OUTPUT_HTML": str(tmp_path / "r.html"),
                                               "OUTPUT_JSON": str(tmp_path / "r.json")}, context=context)
@@ -79,10 +79,10 @@ def test_assess_error_is_a_processing_exception(segmented, tmp_path):
     from qgis.core import QgsProcessingException
 
     sample = tmp_path / "s.gpkg"
-    processing.run("s2seg:sampledesign", {"PRODUCTS": str(segmented), "SIZE": 30, "MINIMUM": 2,
+    processing.run("s2seg:stratifiedsample", {"PRODUCTS": str(segmented), "SIZE": 30, "MINIMUM": 2,
                                           "OUTPUT": str(sample)})
     with pytest.raises(QgsProcessingException, match="no unit .* has a reference label"):
-        processing.run("s2seg:assess", {"PRODUCTS": str(segmented), "SAMPLE": str(sample), "ESTIMATES": "memory:",
+        processing.run("s2seg:validate", {"PRODUCTS": str(segmented), "SAMPLE": str(sample), "ESTIMATES": "memory:",
                                         "OUTPUT_HTML": str(tmp_path / "r.html"),
                                         "OUTPUT_JSON": str(tmp_path / "r.json")})
 
@@ -99,11 +99,11 @@ def test_graphical_model_segment_design_assess(s2seg_provider, small_tile, tmp_p
             "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("tile"), "MODEL": static("builtin"),
             "MODEL_FILE": static(""), "CHUNK_SIZE": static(0), "BATCH_SIZE": static(0), "DEVICE": static("auto"),
             "WRITE_PROBS": static(False), "OUTPUT_FOLDER": static(str(tmp_path / "segmented"))}),
-        "design": ("s2seg:sampledesign", {
+        "design": ("s2seg:stratifiedsample", {
             "PRODUCTS": child("segment", "OUTPUT_FOLDER"), "TILE": static(""), "CONFIDENCE": static("entropy"),
             "THRESHOLD": static(1.0), "SIZE": static(80), "TARGET_SE": static(0.01), "MINIMUM": static(3),
             "SEED": static(0), "OUTPUT": static(str(tmp_path / "sample.gpkg"))}),
-        "assess": ("s2seg:assess", {
+        "assess": ("s2seg:validate", {
             "PRODUCTS": child("segment", "OUTPUT_FOLDER"), "SAMPLE": child("design", "OUTPUT"),
             "REFERENCE_FIELD": static("map_class"), "ESTIMATES": static("memory:"),
             "OUTPUT_JSON": static(str(tmp_path / "a.json"))}),
