@@ -1,11 +1,11 @@
 """Processing algorithm ``s2seg:stratifiedsample``: a stratified random sample of a segmented tile to label.
 
-A thin adapter over :func:`s2seg.core.accuracy.design.sample_design`; the points load
-styled so that unlabelled points stand out (hollow red) from labelled ones (green).
+A thin adapter over :func:`s2seg.core.accuracy.design.sample_design`. The GeoPackage carries its
+own default QGIS style (:mod:`s2seg.core.accuracy.style`): points to label show as hollow red
+circles, labelled ones green, whether Processing loads the layer or a user opens the file.
 """
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +13,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -25,9 +24,6 @@ from qgis.core import (
 from .common import S2SegAlgorithm
 
 _ACCURACY_GROUP = ("accuracy", "Accuracy assessment")
-#: Processing keeps only a raw pointer to a post-processor, and the algorithm clone that made it is
-#: destroyed before the layer loads: the Python object must live elsewhere (as in s2seg_plugin.styling).
-_KEEP_ALIVE: deque = deque(maxlen=100)
 
 
 class AccuracyAlgorithm(S2SegAlgorithm):
@@ -38,30 +34,6 @@ class AccuracyAlgorithm(S2SegAlgorithm):
 
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return _ACCURACY_GROUP[0]
-
-
-class _SampleStyler(QgsProcessingLayerPostProcessorInterface):
-    """Rule-based point style: hollow red until the reference field is filled, then green."""
-
-    def __init__(self, reference_field: str) -> None:
-        super().__init__()
-        self.reference_field = reference_field
-
-    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 - QGIS API
-        from qgis.core import QgsMarkerSymbol, QgsRuleBasedRenderer
-
-        field = self.reference_field.replace('"', '""')
-        root = QgsRuleBasedRenderer.Rule(None)
-        for label, expression, props in (
-            ("to label", f'"{field}" IS NULL OR trim("{field}") = \'\'',
-             {"name": "circle", "color": "255,0,0,0", "outline_color": "255,0,0", "outline_width": "0.6",
-              "size": "4"}),
-            ("labelled", "ELSE", {"name": "circle", "color": "0,170,0,160", "outline_color": "0,80,0",
-                                  "size": "3"}),
-        ):
-            root.appendChild(QgsRuleBasedRenderer.Rule(QgsMarkerSymbol.createSimple(props), 0, 0, expression, label))
-        layer.setRenderer(QgsRuleBasedRenderer(root))
-        layer.triggerRepaint()
 
 
 class SampleDesignAlgorithm(AccuracyAlgorithm):
@@ -140,7 +112,7 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
     def processAlgorithm(  # noqa: N802 - QGIS API
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.accuracy.config import REFERENCE_FIELD, SAMPLE_LAYER, DesignConfig
+        from ..core.accuracy.config import SAMPLE_LAYER, DesignConfig
         from ..core.accuracy.design import sample_design
         from ..core.errors import S2SegError
 
@@ -172,8 +144,5 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
         if project is not None:
             details = QgsProcessingContext.LayerDetails(self.tr("Sample points ({})").format(design.products.tile),
                                                         project, self.SAMPLE, QgsProcessingUtils.LayerHint.Vector)
-            styler = _SampleStyler(REFERENCE_FIELD)
-            _KEEP_ALIVE.append(styler)
-            details.setPostProcessor(styler)
             context.addLayerToLoadOnCompletion(layer_uri, details)
         return {self.OUTPUT: str(out), self.SAMPLE: layer_uri}

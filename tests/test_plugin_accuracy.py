@@ -52,10 +52,12 @@ def test_design_label_assess(segmented, tmp_path):
     assert Path(design["OUTPUT"]) == sample
     layer = QgsVectorLayer(design["SAMPLE"], "sample", "ogr")
     assert layer.isValid() and layer.featureCount() == 150
-    # The points are queued for loading, with the "to label" style.
-    details = context.layersToLoadOnCompletion()[design["SAMPLE"]]
-    details.postProcessor().postProcessLayer(layer, context, None)
-    assert isinstance(layer.renderer(), QgsRuleBasedRenderer)
+    # The points are queued for loading; the file's default style shows what is left to label.
+    assert design["SAMPLE"] in context.layersToLoadOnCompletion()
+    rules = layer.renderer().rootRule().children()
+    assert isinstance(layer.renderer(), QgsRuleBasedRenderer) and [r.label() for r in rules] == ["to label",
+                                                                                                 "labelled"]
+    assert layer.renderer().rootRule().children()[0].symbol().color().name() == "#ff0000"
     # Label every point with its map class (a perfect map), through the layer as a user would.
     index = layer.fields().indexOf(REFERENCE_FIELD)
     assert layer.startEditing()
