@@ -83,7 +83,7 @@ def test_geopackage_points_and_strata(products, tmp_path):
         (read(products.paths["class"]) != 255).sum() * 100.0)
     styles = [f for f in ds.GetLayerByName("layer_styles")]  # QGIS's default style of the points
     assert [(f.GetField("f_table_name"), f.GetField("useAsDefault")) for f in styles] == [(SAMPLE_LAYER, 1)]
-    assert f'"{REFERENCE_FIELD}" IS NULL' in styles[0].GetField("styleQML")
+    assert f'&quot;{REFERENCE_FIELD}&quot; IS NULL' in styles[0].GetField("styleQML")
     ds = None
     with pytest.raises(OutputsExist, match="sample.gpkg exists"):
         sample_design(products.paths["class"].parent, out, DesignConfig(total=10))
