@@ -43,6 +43,7 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
     TILE = "TILE"
     SIZE = "SIZE"
     TARGET_SE = "TARGET_SE"
+    TARGET_SE_USERS = "TARGET_SE_USERS"
     MINIMUM = "MINIMUM"
     CONFIDENCE = "CONFIDENCE"
     THRESHOLD = "THRESHOLD"
@@ -71,7 +72,8 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
             "errors sooner and the intervals get narrower.</p>"
             "<p><b>Sample size</b>: 0 = computed from the <b>target standard error</b> of overall accuracy "
             "(Olofsson et al. 2014 eq. 13). Every stratum gets at least the <b>minimum</b> points, the rest are "
-            "shared in proportion to area. The <b>seed</b> makes the draw reproducible. No-data pixels are never "
+            "shared in proportion to area; a <b>target standard error of user's accuracy</b> then raises each "
+            "stratum to the points it needs for that (SE² = U(1 − U)/(n − 1)). The <b>seed</b> makes the draw reproducible. No-data pixels are never "
             "drawn.</p>"
             "<p><b>Output</b>: a GeoPackage with the points (pixel centres; stratum, map class, max probability, "
             "gap, entropy and an empty <code>reference</code> field), the strata with their areas, and the design. "
@@ -100,6 +102,10 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
                                                                                "accuracy"),
                                                        QgsProcessingParameterNumber.Double, defaults.target_se,
                                                        minValue=0.0001, maxValue=0.5))
+        self.addParameter(QgsProcessingParameterNumber(self.TARGET_SE_USERS, self.tr("Target standard error of "
+                                                                                     "user's accuracy (0 = off)"),
+                                                       QgsProcessingParameterNumber.Double, defaults.target_se_users,
+                                                       minValue=0.0, maxValue=0.5))
         self.addParameter(QgsProcessingParameterNumber(self.MINIMUM, self.tr("Minimum points per stratum"),
                                                        QgsProcessingParameterNumber.Integer, defaults.minimum,
                                                        minValue=0))
@@ -124,6 +130,7 @@ class SampleDesignAlgorithm(AccuracyAlgorithm):
             config = DesignConfig(
                 total=self.parameterAsInt(parameters, self.SIZE, context),
                 target_se=self.parameterAsDouble(parameters, self.TARGET_SE, context),
+                target_se_users=self.parameterAsDouble(parameters, self.TARGET_SE_USERS, context),
                 minimum=self.parameterAsInt(parameters, self.MINIMUM, context),
                 confidence=self.parameterAsString(parameters, self.CONFIDENCE, context),
                 threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),

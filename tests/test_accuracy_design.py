@@ -113,3 +113,12 @@ def test_memory_is_bounded_by_the_strip_not_the_raster(products):
     peak(8)  # first use: imports and caches
     strips, whole = peak(8), peak(products.height)
     assert strips * 4 < whole and strips < products.width * products.height * 4  # < one float raster
+
+
+def test_target_se_of_users_accuracy_raises_the_strata_that_need_it(products):
+    base = draw_design(products, DesignConfig(total=100, minimum=2, seed=0))
+    users = draw_design(products, DesignConfig(total=100, minimum=2, seed=0, target_se_users=0.05))
+    need = 0.9 * 0.1 / 0.05 ** 2 + 1  # SE(U)² = U(1 − U)/(n − 1) with the expected U = 0.9
+    for a, b in zip(base.strata, users.strata):
+        assert b.sample == max(a.sample, min(a.pixels, int(np.ceil(need))))
+    assert any("user's accuracy" in m for m in users.messages)

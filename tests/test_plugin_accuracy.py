@@ -103,7 +103,8 @@ def test_graphical_model_segment_design_assess(s2seg_provider, small_tile, tmp_p
             "WRITE_PROBS": static(False), "OUTPUT_FOLDER": static(str(tmp_path / "segmented"))}),
         "design": ("s2seg:stratifiedsample", {
             "PRODUCTS": child("segment", "OUTPUT_FOLDER"), "TILE": static(""), "CONFIDENCE": static("entropy"),
-            "THRESHOLD": static(1.0), "SIZE": static(80), "TARGET_SE": static(0.01), "MINIMUM": static(3),
+            "THRESHOLD": static(1.0), "SIZE": static(80), "TARGET_SE": static(0.01), "TARGET_SE_USERS": static(0.0),
+            "MINIMUM": static(3),
             "SEED": static(0), "OUTPUT": static(str(tmp_path / "sample.gpkg"))}),
         "assess": ("s2seg:validate", {
             "PRODUCTS": child("segment", "OUTPUT_FOLDER"), "SAMPLE": child("design", "OUTPUT"),

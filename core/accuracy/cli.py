@@ -22,6 +22,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="total sample size (0 = from --target-se, Olofsson et al. 2014 eq. 13)")
     design.add_argument("--target-se", type=float, default=_DEFAULTS.target_se,
                         help="target standard error of overall accuracy (default %(default)s)")
+    design.add_argument("--target-se-users", type=float, default=_DEFAULTS.target_se_users,
+                        help="also give every stratum enough points for this standard error of its user's "
+                             "accuracy (0 = off)")
     design.add_argument("--minimum", type=int, default=_DEFAULTS.minimum,
                         help="sample units per stratum at least (default %(default)s)")
     design.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default=_DEFAULTS.confidence,
@@ -50,7 +53,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _sample_design(args: argparse.Namespace) -> int:
     from .design import sample_design
 
-    config = DesignConfig(total=args.size, target_se=args.target_se, minimum=args.minimum,
+    config = DesignConfig(total=args.size, target_se=args.target_se, target_se_users=args.target_se_users,
+                          minimum=args.minimum,
                           confidence=args.confidence, threshold=args.threshold,
                           expected_user=args.expected_accuracy, expected_uncertain=args.expected_uncertain,
                           seed=args.seed)

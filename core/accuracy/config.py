@@ -26,6 +26,7 @@ class DesignConfig:
 
     total: int = 0
     target_se: float = 0.01  # target standard error of overall accuracy
+    target_se_users: float = 0.0  # target standard error of each stratum's user's accuracy (0: none)
     minimum: int = 50  # units per stratum at least (§5.1.1 suggests 50-100)
     confidence: str = "none"  # split each class by "gap" or "entropy", or not ("none")
     threshold: float = 0.2  # gap below it, or entropy (bits) above it: "uncertain"
@@ -41,6 +42,8 @@ class DesignConfig:
             raise ConfigError(f"sample size {self.total} and minimum per stratum {self.minimum} must not be negative")
         if self.total == 0 and not 0 < self.target_se < 1:
             raise ConfigError(f"target standard error {self.target_se} must lie between 0 and 1")
+        if not 0 <= self.target_se_users < 1:
+            raise ConfigError(f"target standard error of user's accuracy {self.target_se_users} must lie in [0, 1)")
         for name in ("expected_user", "expected_uncertain"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)} must lie between 0 and 1")

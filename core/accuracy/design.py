@@ -26,7 +26,7 @@ from ..uncertainty import CLASS_NODATA
 from ..writer import product_paths
 from .config import (DESIGN_LAYER, REFERENCE_FIELD, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig,
                      Progress)
-from .estimate import allocate, sample_size_overall
+from .estimate import allocate, sample_size_overall, sample_size_users
 from .style import STYLE_NAME, labelling_qml
 
 
@@ -200,10 +200,10 @@ def draw_design(products: Products, config: DesignConfig, progress: Progress | N
                               confidence=part, pixels=int(counts[code])))
     sizes = np.array([s.pixels for s in strata], float)
     messages = []
+    expected = [config.expected_uncertain if s.confidence == "uncertain" else config.expected_user for s in strata]
     if config.total:
         total = config.total
     else:
-        expected = [config.expected_uncertain if s.confidence == "uncertain" else config.expected_user for s in strata]
         total = sample_size_overall(sizes / sizes.sum(), expected, config.target_se)
         messages.append(f"sample size {total} from a target standard error of overall accuracy of "
                         f"{config.target_se} (Olofsson et al. 2014 eq. 13)")
@@ -214,6 +214,16 @@ def draw_design(products: Products, config: DesignConfig, progress: Progress | N
         total = floor
     for stratum, n in zip(strata, allocate(total, sizes, config.minimum)):
         stratum.sample = int(n)
+    if config.target_se_users:
+        # Per stratum, SE(U)² = U(1 − U)/(n − 1); a class split in two strata then meets it a fortiori.
+        raised = 0
+        for stratum, u in zip(strata, expected):
+            need = min(stratum.pixels, sample_size_users(u, config.target_se_users))
+            if need > stratum.sample:
+                stratum.sample, raised = need, raised + 1
+        if raised:
+            messages.append(f"{raised} stratum/strata raised to reach a standard error of user's accuracy of "
+                            f"{config.target_se_users}")
     small = [s.name for s in strata if s.sample < min(config.minimum, 2)]
     if small:
         messages.append(f"stratum {', '.join(small)} holds fewer than 2 pixels: its variance cannot be estimated")
