@@ -21,7 +21,7 @@ from .options import add_engine_options, engine_config, with_option_hint
 
 #: Modules (relative to ``s2seg.core``) that add subcommands through ``add_commands(subparsers)``;
 #: a new command family (e.g. the accuracy commands) adds its module here. Keep them light to import.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (".accuracy.cli",)
 
 EPILOG = """errors: a problem with an input, a model or an option is reported in one line (exit code 1);
 any other error is a bug in s2seg or a model and is reported with its traceback (exit code 1).

@@ -35,3 +35,6 @@ class S2SegProvider(QgsProcessingProvider):
 
         self.addAlgorithm(SegmentTileAlgorithm())
         self.addAlgorithm(SegmentTilesAlgorithm())
+        from ..algorithms import assess, sample_design
+        for algorithm in (sample_design.SampleDesignAlgorithm(), assess.AssessAlgorithm()):
+            self.addAlgorithm(algorithm)
