@@ -15,7 +15,6 @@ can be fed by an expression or another algorithm's string output, and takes
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -160,17 +159,18 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         self.check_dependencies()
+        from ..s2seg_plugin.dependencies import python_executable
+
         try:
             import distributed  # noqa: F401 - checked here so the message names what is missing
         except ImportError as exc:
             raise QgsProcessingException(self.tr(
                 "The batch algorithm needs Dask distributed in QGIS's Python ({}). Install it with: "
                 "{} -m pip install dask distributed"
-            ).format(exc, sys.executable)) from exc
+            ).format(exc, python_executable())) from exc
 
         from ..core.batch import FAILED, OK, SKIPPED, run_batch, summary_line, write_summary
         from ..core.errors import S2SegError
-        from ..s2seg_plugin.dependencies import python_executable
         from ..s2seg_plugin.feedback_bridge import EngineBridge
         from ..s2seg_plugin.report import write_html_report
         from ..s2seg_plugin.styling import Legend, write_qml_sidecars
@@ -194,8 +194,9 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
                 text += f" ({outcome.seconds:.1f} s{', ' + outcome.device if outcome.device else ''})"
             bridge.log(text)
 
-        # Inside QGIS sys.executable is the QGIS binary: local worker processes need a Python.
-        worker_python = None if Path(sys.executable).name.lower().startswith("python") else python_executable()
+        # Local worker processes need QGIS's own Python: inside QGIS sys.executable is the QGIS binary,
+        # or the first python3 on PATH (a pyenv shim …), which lacks QGIS's packages ("Nanny failed to start").
+        worker_python = python_executable()
         try:
             result = bridge.run(
                 lambda progress, cancel, log: run_batch(
