@@ -32,7 +32,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
-from ..core.errors import S2SegError
+from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from ..s2seg_plugin import ICON_PATH
 from ..s2seg_plugin.dependencies import missing_dependencies_message
 
@@ -92,6 +92,7 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     WRITE_PROBS = "WRITE_PROBS"
     RESUME = "RESUME"
+    OVERWRITE = "OVERWRITE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     def tr(self, text: str) -> str:  # noqa: D102 - Qt convention; context = the algorithm's class name
@@ -177,6 +178,11 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             DEFAULT_RESUME, advanced=True, optional=True,
         )
 
+    def add_overwrite_parameter(self, label: str) -> None:
+        """OVERWRITE: replace finished products found in the output folder (off: they are kept and the run
+        stops). Optional, like RESUME, so that graphical models saved without it still run."""
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, label, defaultValue=False, optional=True))
+
     # --- help -----------------------------------------------------------------------------------------
     def engine_parameters_help(self) -> str:
         """The help paragraphs of the parameters added by :meth:`add_model_parameters` and
@@ -215,6 +221,30 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
 
+    def _label(self, name: str) -> str:
+        definition = self.parameterDefinition(name)
+        return definition.description() if definition is not None else name
+
+    def remedy(self, exc: S2SegError) -> str:
+        """How to fix ``exc`` in this dialog's words, or "" when no option fixes it.
+
+        The engine's messages say what is wrong neutrally; the option wording of each front end is keyed
+        on the error type here (the CLI has its own, with --flags).
+        """
+        if isinstance(exc, OutputsExist) and self.parameterDefinition(self.OVERWRITE) is not None:
+            return self.tr("tick '{}' to replace them").format(self._label(self.OVERWRITE))
+        if isinstance(exc, ResumeImpossible) and self.parameterDefinition(self.RESUME) is not None:
+            return self.tr("set '{}' (Advanced parameters) to auto or never to start over").format(
+                self._label(self.RESUME))
+        if isinstance(exc, DeviceUnavailable) and self.parameterDefinition(self.DEVICE) is not None:
+            return self.tr("choose '{}' (Advanced parameters): auto or cpu").format(self._label(self.DEVICE))
+        return ""
+
+    def engine_error(self, exc: S2SegError) -> QgsProcessingException:
+        """The ``QgsProcessingException`` for an engine error: its message, plus :meth:`remedy` when one applies."""
+        remedy = self.remedy(exc)
+        return QgsProcessingException(f"{exc}; {remedy}" if remedy else str(exc))
+
     def model_parameter(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The ``model`` argument of the engine: MODEL_FILE when given, else the MODEL name."""
         return model_spec(
@@ -238,4 +268,4 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         try:
             return EngineConfig(**values, **fixed)
         except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise self.engine_error(exc) from exc

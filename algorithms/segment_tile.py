@@ -78,8 +78,10 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "its path), the IMG_DATA folder of a granule, or a folder holding one file per band "
             "(…_B02.jp2, …_B03.tif …). Bands are recognised by name; the processing-baseline offset is applied.</p>"
         ) + self.engine_parameters_help() + self.resume_help() + self.tr(
-            "<p><b>Output folder</b>: where the files below are written, named after the tile; "
-            "existing files of the same tile are replaced. Several tiles can share one folder.</p>"
+            "<p><b>Overwrite existing outputs</b>: replace the finished products of the same tile found in the "
+            "output folder; unticked, the run stops and keeps them.</p>"
+            "<p><b>Output folder</b>: where the files below are written, named after the tile. Several tiles "
+            "can share one folder.</p>"
             "<h3>Outputs</h3>"
             "<p><b>Land cover</b> (…_class.tif): the most likely class of each pixel, with the class colours and "
             "names embedded; 255 = no data.</p>"
@@ -117,6 +119,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         self.add_model_parameters()
         self.add_engine_parameters()
         self.add_resume_parameter()
+        self.add_overwrite_parameter(self.tr("Overwrite existing outputs"))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
 
         self.addOutput(QgsProcessingOutputRasterLayer(self.CLASS, self.tr("Land cover")))
@@ -134,7 +137,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         # First thing, before importing the engine: a missing torch is reported with the command that fixes it.
         self.check_dependencies()
 
-        from ..core.errors import Cancelled, S2SegError
+        from ..core.errors import S2SegError
         from ..core.pipeline import segment
         from ..s2seg_plugin.feedback_bridge import EngineBridge
         from ..s2seg_plugin.report import write_html_report
@@ -144,8 +147,11 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         if not tile:
             raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT)."))
         model = self.model_parameter(parameters, context)
-        # Processing's convention: the user chose the destination, so results replace older ones.
-        config = self.engine_config(parameters, context, overwrite=True)
+        # Never replace finished products silently (two products of one scene, L1C and L2A, may share a
+        # folder): only when the user ticks OVERWRITE.
+        config = self.engine_config(
+            parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context)
+        )
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         try:
@@ -166,10 +172,8 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
                     tile, output_dir, model=model, config=config, progress=progress, cancel=cancel, log=log
                 )
             )
-        except Cancelled as exc:
-            raise QgsProcessingException(self.tr("Cancelled: {}").format(exc)) from exc
-        except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        except S2SegError as exc:  # Cancelled too: its message already says what was kept, add nothing
+            raise self.engine_error(exc) from exc
 
         feedback.pushInfo(
             self.tr("Segmented {} with model {} on {} in {:.1f} s ({} chunk(s) of {} px).").format(

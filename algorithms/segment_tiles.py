@@ -24,7 +24,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterString,
@@ -46,7 +45,6 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
 
     INPUTS = "INPUTS"
     TILE_LIST = "TILE_LIST"
-    OVERWRITE = "OVERWRITE"
     SCHEDULER = "SCHEDULER"
     WORKERS = "WORKERS"
     THREADS_PER_WORKER = "THREADS_PER_WORKER"
@@ -126,11 +124,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         )
         self.add_model_parameters()
         self.add_engine_parameters()
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.OVERWRITE, self.tr("Re-run tiles that are already complete"), defaultValue=False
-            )
-        )
+        self.add_overwrite_parameter(self.tr("Re-run tiles that are already complete"))
         self.add_resume_parameter()
         self.addParameter(
             QgsProcessingParameterString(
@@ -208,7 +202,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
                 )
             )
         except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise self.engine_error(exc) from exc
 
         for outcome in result.outcomes:
             if outcome.status == FAILED:

@@ -78,7 +78,7 @@ def test_parameters(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     params = {p.name(): p for p in alg.parameterDefinitions()}
     assert list(params) == ["INPUT", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS",
-                            "RESUME", "OUTPUT_FOLDER"]
+                            "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
     assert params["INPUT"].behavior() == QgsProcessingParameterFile.Folder
     model = params["MODEL"]
@@ -105,6 +105,10 @@ def test_parameters(s2seg_provider):
         assert params[name].flags() & QgsProcessingParameterDefinition.FlagAdvanced, name
     assert isinstance(params["WRITE_PROBS"], QgsProcessingParameterBoolean)
     assert params["WRITE_PROBS"].defaultValue() is False
+    overwrite = params["OVERWRITE"]  # finished products are never replaced unless asked
+    assert isinstance(overwrite, QgsProcessingParameterBoolean) and overwrite.defaultValue() is False
+    assert overwrite.flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert not overwrite.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert isinstance(params["OUTPUT_FOLDER"], QgsProcessingParameterFolderDestination)
 
 
@@ -123,7 +127,7 @@ def test_help_explains_every_parameter_and_output(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     text = alg.shortHelpString()
     for phrase in ("Sentinel-2 tile", "Model file or folder", "Chunk size", "Batch size", "Device", "mps",
-                   "Write class probabilities", "Resume an interrupted run", "<i>auto</i>", "<i>require</i>",
+                   "Write class probabilities", "Resume an interrupted run", "Overwrite existing outputs", "<i>auto</i>", "<i>require</i>",
                    "<i>never</i>", "Output folder", "Land cover", "Max probability", "Entropy",
                    "Gap", "decision boundary", "Preview", "…_preview.png", "Report", "km²", ".qml"):
         assert phrase in text, phrase
