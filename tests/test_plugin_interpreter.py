@@ -51,3 +51,16 @@ def test_segmenttiles_with_a_foreign_python_first_on_path(foreign_qgis_env, smal
     results = json.loads(proc.stdout)["results"]
     assert (results["OK"], results["FAILED"]) == (1, 0)
     assert any(out.glob("*/*_class.tif"))
+
+
+def test_diagnose_names_qgis_python_not_the_foreign_one(foreign_qgis_env, tmp_path):
+    report = tmp_path / "diag.html"
+    proc = subprocess.run(
+        [QGIS_PROCESS, "--json", "run", "s2seg:diagnose", "--", "SELF_TEST=false", f"OUTPUT={report}"],
+        env=foreign_qgis_env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = "\n".join(json.loads(proc.stdout)["log"]["info"])
+    (line,) = [x for x in log.splitlines() if "QGIS's Python program" in x]
+    assert "shims" not in line and line.split(": ", 1)[1].startswith("/usr/bin/python3")
+    assert "sys.executable: " + str(tmp_path / "shims" / "python3") in log  # the trap was set
