@@ -26,6 +26,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -65,6 +66,17 @@ def model_names() -> list[str]:
         names.remove(DEFAULT_MODEL)
         names.insert(0, DEFAULT_MODEL)
     return names or [DEFAULT_MODEL]
+
+
+def stored_settings() -> Any:
+    """The user's Settings ▸ Options ▸ S2Seg values (defaults when they cannot be read)."""
+    from ..s2seg_plugin.settings import PluginSettings, load
+
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - a broken profile must not stop the provider from loading
+        QgsMessageLog.logMessage(f"s2seg: settings unreadable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
+        return PluginSettings()
 
 
 def model_spec(name: str, model_file: str) -> str:
@@ -153,7 +165,8 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
         ):
             self.add_count_parameter(name, label)
-        self.add_static_enum(self.DEVICE, self.tr("Device"), list(DEVICES), DEFAULT_DEVICE, advanced=True)
+        self.add_static_enum(self.DEVICE, self.tr("Device"), list(DEVICES), stored_settings().default_device,
+                             advanced=True)
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
@@ -182,6 +195,11 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         """OVERWRITE: replace finished products found in the output folder (off: they are kept and the run
         stops). Optional, like RESUME, so that graphical models saved without it still run."""
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, label, defaultValue=False, optional=True))
+
+    def add_output_folder_parameter(self) -> None:
+        """OUTPUT_FOLDER, proposing the default output folder of the settings (none: a temporary folder)."""
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            self.OUTPUT_FOLDER, self.tr("Output folder"), defaultValue=stored_settings().default_output_folder or None))
 
     # --- help -----------------------------------------------------------------------------------------
     def engine_parameters_help(self) -> str:

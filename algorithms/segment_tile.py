@@ -21,7 +21,6 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingUtils,
 )
 
@@ -120,7 +119,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         self.add_engine_parameters()
         self.add_resume_parameter()
         self.add_overwrite_parameter(self.tr("Overwrite existing outputs"))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.add_output_folder_parameter()
 
         self.addOutput(QgsProcessingOutputRasterLayer(self.CLASS, self.tr("Land cover")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.MAXPROB, self.tr("Max probability")))

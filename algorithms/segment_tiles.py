@@ -25,7 +25,6 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterString,
 )
 
@@ -133,7 +132,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         )
         self.add_count_parameter(self.WORKERS, self.tr("Local cluster: workers (0 = automatic)"))
         self.add_count_parameter(self.THREADS_PER_WORKER, self.tr("Torch threads per worker (0 = automatic)"))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.add_output_folder_parameter()
 
         self.addOutput(QgsProcessingOutputHtml(self.SUMMARY, self.tr("Batch summary")))
         self.addOutput(QgsProcessingOutputNumber(self.OK, self.tr("Tiles done")))

@@ -119,8 +119,10 @@ def missing_dependencies_message(requirements: tuple[Requirement, ...] = REQUIRE
         python_executable(), ", ".join(m.requirement.pip_name for m in missing))]
     for m in missing:
         lines.append(f"  - {m.requirement.pip_name}: {m.requirement.purpose} ({m.error})")
+    lines.append("Easiest: Plugins ▸ S2Seg ▸ Install dependencies… (Processing algorithm s2seg:setup; "
+                 "qgis_process run s2seg:setup) installs them into an environment of the plugin, no terminal needed.")
     commands = install_commands(missing)
-    lines.append("Install {} with:".format("it" if len(missing) == 1 else "them"))
+    lines.append("Or install {} into QGIS's Python yourself with:".format("it" if len(missing) == 1 else "them"))
     lines.extend(f"    {command}" for command in commands)
     lines.append("then restart QGIS.")
     if os.name != "nt" and not _in_virtualenv():

@@ -13,6 +13,7 @@ ALGORITHMS: tuple[tuple[str, str], ...] = (
     ("segment_tile", "SegmentTileAlgorithm"),
     ("segment_tiles", "SegmentTilesAlgorithm"),
     ("diagnose", "DiagnoseAlgorithm"),
+    ("install_dependencies", "SetupAlgorithm"),
 )
 
 
