@@ -12,6 +12,9 @@ and the algorithm then says how to install it when it runs
 """
 from __future__ import annotations
 
+import html
+import re
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,22 @@ def stored_settings() -> Any:
     except Exception as exc:  # noqa: BLE001 - a broken profile must not stop the provider from loading
         QgsMessageLog.logMessage(f"s2seg: settings unreadable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
         return PluginSettings()
+
+
+def html_to_text(text: str, width: int = 100) -> str:
+    """Plain text of a help string: paragraphs and headings on lines of their own, tags dropped."""
+    text = re.sub(r"\s*<h\d>(.*?)</h\d>\s*", lambda m: f"\n\n{m.group(1).upper()}\n\n", text)
+    text = re.sub(r"\s*(</p>|<br\s*/?>)\s*", "\n\n", text)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    return "\n\n".join(textwrap.fill(p, width) for p in paragraphs if p)
+
+
+def running_in_qgis_process() -> bool:
+    """True inside ``qgis_process``, which prints help strings as they are (HTML is for the dialog)."""
+    from qgis.core import QgsApplication
+
+    return QgsApplication.platform() == "qgis_process"
 
 
 def model_spec(name: str, model_file: str) -> str:
@@ -202,6 +221,15 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             self.OUTPUT_FOLDER, self.tr("Output folder"), defaultValue=stored_settings().default_output_folder or None))
 
     # --- help -----------------------------------------------------------------------------------------
+    def help_html(self) -> str:
+        """The help as HTML (the dialog's panel); subclasses give it."""
+        return ""
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        """HTML in the dialog; plain text in ``qgis_process help``, which would show the tags."""
+        text = self.help_html()
+        return html_to_text(text) if running_in_qgis_process() else text
+
     def engine_parameters_help(self) -> str:
         """The help paragraphs of the parameters added by :meth:`add_model_parameters` and
         :meth:`add_engine_parameters`."""
@@ -228,6 +256,33 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             "<i>require</i>: the same, but an error when there is nothing to resume. <i>never</i>: discard "
             "partial results and start over.</p>"
         )
+
+    # --- option numbers -------------------------------------------------------------------------------
+    def with_option_names(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``parameters`` with option numbers of the by-name enums (MODEL=0, DEVICE=1) replaced by the names.
+
+        ``qgis_process help`` lists every enum's options with numbers and offers them ("Number of
+        selected option"), but QGIS 3.22 refuses a number for an enum that uses names.
+        """
+        named = dict(parameters)
+        for name, value in parameters.items():
+            definition = self.parameterDefinition(name)
+            if not isinstance(definition, QgsProcessingParameterEnum) or not definition.usesStaticStrings():
+                continue
+            options = definition.options()
+            text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+            if text.isdigit() and text not in options and int(text) < len(options):
+                named[name] = options[int(text)]
+        return named
+
+    def checkParameterValues(  # noqa: N802 - QGIS API
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[bool, str]:
+        return super().checkParameterValues(self.with_option_names(parameters), context)
+
+    def enum_string(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str:
+        """The option name of a by-name enum, given by name or by number."""
+        return self.parameterAsEnumString(self.with_option_names(parameters), name, context)
 
     # --- running --------------------------------------------------------------------------------------
     def check_dependencies(self) -> None:
@@ -266,7 +321,7 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     def model_parameter(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The ``model`` argument of the engine: MODEL_FILE when given, else the MODEL name."""
         return model_spec(
-            self.parameterAsEnumString(parameters, self.MODEL, context) or FALLBACK_MODEL,
+            self.enum_string(parameters, self.MODEL, context) or FALLBACK_MODEL,
             self.parameterAsFile(parameters, self.MODEL_FILE, context),
         )
 
@@ -278,11 +333,11 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         values: dict[str, Any] = {
             "chunk_size": self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
             "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            "device": self.parameterAsEnumString(parameters, self.DEVICE, context) or DEFAULT_DEVICE,
+            "device": self.enum_string(parameters, self.DEVICE, context) or DEFAULT_DEVICE,
             "write_probs": self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
         }
         if self.parameterDefinition(self.RESUME) is not None:
-            values["resume"] = self.parameterAsEnumString(parameters, self.RESUME, context) or DEFAULT_RESUME
+            values["resume"] = self.enum_string(parameters, self.RESUME, context) or DEFAULT_RESUME
         try:
             return EngineConfig(**values, **fixed)
         except S2SegError as exc:

@@ -38,7 +38,7 @@ class DiagnoseAlgorithm(S2SegAlgorithm):
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "setup"
 
-    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+    def help_html(self) -> str:
         return self.tr(
             "<p>Writes an HTML report to attach to a bug report: the versions of QGIS, Python, GDAL, PyTorch, "
             "ONNX Runtime and Numba, the device PyTorch sees (GPU name, memory, CUDA version), the folders s2seg "
@@ -81,7 +81,7 @@ class DiagnoseAlgorithm(S2SegAlgorithm):
             else:
                 feedback.pushInfo(self.tr("Self-test: segmenting a {0} × {0} px synthetic tile…").format(
                     diagnostics.SELF_TEST_SIZE))
-                device = self.parameterAsEnumString(parameters, self.DEVICE, context) or DEFAULT_DEVICE
+                device = self.enum_string(parameters, self.DEVICE, context) or DEFAULT_DEVICE
                 sections.append(diagnostics.self_test(device))
                 for key, value in sections[-1].rows:
                     if key != "Traceback":

@@ -50,7 +50,7 @@ class SetupAlgorithm(S2SegAlgorithm):
     def groupId(self) -> str:  # noqa: N802 - QGIS API
         return "setup"
 
-    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+    def help_html(self) -> str:
         return self.tr(
             "<p>Installs what s2seg needs (PyTorch and a few other packages) into a Python environment that "
             "belongs to the plugin, made from QGIS's own Python: no terminal, no administrator rights, QGIS's own "
@@ -89,7 +89,7 @@ class SetupAlgorithm(S2SegAlgorithm):
         from ..s2seg_plugin import environment, installer, settings
 
         folder = self.parameterAsFile(parameters, self.ENVIRONMENT, context) or str(settings.default_environment())
-        build = self.parameterAsEnumString(parameters, self.TORCH_BUILD, context) or "auto"
+        build = self.enum_string(parameters, self.TORCH_BUILD, context) or "auto"
         cuda = installer.driver_cuda_version() if build != "cpu" else None
         if build == "cuda" and cuda is None:
             raise QgsProcessingException(self.tr(

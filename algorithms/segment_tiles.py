@@ -68,7 +68,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
     def shortDescription(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Land cover and confidence rasters for many Sentinel-2 tiles, in parallel with Dask.")
 
-    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+    def help_html(self) -> str:
         return self.tr(
             "<p>Runs <i>Segment Sentinel-2 tile</i> on many tiles at once, one Dask task per tile, on this "
             "computer (a local cluster: one worker per GPU, or the CPU cores shared between workers) or on an "
@@ -99,7 +99,8 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
             "<p>The rasters are not loaded into the project (there may be hundreds); each is written with its "
             ".qml style, so it opens styled.</p>"
             "<p>qgis_process: <code>qgis_process run s2seg:segmenttiles -- INPUTS='/data/a.SAFE;/data/b.zip' "
-            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code> (MODEL, DEVICE and RESUME by name)</p>"
+            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code> (MODEL, DEVICE and RESUME by name or by the "
+            "option number qgis_process help lists)</p>"
         )
 
     # --- parameters and outputs ---------------------------------------------------------------------

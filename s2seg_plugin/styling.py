@@ -45,8 +45,10 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor
 
-#: Order of the products in the layer tree group, top first.
-PRODUCT_ORDER: tuple[str, ...] = ("class", "maxprob", "gap", "entropy", "probs")
+#: Order of the products in the layer tree group, top first. The confidence layers lie *above* the
+#: opaque class map, unchecked: ticking one shows it at once over the land cover, unticking brings the
+#: land cover back (below it, a ticked layer would stay hidden under the class map).
+PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "class")
 #: Layer-tree custom property that remembers a node's product, to keep the group ordered.
 RANK_PROPERTY = "s2seg/product"
 #: Group custom property identifying the run that created it: a second run of the same tile gets its own group.

@@ -75,3 +75,16 @@ def test_finished_products_are_kept_unless_overwrite_is_ticked(s2seg_provider, s
     assert Path(first["CLASS"]).stat().st_mtime_ns == stamp
     again = processing.run("s2seg:segmenttile", {**params, "OVERWRITE": True})
     assert Path(again["CLASS"]).stat().st_mtime_ns != stamp
+
+
+def test_failed_run_leaves_no_empty_output_folder(s2seg_provider, tmp_path):
+    missing = tmp_path / "no_such_tile.SAFE"
+    out = tmp_path / "new" / "out"
+    with pytest.raises(QgsProcessingException, match="no_such_tile"):
+        processing.run("s2seg:segmenttile", {"INPUT": str(missing), "OUTPUT_FOLDER": str(out)})
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(QgsProcessingException):
+        processing.run("s2seg:segmenttile", {"INPUT": str(missing), "OUTPUT_FOLDER": str(existing)})
+    assert existing.is_dir()  # a folder the user had is never removed

@@ -80,7 +80,11 @@ def test_parameters(s2seg_provider):
     assert list(params) == ["INPUT", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS",
                             "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
-    assert params["INPUT"].behavior() == QgsProcessingParameterFile.Folder
+    # The … button picks files: a .zip, or a file inside a .SAFE or a band folder (see tile_path).
+    assert params["INPUT"].behavior() == QgsProcessingParameterFile.File
+    assert "*.zip" in params["INPUT"].fileFilter() and "manifest.safe" in params["INPUT"].fileFilter()
+    for typed in ("/data/T32UNU.SAFE", "/data/IMG_DATA", "/data/S2A.zip"):
+        assert params["INPUT"].checkValueIsAcceptable(typed), typed
     model = params["MODEL"]
     assert isinstance(model, QgsProcessingParameterEnum) and model.usesStaticStrings()
     from s2seg.core.models import DEFAULT_MODEL, available_cards

@@ -173,10 +173,13 @@ def test_results_load_styled_and_grouped_from_a_background_task(s2seg_provider, 
     groups = [c for c in root.children() if isinstance(c, QgsLayerTreeGroup)]
     assert [g.name() for g in groups] == [Path(done["results"]["CLASS"]).name.rsplit("_class", 1)[0]]
     nodes = [c for c in groups[0].children() if isinstance(c, QgsLayerTreeLayer)]
-    assert [n.name() for n in nodes] == ["Land cover (builtin)", "Max probability", "Gap top-1 − top-2",
-                                         "Entropy (bits)"]
-    assert [n.itemVisibilityChecked() for n in nodes] == [True, False, False, False]
-    land_cover, maxprob, gap, entropy = (n.layer() for n in nodes)
+    # Confidence layers above the opaque class map and unchecked: ticking one shows it over the land cover.
+    assert [n.name() for n in nodes] == ["Max probability", "Gap top-1 − top-2", "Entropy (bits)",
+                                         "Land cover (builtin)"]
+    assert [n.itemVisibilityChecked() for n in nodes] == [False, False, False, True]
+    maxprob, gap, entropy, land_cover = (n.layer() for n in nodes)
+    drawn = [layer.id() for layer in root.layerOrder()]  # top first
+    assert drawn.index(land_cover.id()) > max(drawn.index(x.id()) for x in (maxprob, gap, entropy))
     assert land_cover.renderer().type() == "paletted"
     assert [c.label for c in land_cover.renderer().classes()] == [c.name for c in BIGEARTHNET19]
     for layer, maximum in ((maxprob, 1.0), (gap, 1.0), (entropy, math.log2(len(BIGEARTHNET19)))):
