@@ -282,5 +282,6 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             name = names[product] if product != "class" else f"{names[product]} ({model_name})"
             details = QgsProcessingContext.LayerDetails(name, project, output, QgsProcessingUtils.LayerHint.Raster)
             details.forceName = True  # the group carries the tile name; keep the short product names
-            details.setPostProcessor(make_styler(product, legend, tile_name, run_id))
+            report = str(results.get(self.REPORT, "")) if product == "class" else ""
+            details.setPostProcessor(make_styler(product, legend, tile_name, run_id, report))
             context.addLayerToLoadOnCompletion(path, details)

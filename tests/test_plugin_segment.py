@@ -166,12 +166,18 @@ def test_results_load_styled_and_grouped_from_a_background_task(s2seg_provider, 
     assert wait_until(lambda: "ok" in done, timeout_milliseconds=120_000)
     assert done["ok"], done
     del alg, task  # as in the dialog, the algorithm clone may be gone before the layers load
+    from processing.core.ProcessingResults import resultsList
+
+    report = done["results"]["REPORT"]
+    resultsList.addResult(icon=None, name="Segmentation report", timestamp=None, result=report)  # as the dialog does
     assert handleAlgorithmResults(QgsApplication.processingRegistry().algorithmById(ALG_ID), context, feedback,
                                   False, {})
 
     root = QgsProject.instance().layerTreeRoot()
     groups = [c for c in root.children() if isinstance(c, QgsLayerTreeGroup)]
     assert [g.name() for g in groups] == [Path(done["results"]["CLASS"]).name.rsplit("_class", 1)[0]]
+    (entry,) = [e for e in resultsList.getResults() if e.filename == report]
+    assert entry.name == f"Segmentation report: {groups[0].name()}"  # the Results Viewer names the tile
     nodes = [c for c in groups[0].children() if isinstance(c, QgsLayerTreeLayer)]
     # Confidence layers above the opaque class map and unchecked: ticking one shows it over the land cover.
     assert [n.name() for n in nodes] == ["Max probability", "Gap top-1 − top-2", "Entropy (bits)",
