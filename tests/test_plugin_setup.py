@@ -127,3 +127,31 @@ def test_cancel_stops_the_install(s2seg_provider, untouched_settings, tmp_path):
                        feedback=feedback)
     assert not any(line.startswith("[2/") for line in feedback.console)  # pip never started
     assert settings.load() == untouched_settings and sys.path == path_before
+
+
+def test_fresh_profile_uses_the_configured_environment_and_passes_the_self_test(tmp_path):
+    """QGIS's own Python (no venv on PATH: torch is not importable there) in a fresh profile whose settings
+    name an environment with torch — this test's venv, as "Use an existing environment" would: the plugin
+    appends it at load and s2seg:diagnose's self-test segments the sample tile."""
+    import json
+    import os
+
+    from conftest import QGIS_PROCESS
+
+    if sys.prefix == sys.base_prefix or not Path(QGIS_PROCESS).exists():
+        pytest.skip("needs qgis_process and a virtual environment holding torch")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "s2seg").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    ini = tmp_path / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text(f"[PythonPlugins]\ns2seg=true\n\n[s2seg]\nenvironment={sys.prefix}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
+               QGIS_PLUGINPATH=str(plugins), PATH="/usr/bin:/bin")
+    assert subprocess.run(["/usr/bin/python3", "-c", "import torch"], env=env, capture_output=True).returncode != 0
+    proc = subprocess.run([QGIS_PROCESS, "--json", "run", "s2seg:diagnose", "--", "DEVICE=cpu",
+                           f"OUTPUT={tmp_path / 'report.html'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = "\n".join(json.loads(proc.stdout)["log"]["info"])
+    assert f"torch loaded from: {sys.prefix}" in log and "Self-test · Result: passed" in log
