@@ -161,6 +161,8 @@ def test_missing_dependency_message_names_module_and_command(monkeypatch):
     assert " -m pip install " in command[0]
     assert command[0].endswith("s2seg-no-such-module --extra-index-url https://example.org/simple")
     assert command[0] in message
+    assert "Plugins ▸ S2Seg ▸ Install dependencies…" in message  # the way without a terminal comes first
+    assert message.index("Install dependencies") < message.index(command[0])
     assert dependencies.missing_dependencies_message((dependencies.Requirement("json", "json", "x"),)) is None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import processing
 import pytest
-from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingParameterFile
+from qgis.core import QgsApplication, QgsProcessingContext
 
 from s2seg.algorithms.common import html_to_text
 
