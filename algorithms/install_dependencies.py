@@ -9,6 +9,7 @@ log and Cancel; ``qgis_process run s2seg:setup`` works too.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional
 
 from qgis.core import (
@@ -120,6 +121,7 @@ class SetupAlgorithm(S2SegAlgorithm):
         stored.environment = str(plan.environment)
         settings.save(stored)
         added = environment.append_environment(plan.environment)
+        importlib.invalidate_caches()  # a folder already on sys.path gained packages: forget its old listing
         feedback.pushInfo(self.tr("Done: s2seg uses {} (added to Python's path: {}).").format(
             plan.environment, ", ".join(added) or self.tr("already there")))
         return {self.ENVIRONMENT: str(plan.environment), self.PYTHON: str(python)}
