@@ -12,6 +12,9 @@ and the algorithm then says how to install it when it runs
 """
 from __future__ import annotations
 
+import html
+import re
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -26,13 +29,14 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
-from ..core.errors import S2SegError
+from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from ..s2seg_plugin import ICON_PATH
 from ..s2seg_plugin.dependencies import missing_dependencies_message
 
@@ -67,6 +71,33 @@ def model_names() -> list[str]:
     return names or [DEFAULT_MODEL]
 
 
+def stored_settings() -> Any:
+    """The user's Settings ▸ Options ▸ S2Seg values (defaults when they cannot be read)."""
+    from ..s2seg_plugin.settings import PluginSettings, load
+
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - a broken profile must not stop the provider from loading
+        QgsMessageLog.logMessage(f"s2seg: settings unreadable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
+        return PluginSettings()
+
+
+def html_to_text(text: str, width: int = 100) -> str:
+    """Plain text of a help string: paragraphs and headings on lines of their own, tags dropped."""
+    text = re.sub(r"\s*<h\d>(.*?)</h\d>\s*", lambda m: f"\n\n{m.group(1).upper()}\n\n", text)
+    text = re.sub(r"\s*(</p>|<br\s*/?>)\s*", "\n\n", text)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    return "\n\n".join(textwrap.fill(p, width) for p in paragraphs if p)
+
+
+def running_in_qgis_process() -> bool:
+    """True inside ``qgis_process``, which prints help strings as they are (HTML is for the dialog)."""
+    from qgis.core import QgsApplication
+
+    return QgsApplication.platform() == "qgis_process"
+
+
 def model_spec(name: str, model_file: str) -> str:
     """What to pass to the engine as ``model``: the file/folder when given, else the built-in name."""
     if not model_file:
@@ -92,6 +123,7 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     WRITE_PROBS = "WRITE_PROBS"
     RESUME = "RESUME"
+    OVERWRITE = "OVERWRITE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     def tr(self, text: str) -> str:  # noqa: D102 - Qt convention; context = the algorithm's class name
@@ -152,7 +184,8 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             (self.BATCH_SIZE, self.tr("Batch size in patches (0 = automatic)")),
         ):
             self.add_count_parameter(name, label)
-        self.add_static_enum(self.DEVICE, self.tr("Device"), list(DEVICES), DEFAULT_DEVICE, advanced=True)
+        self.add_static_enum(self.DEVICE, self.tr("Device"), list(DEVICES), stored_settings().default_device,
+                             advanced=True)
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
@@ -177,7 +210,26 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             DEFAULT_RESUME, advanced=True, optional=True,
         )
 
+    def add_overwrite_parameter(self, label: str) -> None:
+        """OVERWRITE: replace finished products found in the output folder (off: they are kept and the run
+        stops). Optional, like RESUME, so that graphical models saved without it still run."""
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, label, defaultValue=False, optional=True))
+
+    def add_output_folder_parameter(self) -> None:
+        """OUTPUT_FOLDER, proposing the default output folder of the settings (none: a temporary folder)."""
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            self.OUTPUT_FOLDER, self.tr("Output folder"), defaultValue=stored_settings().default_output_folder or None))
+
     # --- help -----------------------------------------------------------------------------------------
+    def help_html(self) -> str:
+        """The help as HTML (the dialog's panel); subclasses give it."""
+        return ""
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        """HTML in the dialog; plain text in ``qgis_process help``, which would show the tags."""
+        text = self.help_html()
+        return html_to_text(text) if running_in_qgis_process() else text
+
     def engine_parameters_help(self) -> str:
         """The help paragraphs of the parameters added by :meth:`add_model_parameters` and
         :meth:`add_engine_parameters`."""
@@ -205,6 +257,33 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             "partial results and start over.</p>"
         )
 
+    # --- option numbers -------------------------------------------------------------------------------
+    def with_option_names(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``parameters`` with option numbers of the by-name enums (MODEL=0, DEVICE=1) replaced by the names.
+
+        ``qgis_process help`` lists every enum's options with numbers and offers them ("Number of
+        selected option"), but QGIS 3.22 refuses a number for an enum that uses names.
+        """
+        named = dict(parameters)
+        for name, value in parameters.items():
+            definition = self.parameterDefinition(name)
+            if not isinstance(definition, QgsProcessingParameterEnum) or not definition.usesStaticStrings():
+                continue
+            options = definition.options()
+            text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+            if text.isdigit() and text not in options and int(text) < len(options):
+                named[name] = options[int(text)]
+        return named
+
+    def checkParameterValues(  # noqa: N802 - QGIS API
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[bool, str]:
+        return super().checkParameterValues(self.with_option_names(parameters), context)
+
+    def enum_string(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str:
+        """The option name of a by-name enum, given by name or by number."""
+        return self.parameterAsEnumString(self.with_option_names(parameters), name, context)
+
     # --- running --------------------------------------------------------------------------------------
     def check_dependencies(self) -> None:
         """Raise with the install command when the engine's requirements (torch …) are missing.
@@ -215,10 +294,34 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         if message:
             raise QgsProcessingException(message)
 
+    def _label(self, name: str) -> str:
+        definition = self.parameterDefinition(name)
+        return definition.description() if definition is not None else name
+
+    def remedy(self, exc: S2SegError) -> str:
+        """How to fix ``exc`` in this dialog's words, or "" when no option fixes it.
+
+        The engine's messages say what is wrong neutrally; the option wording of each front end is keyed
+        on the error type here (the CLI has its own, with --flags).
+        """
+        if isinstance(exc, OutputsExist) and self.parameterDefinition(self.OVERWRITE) is not None:
+            return self.tr("tick '{}' to replace them").format(self._label(self.OVERWRITE))
+        if isinstance(exc, ResumeImpossible) and self.parameterDefinition(self.RESUME) is not None:
+            return self.tr("set '{}' (Advanced parameters) to auto or never to start over").format(
+                self._label(self.RESUME))
+        if isinstance(exc, DeviceUnavailable) and self.parameterDefinition(self.DEVICE) is not None:
+            return self.tr("choose '{}' (Advanced parameters): auto or cpu").format(self._label(self.DEVICE))
+        return ""
+
+    def engine_error(self, exc: S2SegError) -> QgsProcessingException:
+        """The ``QgsProcessingException`` for an engine error: its message, plus :meth:`remedy` when one applies."""
+        remedy = self.remedy(exc)
+        return QgsProcessingException(f"{exc}; {remedy}" if remedy else str(exc))
+
     def model_parameter(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The ``model`` argument of the engine: MODEL_FILE when given, else the MODEL name."""
         return model_spec(
-            self.parameterAsEnumString(parameters, self.MODEL, context) or FALLBACK_MODEL,
+            self.enum_string(parameters, self.MODEL, context) or FALLBACK_MODEL,
             self.parameterAsFile(parameters, self.MODEL_FILE, context),
         )
 
@@ -230,12 +333,12 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         values: dict[str, Any] = {
             "chunk_size": self.parameterAsInt(parameters, self.CHUNK_SIZE, context),
             "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            "device": self.parameterAsEnumString(parameters, self.DEVICE, context) or DEFAULT_DEVICE,
+            "device": self.enum_string(parameters, self.DEVICE, context) or DEFAULT_DEVICE,
             "write_probs": self.parameterAsBoolean(parameters, self.WRITE_PROBS, context),
         }
         if self.parameterDefinition(self.RESUME) is not None:
-            values["resume"] = self.parameterAsEnumString(parameters, self.RESUME, context) or DEFAULT_RESUME
+            values["resume"] = self.enum_string(parameters, self.RESUME, context) or DEFAULT_RESUME
         try:
             return EngineConfig(**values, **fixed)
         except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise self.engine_error(exc) from exc

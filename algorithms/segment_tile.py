@@ -9,6 +9,7 @@ afterwards through layer post-processors (main thread).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,6 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingUtils,
 )
 
@@ -35,6 +35,38 @@ def is_model_child_step(context: QgsProcessingContext) -> bool:
     ``algorithm_inputs`` (an untranslated name, unlike the "Model" scope).
     """
     return any(scope.name() == "algorithm_inputs" for scope in context.expressionContext().scopes())
+
+
+#: Files that stand for the folder holding them when picked as the tile: a .SAFE's metadata, a band.
+_TILE_MEMBER = re.compile(r"^(manifest\.safe|MTD_MSIL\w*\.xml|.*\.(jp2|tiff?))$", re.IGNORECASE)
+
+
+def tile_path(value: str) -> str:
+    """The tile the INPUT value names: a file picked inside a .SAFE or a band folder selects that folder."""
+    path = Path(value)
+    if path.is_file() and _TILE_MEMBER.match(path.name):
+        return str(path.parent)
+    return value
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what ``mkdir -p`` creates."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """After a failed run: remove the folders it created that are still empty (deepest first), so a
+    failure leaves no empty output folder behind; a folder holding resumable chunks stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            return
 
 
 class SegmentTileAlgorithm(S2SegAlgorithm):
@@ -68,18 +100,22 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
     def shortDescription(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Land cover and confidence rasters for a whole Sentinel-2 tile.")
 
-    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+    def help_html(self) -> str:
         return self.tr(
             "<p>Classifies every 10 m pixel of a Sentinel-2 tile into land-cover classes with a deep-learning "
             "model and tells you how sure the model is. The tile is processed in chunks, so memory stays bounded "
             "whatever its size; a GPU is used when PyTorch sees one.</p>"
             "<h3>Parameters</h3>"
-            "<p><b>Sentinel-2 tile</b>: a .SAFE folder (Level-1C or Level-2A), the .zip it came in (type or paste "
-            "its path), the IMG_DATA folder of a granule, or a folder holding one file per band "
-            "(…_B02.jp2, …_B03.tif …). Bands are recognised by name; the processing-baseline offset is applied.</p>"
+            "<p><b>Sentinel-2 tile</b>: a .SAFE folder (Level-1C or Level-2A), the .zip it came in, the IMG_DATA "
+            "folder of a granule, or a folder holding one file per band (…_B02.jp2, …_B03.tif …). With the … "
+            "button pick the .zip, or the manifest.safe / MTD_MSIL*.xml of a .SAFE, or any band file of a band "
+            "folder (the folder is used); a folder path can also be typed or pasted. Bands are recognised by "
+            "name; the processing-baseline offset is applied.</p>"
         ) + self.engine_parameters_help() + self.resume_help() + self.tr(
-            "<p><b>Output folder</b>: where the files below are written, named after the tile; "
-            "existing files of the same tile are replaced. Several tiles can share one folder.</p>"
+            "<p><b>Overwrite existing outputs</b>: replace the finished products of the same tile found in the "
+            "output folder; unticked, the run stops and keeps them.</p>"
+            "<p><b>Output folder</b>: where the files below are written, named after the tile. Several tiles "
+            "can share one folder.</p>"
             "<h3>Outputs</h3>"
             "<p><b>Land cover</b> (…_class.tif): the most likely class of each pixel, with the class colours and "
             "names embedded; 255 = no data.</p>"
@@ -100,24 +136,30 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "<p>In QGIS the rasters load styled (class colours; red = uncertain on the confidence layers) in a "
             "group named after the tile. A .qml style next to each raster restores that styling when the file is "
             "opened later.</p>"
-            "<p>In scripts and qgis_process give MODEL, DEVICE and RESUME by name, not by number, e.g. "
-            "<code>qgis_process run s2seg:segmenttile -- INPUT=… MODEL=builtin DEVICE=cpu RESUME=auto "
-            "OUTPUT_FOLDER=…</code></p>"
+            "<p>In scripts and qgis_process give MODEL, DEVICE and RESUME by name (or by the option number "
+            "qgis_process help lists), e.g. <code>qgis_process run s2seg:segmenttile -- INPUT=… MODEL=builtin "
+            "DEVICE=cpu RESUME=auto OUTPUT_FOLDER=…</code></p>"
         )
 
     # --- parameters and outputs ---------------------------------------------------------------------
     def initAlgorithm(self, config: Optional[dict[str, Any]] = None) -> None:  # noqa: N802 - QGIS API
+        # A file picker: it can choose a .zip, and a .SAFE folder or a folder of bands through a file
+        # inside it (tile_path); a folder path can still be typed or pasted.
         self.addParameter(
             QgsProcessingParameterFile(
                 self.INPUT,
                 self.tr("Sentinel-2 tile (.SAFE folder or .zip, or a folder of band files)"),
-                behavior=QgsProcessingParameterFile.Folder,
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=self.tr(
+                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif);;All files (*)"
+                ),
             )
         )
         self.add_model_parameters()
         self.add_engine_parameters()
         self.add_resume_parameter()
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.add_overwrite_parameter(self.tr("Overwrite existing outputs"))
+        self.add_output_folder_parameter()
 
         self.addOutput(QgsProcessingOutputRasterLayer(self.CLASS, self.tr("Land cover")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.MAXPROB, self.tr("Max probability")))
@@ -134,20 +176,24 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         # First thing, before importing the engine: a missing torch is reported with the command that fixes it.
         self.check_dependencies()
 
-        from ..core.errors import Cancelled, S2SegError
+        from ..core.errors import S2SegError
         from ..core.pipeline import segment
         from ..s2seg_plugin.feedback_bridge import EngineBridge
         from ..s2seg_plugin.report import write_html_report
         from ..s2seg_plugin.styling import Legend, write_qml_sidecars
 
-        tile = self.parameterAsFile(parameters, self.INPUT, context)
+        tile = tile_path(self.parameterAsFile(parameters, self.INPUT, context))
         if not tile:
             raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT)."))
         model = self.model_parameter(parameters, context)
-        # Processing's convention: the user chose the destination, so results replace older ones.
-        config = self.engine_config(parameters, context, overwrite=True)
+        # Never replace finished products silently (two products of one scene, L1C and L2A, may share a
+        # folder): only when the user ticks OVERWRITE.
+        config = self.engine_config(
+            parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context)
+        )
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
+        created = missing_folders(output_dir)
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -166,10 +212,12 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
                     tile, output_dir, model=model, config=config, progress=progress, cancel=cancel, log=log
                 )
             )
-        except Cancelled as exc:
-            raise QgsProcessingException(self.tr("Cancelled: {}").format(exc)) from exc
-        except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+        except S2SegError as exc:  # Cancelled too: its message already says what was kept, add nothing
+            remove_empty_folders(created)
+            raise self.engine_error(exc) from exc
+        except BaseException:
+            remove_empty_folders(created)
+            raise
 
         feedback.pushInfo(
             self.tr("Segmented {} with model {} on {} in {:.1f} s ({} chunk(s) of {} px).").format(
@@ -234,5 +282,6 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             name = names[product] if product != "class" else f"{names[product]} ({model_name})"
             details = QgsProcessingContext.LayerDetails(name, project, output, QgsProcessingUtils.LayerHint.Raster)
             details.forceName = True  # the group carries the tile name; keep the short product names
-            details.setPostProcessor(make_styler(product, legend, tile_name, run_id))
+            report = str(results.get(self.REPORT, "")) if product == "class" else ""
+            details.setPostProcessor(make_styler(product, legend, tile_name, run_id, report))
             context.addLayerToLoadOnCompletion(path, details)

@@ -15,7 +15,6 @@ can be fed by an expression or another algorithm's string output, and takes
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +24,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterString,
 )
 
@@ -47,7 +44,6 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
 
     INPUTS = "INPUTS"
     TILE_LIST = "TILE_LIST"
-    OVERWRITE = "OVERWRITE"
     SCHEDULER = "SCHEDULER"
     WORKERS = "WORKERS"
     THREADS_PER_WORKER = "THREADS_PER_WORKER"
@@ -72,7 +68,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
     def shortDescription(self) -> str:  # noqa: N802 - QGIS API
         return self.tr("Land cover and confidence rasters for many Sentinel-2 tiles, in parallel with Dask.")
 
-    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+    def help_html(self) -> str:
         return self.tr(
             "<p>Runs <i>Segment Sentinel-2 tile</i> on many tiles at once, one Dask task per tile, on this "
             "computer (a local cluster: one worker per GPU, or the CPU cores shared between workers) or on an "
@@ -103,7 +99,8 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
             "<p>The rasters are not loaded into the project (there may be hundreds); each is written with its "
             ".qml style, so it opens styled.</p>"
             "<p>qgis_process: <code>qgis_process run s2seg:segmenttiles -- INPUTS='/data/a.SAFE;/data/b.zip' "
-            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code> (MODEL, DEVICE and RESUME by name)</p>"
+            "MODEL=builtin DEVICE=cpu OUTPUT_FOLDER=/data/out</code> (MODEL, DEVICE and RESUME by name or by the "
+            "option number qgis_process help lists)</p>"
         )
 
     # --- parameters and outputs ---------------------------------------------------------------------
@@ -127,11 +124,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         )
         self.add_model_parameters()
         self.add_engine_parameters()
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.OVERWRITE, self.tr("Re-run tiles that are already complete"), defaultValue=False
-            )
-        )
+        self.add_overwrite_parameter(self.tr("Re-run tiles that are already complete"))
         self.add_resume_parameter()
         self.addParameter(
             QgsProcessingParameterString(
@@ -140,7 +133,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         )
         self.add_count_parameter(self.WORKERS, self.tr("Local cluster: workers (0 = automatic)"))
         self.add_count_parameter(self.THREADS_PER_WORKER, self.tr("Torch threads per worker (0 = automatic)"))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.add_output_folder_parameter()
 
         self.addOutput(QgsProcessingOutputHtml(self.SUMMARY, self.tr("Batch summary")))
         self.addOutput(QgsProcessingOutputNumber(self.OK, self.tr("Tiles done")))
@@ -160,17 +153,18 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         self.check_dependencies()
+        from ..s2seg_plugin.dependencies import python_executable
+
         try:
             import distributed  # noqa: F401 - checked here so the message names what is missing
         except ImportError as exc:
             raise QgsProcessingException(self.tr(
                 "The batch algorithm needs Dask distributed in QGIS's Python ({}). Install it with: "
                 "{} -m pip install dask distributed"
-            ).format(exc, sys.executable)) from exc
+            ).format(exc, python_executable())) from exc
 
         from ..core.batch import FAILED, OK, SKIPPED, run_batch, summary_line, write_summary
         from ..core.errors import S2SegError
-        from ..s2seg_plugin.dependencies import python_executable
         from ..s2seg_plugin.feedback_bridge import EngineBridge
         from ..s2seg_plugin.report import write_html_report
         from ..s2seg_plugin.styling import Legend, write_qml_sidecars
@@ -194,8 +188,9 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
                 text += f" ({outcome.seconds:.1f} s{', ' + outcome.device if outcome.device else ''})"
             bridge.log(text)
 
-        # Inside QGIS sys.executable is the QGIS binary: local worker processes need a Python.
-        worker_python = None if Path(sys.executable).name.lower().startswith("python") else python_executable()
+        # Local worker processes need QGIS's own Python: inside QGIS sys.executable is the QGIS binary,
+        # or the first python3 on PATH (a pyenv shim …), which lacks QGIS's packages ("Nanny failed to start").
+        worker_python = python_executable()
         try:
             result = bridge.run(
                 lambda progress, cancel, log: run_batch(
@@ -207,7 +202,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
                 )
             )
         except S2SegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise self.engine_error(exc) from exc
 
         for outcome in result.outcomes:
             if outcome.status == FAILED:

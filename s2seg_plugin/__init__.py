@@ -17,11 +17,6 @@ RESOURCES_DIR = PLUGIN_DIR / "resources"
 ICON_PATH = RESOURCES_DIR / "s2seg.svg"
 
 
-def resources_path(*parts: str) -> Path:
-    """Path of a file shipped in ``resources/``."""
-    return RESOURCES_DIR.joinpath(*parts)
-
-
 @lru_cache(maxsize=1)
 def plugin_metadata() -> dict[str, str]:
     """The ``[general]`` section of ``metadata.txt`` (empty when unreadable)."""

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..core.interpreter import find_interpreter
+
 #: PyTorch's CPU-only wheels: a tenth of the download of the default CUDA build,
-#: and what QGIS users without an NVIDIA GPU need.
+#: and what QGIS users without an NVIDIA GPU need. Given as an *extra* index: a
+#: replacing ``--index-url`` hides PyPI, where torch's own dependencies live.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
@@ -33,7 +36,7 @@ class Requirement:
 
 
 REQUIRED: tuple[Requirement, ...] = (
-    Requirement("torch", "torch", "runs the segmentation model", ("--index-url", TORCH_CPU_INDEX)),
+    Requirement("torch", "torch", "runs the segmentation model", ("--extra-index-url", TORCH_CPU_INDEX)),
     Requirement("numpy", "numpy", "array maths", apt_name="python3-numpy"),
     Requirement("rasterio", "rasterio", "reads the Sentinel-2 bands and writes the GeoTIFFs", apt_name="python3-rasterio"),
 )
@@ -61,21 +64,12 @@ def missing_requirements(requirements: tuple[Requirement, ...] = REQUIRED) -> li
 
 
 def python_executable() -> str:
-    """The interpreter QGIS runs plugins with (``sys.executable`` is the QGIS binary in the desktop app)."""
-    exe = Path(sys.executable)
-    if exe.name.lower().startswith("python") and exe.exists():
-        return str(exe)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    prefix = Path(sys.exec_prefix)
-    for candidate in (
-        prefix / "bin" / f"python{version}",
-        prefix / "bin" / "python3",
-        prefix / "python.exe",  # OSGeo4W / standalone Windows installer
-        prefix / "python3.exe",
-    ):
-        if candidate.exists():
-            return str(candidate)
-    return "python3"
+    """The program of the Python QGIS runs plugins with (never the PATH ``python3``; see
+    :mod:`s2seg.core.interpreter`)."""
+    try:
+        return find_interpreter()
+    except FileNotFoundError:
+        return "python3"
 
 
 def _in_virtualenv() -> bool:
@@ -107,11 +101,12 @@ def install_commands(missing: list[MissingRequirement]) -> list[str]:
             flags.append("--user")  # never needs administrator rights, never touches QGIS's own files
             if managed:
                 flags.append("--break-system-packages")  # PEP 668 refuses --user installs otherwise
-        args: list[str] = []
+        # One command per set of extra pip arguments: an index meant for torch must not apply to the others.
+        groups: dict[tuple[str, ...], list[str]] = {}
         for requirement in pip:
-            args.extend(a for a in requirement.pip_args if a not in args)
-        names = " ".join(r.pip_name for r in pip)
-        commands.append(" ".join([python, "-m", "pip", "install", *flags, names, *args]))
+            groups.setdefault(requirement.pip_args, []).append(requirement.pip_name)
+        for args, names in sorted(groups.items(), key=lambda item: len(item[0])):
+            commands.append(" ".join([python, "-m", "pip", "install", *flags, *names, *args]))
     return commands
 
 
@@ -124,8 +119,10 @@ def missing_dependencies_message(requirements: tuple[Requirement, ...] = REQUIRE
         python_executable(), ", ".join(m.requirement.pip_name for m in missing))]
     for m in missing:
         lines.append(f"  - {m.requirement.pip_name}: {m.requirement.purpose} ({m.error})")
+    lines.append("Easiest: Plugins ▸ S2Seg ▸ Install dependencies… (Processing algorithm s2seg:setup; "
+                 "qgis_process run s2seg:setup) installs them into an environment of the plugin, no terminal needed.")
     commands = install_commands(missing)
-    lines.append("Install {} with:".format("it" if len(missing) == 1 else "them"))
+    lines.append("Or install {} into QGIS's Python yourself with:".format("it" if len(missing) == 1 else "them"))
     lines.extend(f"    {command}" for command in commands)
     lines.append("then restart QGIS.")
     if os.name != "nt" and not _in_virtualenv():

@@ -9,7 +9,9 @@ configuration the project tests), because torch needs newer pure-Python
 dependencies (sympy, typing_extensions …) than a distribution may ship.
 
 Nothing happens when the setting is empty, so a plain "Install from ZIP" is
-unaffected. The folders' ``.pth`` files are deliberately not processed (one of
+unaffected. The environment made by ``s2seg:setup`` (setting ``s2seg/environment``)
+is different: it is created from QGIS's own Python with its system packages
+visible, so its folders go *after* QGIS's own (:func:`append_environment`). The folders' ``.pth`` files are deliberately not processed (one of
 setuptools' would re-route ``distutils`` for all of QGIS).
 """
 from __future__ import annotations
@@ -57,3 +59,36 @@ def add_python_paths(paths: list[str], path: list[str] | None = None) -> list[st
 def apply_configured_paths() -> list[str]:
     """Apply :data:`SETTINGS_KEY` to ``sys.path`` (idempotent); returns the folders added."""
     return add_python_paths(configured_paths())
+
+
+def environment_site_packages(env: str | Path) -> list[str]:
+    """The site-packages folders of the virtual environment ``env`` that exist (POSIX and Windows layouts)."""
+    root = Path(env).expanduser()
+    found = sorted(str(p) for p in root.glob("lib/python3*/site-packages") if p.is_dir())
+    windows = root / "Lib" / "site-packages"
+    if windows.is_dir():
+        found.append(str(windows))
+    return found
+
+
+def append_environment(env: str | Path, path: list[str] | None = None) -> list[str]:
+    """Append ``env``'s site-packages to ``path`` (``sys.path``), *after* QGIS's own entries, so QGIS's
+    numpy, GDAL and rasterio stay in charge; returns the folders added (none when already there).
+
+    Its ``.pth`` files are not processed, for the reason given in the module docstring.
+    """
+    target = sys.path if path is None else path
+    added = [folder for folder in environment_site_packages(env) if folder not in target]
+    target.extend(added)
+    return added
+
+
+def apply_configured_environment() -> list[str]:
+    """Append the environment of the settings (``s2seg:setup``'s or one the user chose); idempotent."""
+    from .settings import load
+
+    try:
+        environment = load().environment
+    except ImportError:  # not running inside QGIS
+        return []
+    return append_environment(environment) if environment else []

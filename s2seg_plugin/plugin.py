@@ -14,7 +14,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from . import ICON_PATH
-from .environment import apply_configured_paths
+from .environment import apply_configured_environment, apply_configured_paths
 from .provider import S2SegProvider
 
 MENU = "S2Seg"
@@ -25,10 +25,14 @@ class S2SegPlugin:
 
     def __init__(self, iface: Any) -> None:
         self.iface = iface  # None under qgis_process
-        # Before any algorithm imports the engine: make a configured torch environment visible.
+        # Before any algorithm imports the engine: make a configured torch environment visible —
+        # `make install`'s folders, then the plugin's environment after QGIS's own packages.
         apply_configured_paths()
+        apply_configured_environment()
         self.provider: Optional[S2SegProvider] = None
         self.action: Optional[QAction] = None
+        self.plugin_actions: list[QAction] = []
+        self.options_factory: Any = None
 
     @staticmethod
     def tr(text: str) -> str:
@@ -46,14 +50,27 @@ class S2SegPlugin:
         if self.iface is None:
             return
         self.action = QAction(QIcon(str(ICON_PATH)), self.tr("Segment Sentinel-2 tile…"), self.iface.mainWindow())
-        self.action.triggered.connect(self.open_segment_dialog)
+        self.action.triggered.connect(lambda: self.open_dialog("s2seg:segmenttile"))
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        # Plugins ▸ S2Seg: setup and diagnostics, through the Processing dialog (background task,
+        # progress, log, Cancel: the GUI never blocks).
+        for text, algorithm in ((self.tr("Install dependencies…"), "s2seg:setup"),
+                                (self.tr("Diagnostics and self-test…"), "s2seg:diagnose")):
+            action = QAction(QIcon(str(ICON_PATH)), text, self.iface.mainWindow())
+            action.triggered.connect(lambda checked=False, a=algorithm: self.open_dialog(a))
+            self.iface.addPluginToMenu(MENU, action)
+            self.plugin_actions.append(action)
+        from .options_page import S2SegOptionsFactory
 
-    def open_segment_dialog(self) -> None:
+        self.options_factory = S2SegOptionsFactory()
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
+
+    @staticmethod
+    def open_dialog(algorithm: str) -> None:
         """Open the standard Processing dialog: it runs the algorithm as a background task."""
         import processing  # the Processing plugin is loaded once QGIS's GUI is up
 
-        processing.execAlgorithmDialog("s2seg:segmenttile")
+        processing.execAlgorithmDialog(algorithm)
 
     def unload(self) -> None:
         """Undo initGui/initProcessing so the plugin can be reloaded or disabled."""
@@ -61,6 +78,13 @@ class S2SegPlugin:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.action.deleteLater()
             self.action = None
+        for action in self.plugin_actions:
+            self.iface.removePluginMenu(MENU, action)
+            action.deleteLater()
+        self.plugin_actions = []
+        if self.options_factory is not None and self.iface is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

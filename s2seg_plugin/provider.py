@@ -1,10 +1,22 @@
 """The ``s2seg`` Processing provider: algorithm ids are ``s2seg:<name>``."""
 from __future__ import annotations
 
+import importlib
+
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from . import ICON_PATH, plugin_version
+
+#: The algorithms, as (module of ``algorithms/``, class): add one line per algorithm.
+ALGORITHMS: tuple[tuple[str, str], ...] = (
+    ("segment_tile", "SegmentTileAlgorithm"),
+    ("segment_tiles", "SegmentTilesAlgorithm"),
+    ("diagnose", "DiagnoseAlgorithm"),
+    ("install_dependencies", "SetupAlgorithm"),
+    ("sample_design", "SampleDesignAlgorithm"),
+    ("assess", "AssessAlgorithm"),
+)
 
 
 class S2SegProvider(QgsProcessingProvider):
@@ -30,11 +42,6 @@ class S2SegProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         # Imported here so that loading the plugin stays cheap until Processing asks for algorithms.
-        from ..algorithms.segment_tile import SegmentTileAlgorithm
-        from ..algorithms.segment_tiles import SegmentTilesAlgorithm
-
-        self.addAlgorithm(SegmentTileAlgorithm())
-        self.addAlgorithm(SegmentTilesAlgorithm())
-        from ..algorithms import assess, sample_design
-        for algorithm in (sample_design.SampleDesignAlgorithm(), assess.AssessAlgorithm()):
-            self.addAlgorithm(algorithm)
+        package = __package__.rsplit(".", 1)[0] + ".algorithms"
+        for module, name in ALGORITHMS:
+            self.addAlgorithm(getattr(importlib.import_module(f"{package}.{module}"), name)())

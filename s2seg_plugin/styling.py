@@ -45,8 +45,10 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor
 
-#: Order of the products in the layer tree group, top first.
-PRODUCT_ORDER: tuple[str, ...] = ("class", "maxprob", "gap", "entropy", "probs")
+#: Order of the products in the layer tree group, top first. The confidence layers lie *above* the
+#: opaque class map, unchecked: ticking one shows it at once over the land cover, unticking brings the
+#: land cover back (below it, a ticked layer would stay hidden under the class map).
+PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "class")
 #: Layer-tree custom property that remembers a node's product, to keep the group ordered.
 RANK_PROPERTY = "s2seg/product"
 #: Group custom property identifying the run that created it: a second run of the same tile gets its own group.
@@ -275,12 +277,13 @@ class ProductStyler(QgsProcessingLayerPostProcessorInterface):
     or as the output of a model). Create instances with :func:`make_styler`.
     """
 
-    def __init__(self, product: str, legend: Legend, group_name: str, run_id: str = "") -> None:
+    def __init__(self, product: str, legend: Legend, group_name: str, run_id: str = "", report: str = "") -> None:
         super().__init__()
         self.product = product
         self.legend = legend
         self.group_name = group_name
         self.run_id = run_id
+        self.report = report  # the run's HTML report: its Results Viewer entry gets the tile name
 
     def postProcessLayer(  # noqa: N802 - QGIS API
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -290,6 +293,27 @@ class ProductStyler(QgsProcessingLayerPostProcessorInterface):
         project = (context.project() if context is not None else None) or QgsProject.instance()
         if self.group_name:
             move_into_group(project, layer, self.group_name, self.product, self.run_id)
+        if self.report and self.group_name:
+            title_results_entry(self.report, self.group_name)
+
+
+def title_results_entry(report: str, tile_name: str) -> bool:
+    """Add the tile name to the Results Viewer entry of ``report``.
+
+    The dialog titles every HTML output with the output's description only ("Segmentation report
+    [time]"), before the layers load; this runs after, on the main thread. False when there is no
+    such entry (qgis_process, processing.run) or it already names the tile.
+    """
+    try:
+        from processing.core.ProcessingResults import resultsList
+    except ImportError:
+        return False
+    for entry in reversed(resultsList.getResults()):
+        if entry.filename == report and tile_name not in entry.name:
+            entry.name = f"{entry.name}: {tile_name}"
+            resultsList.resultAdded.emit()  # the Results Viewer refills its list from resultsList
+            return True
+    return False
 
 
 #: Processing keeps only a raw pointer to a post-processor and the algorithm instance that
@@ -298,8 +322,8 @@ class ProductStyler(QgsProcessingLayerPostProcessorInterface):
 _KEEP_ALIVE: deque = deque(maxlen=500)
 
 
-def make_styler(product: str, legend: Legend, group_name: str, run_id: str = "") -> ProductStyler:
+def make_styler(product: str, legend: Legend, group_name: str, run_id: str = "", report: str = "") -> ProductStyler:
     """A :class:`ProductStyler` that survives until Processing calls it."""
-    styler = ProductStyler(product, legend, group_name, run_id)
+    styler = ProductStyler(product, legend, group_name, run_id, report)
     _KEEP_ALIVE.append(styler)
     return styler

@@ -15,7 +15,7 @@ from qgis.core import QgsLayerTreeGroup, QgsLayerTreeRegistryBridge, QgsProject,
 
 from s2seg.s2seg_plugin.styling import move_into_group
 
-PRODUCTS = ("class", "maxprob", "gap", "entropy")
+PRODUCTS = ("maxprob", "gap", "entropy", "class")  # top first: confidence above the class map
 
 
 def tiny_raster(path: Path) -> str:

@@ -78,9 +78,13 @@ def test_parameters(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     params = {p.name(): p for p in alg.parameterDefinitions()}
     assert list(params) == ["INPUT", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS",
-                            "RESUME", "OUTPUT_FOLDER"]
+                            "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
-    assert params["INPUT"].behavior() == QgsProcessingParameterFile.Folder
+    # The … button picks files: a .zip, or a file inside a .SAFE or a band folder (see tile_path).
+    assert params["INPUT"].behavior() == QgsProcessingParameterFile.File
+    assert "*.zip" in params["INPUT"].fileFilter() and "manifest.safe" in params["INPUT"].fileFilter()
+    for typed in ("/data/T32UNU.SAFE", "/data/IMG_DATA", "/data/S2A.zip"):
+        assert params["INPUT"].checkValueIsAcceptable(typed), typed
     model = params["MODEL"]
     assert isinstance(model, QgsProcessingParameterEnum) and model.usesStaticStrings()
     from s2seg.core.models import DEFAULT_MODEL, available_cards
@@ -105,6 +109,10 @@ def test_parameters(s2seg_provider):
         assert params[name].flags() & QgsProcessingParameterDefinition.FlagAdvanced, name
     assert isinstance(params["WRITE_PROBS"], QgsProcessingParameterBoolean)
     assert params["WRITE_PROBS"].defaultValue() is False
+    overwrite = params["OVERWRITE"]  # finished products are never replaced unless asked
+    assert isinstance(overwrite, QgsProcessingParameterBoolean) and overwrite.defaultValue() is False
+    assert overwrite.flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert not overwrite.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert isinstance(params["OUTPUT_FOLDER"], QgsProcessingParameterFolderDestination)
 
 
@@ -123,7 +131,7 @@ def test_help_explains_every_parameter_and_output(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     text = alg.shortHelpString()
     for phrase in ("Sentinel-2 tile", "Model file or folder", "Chunk size", "Batch size", "Device", "mps",
-                   "Write class probabilities", "Resume an interrupted run", "<i>auto</i>", "<i>require</i>",
+                   "Write class probabilities", "Resume an interrupted run", "Overwrite existing outputs", "<i>auto</i>", "<i>require</i>",
                    "<i>never</i>", "Output folder", "Land cover", "Max probability", "Entropy",
                    "Gap", "decision boundary", "Preview", "…_preview.png", "Report", "km²", ".qml"):
         assert phrase in text, phrase
@@ -145,13 +153,16 @@ def test_model_spec_maps_checkpoint_files_to_their_folder(tmp_path):
 # --- missing dependencies --------------------------------------------------------------------------
 def test_missing_dependency_message_names_module_and_command(monkeypatch):
     fake = dependencies.Requirement("s2seg_no_such_module", "s2seg-no-such-module", "testing",
-                                    ("--index-url", "https://example.org/simple"))
+                                    ("--extra-index-url", "https://example.org/simple"))
     message = dependencies.missing_dependencies_message((fake,))
     assert "s2seg-no-such-module" in message and "No module named" in message
     command = dependencies.install_commands(dependencies.missing_requirements((fake,)))
     assert len(command) == 1
-    assert " -m pip install " in command[0] and command[0].endswith("s2seg-no-such-module --index-url https://example.org/simple")
+    assert " -m pip install " in command[0]
+    assert command[0].endswith("s2seg-no-such-module --extra-index-url https://example.org/simple")
     assert command[0] in message
+    assert "Plugins ▸ S2Seg ▸ Install dependencies…" in message  # the way without a terminal comes first
+    assert message.index("Install dependencies") < message.index(command[0])
     assert dependencies.missing_dependencies_message((dependencies.Requirement("json", "json", "x"),)) is None
 
 
@@ -161,10 +172,29 @@ def test_missing_dependency_command_respects_managed_python(monkeypatch):
     monkeypatch.setattr(dependencies, "_externally_managed", lambda: True)
     commands = dependencies.install_commands(missing)
     assert commands[0] == "sudo apt install python3-numpy python3-rasterio"
-    assert "--user --break-system-packages torch --index-url https://download.pytorch.org/whl/cpu" in commands[1]
+    assert "--user --break-system-packages torch --extra-index-url https://download.pytorch.org/whl/cpu" in commands[1]
     monkeypatch.setattr(dependencies, "_in_virtualenv", lambda: True)
     (command,) = dependencies.install_commands(missing[:1])
-    assert "--user" not in command and command.endswith("install torch --index-url https://download.pytorch.org/whl/cpu")
+    assert "--user" not in command
+    assert command.endswith("install torch --extra-index-url https://download.pytorch.org/whl/cpu")
+
+
+def test_torch_index_never_replaces_pypi_for_other_packages(monkeypatch):
+    """Regression: with torch and rasterio missing the command was ``pip install --user torch rasterio
+    --index-url …/whl/cpu``, which hides PyPI and cannot find rasterio."""
+    missing = [dependencies.MissingRequirement(r, "ImportError") for r in dependencies.REQUIRED
+               if r.module in ("torch", "rasterio")]
+    monkeypatch.setattr(dependencies, "_externally_managed", lambda: False)
+    monkeypatch.setattr(dependencies, "python_executable", lambda: "/usr/bin/python3.11")
+    for in_venv in (False, True):
+        monkeypatch.setattr(dependencies, "_in_virtualenv", lambda: in_venv)
+        commands = dependencies.install_commands(missing)
+        assert all("--index-url" not in c.replace("--extra-index-url", "") for c in commands), commands
+        (rasterio,) = [c for c in commands if " rasterio" in c]
+        assert "download.pytorch.org" not in rasterio and " torch" not in rasterio
+        (torch,) = [c for c in commands if " torch" in c]
+        assert torch.endswith("torch --extra-index-url https://download.pytorch.org/whl/cpu")
+        assert all(c.startswith("/usr/bin/python3.11 -m pip install ") for c in commands)
 
 
 def test_all_runtime_dependencies_present_here():

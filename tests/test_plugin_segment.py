@@ -166,17 +166,26 @@ def test_results_load_styled_and_grouped_from_a_background_task(s2seg_provider, 
     assert wait_until(lambda: "ok" in done, timeout_milliseconds=120_000)
     assert done["ok"], done
     del alg, task  # as in the dialog, the algorithm clone may be gone before the layers load
+    from processing.core.ProcessingResults import resultsList
+
+    report = done["results"]["REPORT"]
+    resultsList.addResult(icon=None, name="Segmentation report", timestamp=None, result=report)  # as the dialog does
     assert handleAlgorithmResults(QgsApplication.processingRegistry().algorithmById(ALG_ID), context, feedback,
                                   False, {})
 
     root = QgsProject.instance().layerTreeRoot()
     groups = [c for c in root.children() if isinstance(c, QgsLayerTreeGroup)]
     assert [g.name() for g in groups] == [Path(done["results"]["CLASS"]).name.rsplit("_class", 1)[0]]
+    (entry,) = [e for e in resultsList.getResults() if e.filename == report]
+    assert entry.name == f"Segmentation report: {groups[0].name()}"  # the Results Viewer names the tile
     nodes = [c for c in groups[0].children() if isinstance(c, QgsLayerTreeLayer)]
-    assert [n.name() for n in nodes] == ["Land cover (builtin)", "Max probability", "Gap top-1 − top-2",
-                                         "Entropy (bits)"]
-    assert [n.itemVisibilityChecked() for n in nodes] == [True, False, False, False]
-    land_cover, maxprob, gap, entropy = (n.layer() for n in nodes)
+    # Confidence layers above the opaque class map and unchecked: ticking one shows it over the land cover.
+    assert [n.name() for n in nodes] == ["Max probability", "Gap top-1 − top-2", "Entropy (bits)",
+                                         "Land cover (builtin)"]
+    assert [n.itemVisibilityChecked() for n in nodes] == [False, False, False, True]
+    maxprob, gap, entropy, land_cover = (n.layer() for n in nodes)
+    drawn = [layer.id() for layer in root.layerOrder()]  # top first
+    assert drawn.index(land_cover.id()) > max(drawn.index(x.id()) for x in (maxprob, gap, entropy))
     assert land_cover.renderer().type() == "paletted"
     assert [c.label for c in land_cover.renderer().classes()] == [c.name for c in BIGEARTHNET19]
     for layer, maximum in ((maxprob, 1.0), (gap, 1.0), (entropy, math.log2(len(BIGEARTHNET19)))):

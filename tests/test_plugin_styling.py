@@ -91,7 +91,7 @@ def test_grouping_orders_products_and_separates_runs(tmp_path, qgis_new_project)
     groups = [c for c in results.children() if isinstance(c, QgsLayerTreeGroup)]
     assert [g.name() for g in groups] == ["T32UNU", "T32UNU"]
     first = [n.customProperty(RANK_PROPERTY) for n in groups[0].children()]
-    assert first == [p for p in PRODUCT_ORDER if p in first] == ["class", "maxprob", "gap", "entropy"]
+    assert first == [p for p in PRODUCT_ORDER if p in first] == ["maxprob", "gap", "entropy", "class"]
     assert [n.customProperty(RANK_PROPERTY) for n in groups[1].children()] == ["class"]
     assert len(project.mapLayers()) == 5  # moving nodes never drops a layer from the project
     assert not [c for c in results.children() if not isinstance(c, QgsLayerTreeGroup)]

@@ -60,7 +60,7 @@ else
     if [ -z "$ZIP" ]; then
         ZIP="$(bash "$ROOT/tools/package.sh" -q)"
     fi
-    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$ZIP" "$PLUGINS_DIR"
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$ZIP" "$PLUGINS_DIR"  # any Python
     [ -f "$TARGET/metadata.txt" ] || { echo "install_plugin.sh: $ZIP has no $PLUGIN/metadata.txt" >&2; exit 1; }
 fi
 
@@ -72,8 +72,15 @@ fi
 
 # Enable the plugin ([PythonPlugins] s2seg=true, what `qgis_process plugins enable` writes) and
 # record the extra Python path, through QSettings so the ini keeps QGIS's own format.
-SETTINGS_PY="python3"
-[ -x "$VENV_PY" ] && SETTINGS_PY="$VENV_PY"
+# A Python with Qt's bindings (QGIS's own): the first python3 on PATH may be another one (pyenv, conda).
+SETTINGS_PY=""
+for candidate in "$VENV_PY" /usr/bin/python3 "$(command -v python3 || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c 'import PyQt5.QtCore' 2>/dev/null; then
+        SETTINGS_PY="$candidate"
+        break
+    fi
+done
+[ -n "$SETTINGS_PY" ] || { echo "install_plugin.sh: no Python with PyQt5 (QGIS's Python) found" >&2; exit 1; }
 "$SETTINGS_PY" - "$INI" "$PLUGIN" "$SITE" <<'PY'
 import sys
 try:
@@ -97,7 +104,7 @@ if [ -n "$SITE" ]; then
     echo "QGIS will use torch from $SITE"
 else
     # Tell the user now, not at the first run, when QGIS's Python lacks torch.
-    python3 - "$PLUGINS_DIR" <<'PY' || true
+    "$SETTINGS_PY" - "$PLUGINS_DIR" <<'PY' || true
 import sys
 sys.path.insert(0, sys.argv[1])
 from s2seg.s2seg_plugin.dependencies import missing_dependencies_message
