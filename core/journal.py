@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import __version__
+from .atomic import write_atomic
 from .errors import OutputError
 
 FORMAT = 1
@@ -166,34 +167,25 @@ def read_journal(path: Path) -> JournalState:
 
 
 class Journal:
-    """An open journal: appends one fsync'ed line per finished chunk, holds the lock."""
+    """An open journal: appends one fsync'ed line per finished chunk. The lock beside it is not
+    the journal's: :class:`.resume.Resume` takes and releases it."""
 
-    def __init__(self, path: Path, file, lock_fd: int | None):
+    def __init__(self, path: Path, file):
         self.path = path
         self._file = file
-        self._lock_fd = lock_fd
 
     @classmethod
     def start(cls, path: Path, key: str, n_chunks: int, fields: dict[str, Any],
-              keep: Iterable[tuple[int, np.ndarray]] = (), lock_fd: int | None = None) -> "Journal":
-        """Write a fresh journal (atomically: temporary file + rename), carrying ``keep`` chunks over.
-
-        ``lock_fd`` is the lock taken with :func:`lock` before the old journal was read; the
-        journal releases it when closed."""
+              keep: Iterable[tuple[int, np.ndarray]] = ()) -> "Journal":
+        """Write a fresh journal (atomically: a new temporary file, then a rename), carrying ``keep`` chunks over."""
+        lines = [json.dumps({"s2seg_journal": FORMAT, "key": key, "n_chunks": n_chunks, "fields": fields}, default=str)]
+        lines += [_entry(i, stats) for i, stats in sorted(keep, key=lambda kv: kv[0])]
         try:
-            tmp = path.with_name(path.name + ".tmp")
-            lines = [json.dumps({"s2seg_journal": FORMAT, "key": key, "n_chunks": n_chunks, "fields": fields}, default=str)]
-            lines += [_entry(i, stats) for i, stats in sorted(keep, key=lambda kv: kv[0])]
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, "\n".join(lines) + "\n", durable=True)
             file = open(path, "a", encoding="utf-8")
         except OSError as exc:
-            unlock(lock_fd)
             raise _journal_error(path, exc) from None
-        return cls(path, file, lock_fd)
+        return cls(path, file)
 
     def record(self, chunks: Iterable[tuple[int, np.ndarray]]) -> None:
         """Append ``(index, statistics)`` of chunks whose products are already flushed, durably."""
@@ -205,21 +197,15 @@ class Journal:
             raise _journal_error(self.path, exc) from None
 
     def close(self) -> None:
+        """Close and keep the journal (a resumable stop)."""
         try:
             self._file.close()
         except OSError:
             pass
-        unlock(self._lock_fd)
-        self._lock_fd = None
 
     def delete(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
+        self.close()
         self.path.unlink(missing_ok=True)
-        release(self.path, self._lock_fd)
-        self._lock_fd = None
 
 
 def _journal_error(path: Path, exc: OSError) -> OutputError:
