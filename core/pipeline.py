@@ -207,12 +207,13 @@ def _asynchronous(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def _surface(stage: str, error: BaseException) -> S2SegError:
-    if isinstance(error, S2SegError):
-        return error
-    wrapped = S2SegError(f"{stage} thread failed: {type(error).__name__}: {error}")
-    wrapped.__cause__ = error
-    return wrapped
+def _surface(stage: str, error: BaseException) -> BaseException:
+    """A stage's error, to raise in the caller: a user error as is; anything else (a bug, an OSError
+    GDAL did not report) is the original exception object, so its traceback still points at the
+    failing line, with a note naming the thread."""
+    if not isinstance(error, S2SegError):
+        error.add_note(f"raised in the s2seg {stage} thread")
+    return error
 
 
 def _os_output_error(path: Path, exc: OSError) -> OutputError:
