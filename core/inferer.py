@@ -4,7 +4,8 @@ Nodata-only patches are never sent to the model. On an out-of-memory error the b
 is halved and the same patches retried (kept for the rest of the run). On an
 asynchronous device (any accelerator) nothing between two batches reads a result
 back: the outputs' checks are folded into a device-side flag that the writer reads
-once per chunk (:meth:`Inferred.raise_if_bad`).
+once per chunk (:meth:`Inferred.raise_if_bad`): NaN/Inf, and values outside [0, 1]
+(a model that outputs logits while its card declares probabilities).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .errors import ModelError, S2SegError
 from .feed import Normaliser, PatchFeed, patches_with_data
 from .grid import Chunk
 from .merger import ChunkProbabilities, merger_for
-from .models.base import SegmentationModel, check_output, check_shape, error_summary, non_finite, non_finite_error
+from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
 from .models.card import ModelCard
 from .reader import ChunkPixels
 
@@ -34,19 +35,20 @@ class Inferred:
     """One chunk's merged model outputs, as the inferer hands them to the writer."""
 
     probabilities: ChunkProbabilities
-    #: asynchronous devices: 0-dim bool, did any batch hold NaN or Inf (read by the writer); None: checked per batch
-    non_finite: torch.Tensor | None
+    #: asynchronous devices: ``[min, max]`` over every batch's outputs, on the device (read by the writer,
+    #: once per chunk: NaN/Inf or no probabilities stop the run); None: each batch was checked on the host
+    extremes: torch.Tensor | None
     #: CUDA: recorded after the chunk's last kernel
     ready: Any = None
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        flags = (self.non_finite,) if self.non_finite is not None else ()
+        flags = (self.extremes,) if self.extremes is not None else ()
         return (*self.probabilities.tensors(), *flags)
 
     def raise_if_bad(self, card: ModelCard) -> None:
-        """Read the device-side flag (waits for the chunk's kernels): ModelError when a batch was bad."""
-        if self.non_finite is not None and bool(self.non_finite):
-            raise non_finite_error(card)
+        """Read the device-side extremes (waits for the chunk's kernels): ModelError when a batch was bad."""
+        if self.extremes is not None:
+            check_extremes(card, self.extremes)
 
 
 class ChunkInferer:
@@ -81,7 +83,7 @@ class ChunkInferer:
             return None
         device = self.model.device
         feed = PatchFeed(pixels.data, todo, p, s, self.normaliser, device, resident=self.asynchronous)
-        bad = torch.zeros((), dtype=torch.bool, device=device) if self.asynchronous else None
+        span = torch.tensor([math.inf, -math.inf], device=device) if self.asynchronous else None
         merger = merger_for(chunk, self.card, device, self.write_probs)
         start, b = 0, 0  # first patch of the next batch, batches done
         while start < feed.count:
@@ -90,11 +92,12 @@ class ChunkInferer:
             out = self._predict(chunk, feed, start, stop)
             if out is None:  # out of memory: the same patches again, in a batch half as large
                 continue
-            if bad is None:
+            if span is None:
                 out = check_output(out, self.card, stop - start)
             else:
                 check_shape(out, self.card, stop - start)
-                bad |= non_finite(out)
+                pair = extremes(out)  # NaN propagates through minimum/maximum
+                span = torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
                 out = out.float()
             ky, kx = feed.indices(start, stop)
             merger.add(ky, kx, out)
@@ -105,7 +108,7 @@ class ChunkInferer:
         if self.record_ready:
             ready = torch.cuda.Event()
             ready.record()
-        return Inferred(merger.result(), bad, ready)
+        return Inferred(merger.result(), span, ready)
 
     def _predict(self, chunk: Chunk, feed: PatchFeed, start: int, stop: int) -> torch.Tensor | None:
         """The model's output for patches ``start:stop`` of ``feed``, or None after halving

@@ -1,4 +1,5 @@
 """End-to-end runs of the engine on small real-format tiles (GeoTIFF/JP2 bands, SAFE metadata)."""
+import dataclasses
 import json
 import threading
 
@@ -238,3 +239,24 @@ def test_chunk_size_not_on_the_grid_is_refused_before_any_output(tile, tmp_path)
     with pytest.raises(ConfigError, match="chunk size 100 must be a positive multiple of 60"):
         segment(tile, tmp_path / "out", config=EngineConfig(chunk_size=100))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["checked-per-batch", "checked-by-the-writer"])
+def test_logits_from_a_model_declaring_probabilities_are_refused(tile, tmp_path, monkeypatch, asynchronous):
+    """A card with activation 'none' promises probabilities: logits must stop the run, naming the fix."""
+    monkeypatch.setattr(pipeline, "_asynchronous", lambda device: asynchronous)
+    model = SpectralPatchModel()
+    model.card = dataclasses.replace(model.card, activation="none")
+    model.predict = lambda batch: batch.mean(dim=(2, 3)) @ model.weights  # raw scores, far outside [0, 1]
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match=r"model 'patch-test' declares activation 'none' \(its outputs are probabilities\) "
+                                         r"but produced values outside \[0, 1\] \(min -?[\d.e+-]+, max [\d.e+-]+\): "
+                                         r"set activation to 'softmax' or 'sigmoid' in its card"):
+        segment(tile, out, model=model, config=EngineConfig(chunk_size=120))
+    assert not [p for p in out.iterdir() if p.suffix in (".tif", ".png", ".json")]
+
+
+def test_probabilities_of_a_model_without_activation_pass_the_range_check(tile, tmp_path):
+    model = SpectralPatchModel()
+    model.card = dataclasses.replace(model.card, activation="none")  # its predict already applies a softmax
+    assert segment(tile, tmp_path / "out", model=model, config=EngineConfig(chunk_size=120)).valid_pixels > 0
