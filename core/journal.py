@@ -46,9 +46,17 @@ def journal_path(output_dir: Path, tile_name: str) -> Path:
 
 # ------------------------------------------------------------------ what the key is made of
 def file_signature(path: str | Path, container: Path | None = None) -> list[Any]:
-    """``[path, size, mtime_ns]`` of a file; a ``/vsizip/`` member is represented by its archive."""
+    """``[resolved path, size, mtime_ns]`` of a file; a ``/vsizip/`` member is represented by its archive.
+
+    The path is resolved (absolute, links followed) so that the same tile typed as a relative path,
+    an absolute one or through a link gives the same key."""
     text = str(path)
-    target = Path(container) if text.startswith("/vsi") and container is not None else Path(text)
+    if text.startswith("/vsi") and container is not None:
+        target = Path(container)
+        text = text.replace(str(container), os.path.realpath(container), 1)
+    else:
+        target = Path(text)
+        text = os.path.realpath(text)
     try:
         st = target.stat()
     except OSError:
@@ -83,9 +91,17 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
             "bands": {b: file_signature(bandset.files[b].path, bandset.source) for b in card.bands},
             "offsets": {b: bandset.offset(b) for b in card.bands},
         },
-        "model": {"card": card.to_dict(), "weights": weights_signature(card.path)},
+        "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
         "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
     }
+
+
+def _resolved_card(card) -> dict[str, Any]:
+    """The card as plain values, its model path resolved (see :func:`file_signature`)."""
+    values = card.to_dict()
+    if values.get("path"):
+        values["path"] = os.path.realpath(values["path"])
+    return values
 
 
 def digest(fields: dict[str, Any]) -> str:
@@ -94,7 +110,8 @@ def digest(fields: dict[str, Any]) -> str:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "", limit: int = 4) -> list[str]:
-    """Human-readable ``where: old → new`` lines for the first few differing leaves."""
+    """Human-readable ``where: old → new`` lines for the first few differing leaves, each value in full
+    (two paths often differ only at their end)."""
     out: list[str] = []
 
     def walk(a: Any, b: Any, where: str) -> None:
@@ -104,7 +121,7 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "", limi
             for key in sorted(set(a) | set(b), key=str):
                 walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
         elif _plain(a) != _plain(b):
-            out.append(f"{where}: {_short(a)} → {_short(b)}")
+            out.append(f"{where}: {_text(a)} → {_text(b)}")
 
     walk(old, new, prefix)
     return out
@@ -114,9 +131,8 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "…"
+def _text(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 # ------------------------------------------------------------------ the journal file

@@ -378,3 +378,31 @@ def test_a_second_run_on_the_same_tile_and_folder_is_refused_while_one_runs(tile
     finally:
         unlock(fd)
     segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK))
+
+
+def test_resume_does_not_depend_on_how_the_tile_path_is_spelled(tile, reference, tmp_path, monkeypatch):
+    """Interrupted with the tile given relative to the working folder, resumed with its absolute path."""
+    _, expected = reference
+    out = tmp_path / "out"
+    config = EngineConfig(chunk_size=CHUNK, batch_size=16, write_probs=True)
+    monkeypatch.chdir(tile.parent)
+    with pytest.raises(ModelError, match="are saved in"):
+        segment(Path(tile.name), out, model=PatchModel(fail_on_call=22), config=config)
+    journaled = journal_chunks(out)
+    assert journaled >= 2
+    monkeypatch.chdir(tmp_path)
+    result = segment(tile.resolve(), out, model=PatchModel(), config=EngineConfig(**{**config.__dict__, "resume": "require"}))
+    assert result.resumed_chunks == journaled
+    assert_same_products(read_all(result.products), expected)
+
+
+def test_a_mismatch_message_shows_the_differing_values_in_full(tile):
+    card = PatchModel().card
+    base = dict(chunk_size=CHUNK, write_probs=True, compress="ZSTD", block=CHUNK)
+    fields = run_fields(discover(tile), card, **base)
+    moved = json.loads(json.dumps(fields))
+    long_name = "a-folder-name-long-enough-to-push-the-difference-past-sixty-characters"
+    old_path = moved["tile"]["bands"]["B04"][0]
+    moved["tile"]["bands"]["B04"][0] = str(Path("/elsewhere", long_name, Path(old_path).name))
+    (line,) = differences(fields, moved)
+    assert line == f"tile.bands.B04: {json.dumps(fields['tile']['bands']['B04'])} → {json.dumps(moved['tile']['bands']['B04'])}"
