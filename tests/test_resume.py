@@ -406,3 +406,101 @@ def test_a_mismatch_message_shows_the_differing_values_in_full(tile):
     moved["tile"]["bands"]["B04"][0] = str(Path("/elsewhere", long_name, Path(old_path).name))
     (line,) = differences(fields, moved)
     assert line == f"tile.bands.B04: {json.dumps(fields['tile']['bands']['B04'])} → {json.dumps(moved['tile']['bands']['B04'])}"
+
+
+# ------------------------------------------------------------------ after the last chunk: the finishing steps
+def finish_then_compare(tile, out, expected, n_chunks=9):
+    """A re-run that only finishes: reads and computes nothing, gives the uninterrupted products."""
+    model = PatchModel()
+    result = segment(tile, out, model=model, config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    assert model.calls == 0 and result.resumed_chunks == n_chunks
+    assert_same_products(read_all(result.products), expected)
+    assert result.report.is_file() and result.preview.is_file()
+    assert not journal_path(out, TILE_NAME).exists() and partial_state(out)[0] == []
+    return result
+
+
+def test_disk_full_while_building_overviews_keeps_every_chunk(tile, reference, tmp_path, monkeypatch):
+    from s2seg.core.writer import ProductWriter, _output_error
+
+    out = tmp_path / "out"
+    finish = ProductWriter._finish
+
+    def full(self, key, *args):
+        if key == "entropy":
+            raise _output_error(self._partial(key), OSError(28, "No space left on device"))
+        return finish(self, key, *args)
+
+    monkeypatch.setattr(ProductWriter, "_finish", full)
+    with pytest.raises(OutputError, match=r"disk full while writing .*_entropy\.tif\.part.*; 9 of 9 chunk\(s\) are saved in "
+                                          r".*run again with the same settings to resume"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    parts, finished = partial_state(out)
+    assert finished == [] and len([p for p in parts if p.endswith(".tif.part")]) == 5
+    assert journal_chunks(out) == 9
+    monkeypatch.setattr(ProductWriter, "_finish", finish)
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_a_crash_between_the_renames_is_finished_by_the_next_run(tile, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    replace = os.replace
+    renamed = []
+
+    def crash_on_the_third_product(src, dst):
+        if str(src).endswith(".tif.part"):
+            if len(renamed) == 2:
+                raise OSError(5, "simulated crash while renaming")
+            renamed.append(src)
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_third_product)
+    with pytest.raises(OSError, match="simulated crash while renaming"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    monkeypatch.setattr(os, "replace", replace)
+    parts, finished = partial_state(out)
+    assert len(finished) == 2 and len([p for p in parts if p.endswith(".tif.part")]) == 3  # half renamed
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_a_failure_before_the_report_is_finished_by_the_next_run(tile, reference, tmp_path, monkeypatch):
+    from s2seg.core.preview import PreviewBuilder
+
+    out = tmp_path / "out"
+    save = PreviewBuilder.save
+    monkeypatch.setattr(PreviewBuilder, "save", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OutputError, match=r"disk full while writing .*_preview\.png.*9 of 9 chunk\(s\) are saved in"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    monkeypatch.setattr(PreviewBuilder, "save", save)
+    assert journal_chunks(out) == 9 and not (out / f"{TILE_NAME}_report.json").exists()
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_cancel_while_building_overviews_stops_and_stays_resumable(tmp_path, monkeypatch):
+    """A tile large enough for overview levels: the cancel is seen between two strips of one product."""
+    from s2seg.core import writer as writer_module
+
+    tile = write_sample_tile(tmp_path / "tile", size=528, seed=5)
+    config = EngineConfig(chunk_size=240, write_probs=False)
+    expected = read_all(segment(tile, tmp_path / "reference", model=PatchModel(), config=config).products)
+    cancel = threading.Event()
+    push = writer_module._OverviewPyramid.push
+    pushed = []
+
+    def push_then_cancel(self, rows, level=0, last=False):
+        pushed.append(level)
+        cancel.set()  # as the CLI's Ctrl-C handler does
+        return push(self, rows, level, last)
+
+    monkeypatch.setattr(writer_module._OverviewPyramid, "push", push_then_cancel)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled, match=r"cancelled while finishing the outputs; 9 of 9 chunk\(s\) are saved in"):
+        segment(tile, out, model=PatchModel(), config=config, cancel=cancel)
+    assert pushed.count(0) == 1  # stopped at the next strip, not after every product's overviews
+    parts, finished = partial_state(out)
+    assert finished == [] and len(parts) == 4 and journal_chunks(out) == 9
+    monkeypatch.setattr(writer_module._OverviewPyramid, "push", push)
+    model = PatchModel()
+    result = segment(tile, out, model=model, config=config)
+    assert model.calls == 0 and result.resumed_chunks == 9
+    assert_same_products(read_all(result.products), expected)
