@@ -497,6 +497,12 @@ def _output_error(path: Path, exc: Exception | str) -> OutputError:
 
 def check_output_folder(output_dir: Path) -> None:
     """Refuse before any work a folder we cannot write to; create it when missing."""
+    try:
+        str(output_dir).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes): GDAL takes UTF-8 names only
+        shown = os.fsencode(output_dir).decode("utf-8", "backslashreplace")
+        raise OutputError(f"output folder {shown}: its name is not valid UTF-8, which GDAL needs for file names; "
+                          f"choose a folder whose name is") from None
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"output folder {output_dir} is a file")
     try:

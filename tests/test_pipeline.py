@@ -1,6 +1,7 @@
 """End-to-end runs of the engine on small real-format tiles (GeoTIFF/JP2 bands, SAFE metadata)."""
 import dataclasses
 import json
+import os
 import threading
 
 import numpy as np
@@ -17,6 +18,7 @@ from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from s2seg.core import pipeline
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
+from s2seg.core.sentinel2 import discover
 
 FLOATS = ("maxprob", "entropy", "gap")
 
@@ -260,3 +262,26 @@ def test_probabilities_of_a_model_without_activation_pass_the_range_check(tile, 
     model = SpectralPatchModel()
     model.card = dataclasses.replace(model.card, activation="none")  # its predict already applies a softmax
     assert segment(tile, tmp_path / "out", model=model, config=EngineConfig(chunk_size=120)).valid_pixels > 0
+
+
+def test_an_output_folder_name_that_is_not_utf8_is_refused_before_anything_is_written(tile, tmp_path):
+    out = tmp_path / os.fsdecode(b"out-\xff")
+    with pytest.raises(OutputError, match=r"output folder .*out-\\xff: its name is not valid UTF-8") as info:
+        segment(tile, out, model=SpectralPatchModel())
+    str(info.value).encode("utf-8")  # printable as is
+    assert os.listdir(tmp_path) == []  # no folder left behind
+
+
+@pytest.mark.parametrize("name", [".s2seg-write-test-{pid}", "{tile}_report.json.part", "{tile}.s2seg-journal.tmp",
+                                  "{tile}_class.tif.part", "{tile}_preview.png.part"])
+def test_links_planted_in_the_output_folder_are_never_written_through(tile, tmp_path, name):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    tile_name = discover(tile).name
+    link = out / name.format(pid=os.getpid(), tile=tile_name)
+    link.symlink_to(victim)
+    result = segment(tile, out, model=SpectralPatchModel(), config=EngineConfig(chunk_size=120))
+    assert victim.read_text() == "precious"
+    assert json.loads(result.report.read_text())["n_chunks"] == result.n_chunks
