@@ -205,6 +205,8 @@ class Resume:
                 self.writer.close()  # errors here concern chunks that are not journaled
             self.journal.close()
             self._unlock(remove=False)
+            if not self.path.exists():  # say only what is true now
+                return "; partial outputs were removed"
             return (f"; {self.journaled} of {len(self.grid.chunks)} chunk(s) are saved in {self.output_dir} "
                     f"(*{PARTIAL_SUFFIX}, {self.path.name}): run again with the same settings to resume")
         if self.writer is not None:

@@ -504,3 +504,45 @@ def test_cancel_while_building_overviews_stops_and_stays_resumable(tmp_path, mon
     result = segment(tile, out, model=model, config=config)
     assert model.calls == 0 and result.resumed_chunks == 9
     assert_same_products(read_all(result.products), expected)
+
+
+def test_the_lock_is_closed_once_when_the_journal_cannot_be_written(tile, tmp_path, monkeypatch):
+    """A second close of a reused descriptor number could close another thread's file."""
+    import fcntl
+
+    out = tmp_path / "out"
+    locked, closed = [], []
+    flock, close, replace = fcntl.flock, os.close, os.replace
+
+    def record_lock(fd, operation):
+        locked.append(fd)
+        return flock(fd, operation)
+
+    def record_close(fd):
+        if locked:  # after the lock was taken (its number may have served a temporary file before)
+            closed.append(fd)
+        return close(fd)
+
+    def no_space_for_the_journal(src, dst):
+        if str(dst).endswith(SUFFIX):
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(fcntl, "flock", record_lock)
+    monkeypatch.setattr(os, "close", record_close)
+    monkeypatch.setattr(os, "replace", no_space_for_the_journal)
+    with pytest.raises(OutputError, match="disk full while writing .*s2seg-journal"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK))
+    monkeypatch.undo()
+    assert len(locked) == 1
+    assert closed.count(locked[0]) == 1
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing journaled: nothing kept, lock file removed
+
+
+def test_what_was_kept_is_said_once_in_the_error_not_also_in_the_log(tile, tmp_path):
+    messages = []
+    with pytest.raises(ModelError, match=r"are saved in") as info:
+        segment(tile, tmp_path / "out", model=PatchModel(fail_on_call=22), log=messages.append,
+                config=EngineConfig(chunk_size=CHUNK, batch_size=16))
+    assert str(info.value).count("are saved in") == 1
+    assert not [m for m in messages if "saved in" in m or "partial outputs" in m]
