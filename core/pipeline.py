@@ -329,6 +329,8 @@ class ChunkStages:
         self.runner.put(out_q, END)
 
     def _batch_done(self, chunk: Chunk, done: int, count: int, batches: int, expected: int) -> None:
+        if self._progress is None or chunk.index not in self._position:  # e.g. infer() called alone
+            return
         n_chunks = len(self.grid.chunks)
         self.report((self._position[chunk.index] + done / count * 0.9) / n_chunks * 0.95,
                     f"chunk {chunk.index + 1}/{n_chunks}: batch {batches}/{expected}")

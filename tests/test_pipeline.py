@@ -285,3 +285,36 @@ def test_links_planted_in_the_output_folder_are_never_written_through(tile, tmp_
     result = segment(tile, out, model=SpectralPatchModel(), config=EngineConfig(chunk_size=120))
     assert victim.read_text() == "precious"
     assert json.loads(result.report.read_text())["n_chunks"] == result.n_chunks
+
+
+def test_the_stages_run_over_any_writer_and_the_inferer_runs_alone(tile):
+    """The public pieces the benchmark harness drives: ChunkStages.infer and ChunkStages.run over a writer."""
+    from s2seg.core.reader import ChunkReader
+
+    bandset, model = discover(tile), SpectralPatchModel()
+    grid = pipeline.plan(bandset.height, bandset.width, model.card.patch_size, 120, model.card.pixel_factor)
+    stages = pipeline.ChunkStages(bandset, model, grid, EngineConfig(chunk_size=120), 16, threading.Event())
+    chunk = grid.chunks[4]
+    with ChunkReader(bandset, model.card.bands, model.card.name) as reader:
+        inferred = stages.infer(chunk, reader.read(chunk.input_rows, chunk.input_cols))
+    probs, conf = inferred.probabilities.strip((chunk.row0, chunk.row1), torch.ones((chunk.height, chunk.width), dtype=torch.bool))
+    assert probs is None and conf.classes.shape == (chunk.height, chunk.width)
+
+    class Discarding:
+        def __init__(self):
+            self.windows = []
+
+        def write(self, key, array, row0, col0):
+            self.windows.append((key, row0, col0))
+
+        def flush(self, windows=(), sync=True):
+            pass
+
+        def sync(self):
+            pass
+
+    recorded = []
+    writer = Discarding()
+    stages.run(writer, recorded.extend)
+    assert sorted(index for index, _ in recorded) == list(range(len(grid.chunks)))
+    assert {(row0, col0) for key, row0, col0 in writer.windows if key == "class"} >= {(c.row0, c.col0) for c in grid.chunks}
