@@ -109,7 +109,7 @@ class Resume:
         """Refuse finished products of another run. The products of the run being resumed are not in
         the way: a run that finished every chunk may have renamed some before it stopped."""
         existing = [p for p in paths if p.exists()]
-        if existing and not overwrite and not self.done:
+        if existing and not overwrite and not (self.done and self.complete):
             raise OutputsExist(f"outputs already exist ({', '.join(p.name for p in existing)}) in {self.output_dir}")
 
     # --- the products and the journal ----------------------------------------------------
