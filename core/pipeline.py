@@ -1,21 +1,29 @@
-"""The streaming engine: reader → inference → blend/write threads joined by bounded queues.
+"""The streaming engine: reader → inference → write → journal threads joined by bounded queues.
+
+Who does what: :mod:`.stages` runs threads, queues, cancel and errors; :mod:`.inferer` turns a
+chunk's pixels into merged model outputs (:mod:`.merger`, one merger per output kind);
+:mod:`.chunkwriter` writes a chunk's strips into the products (:mod:`.writer`); :mod:`.resume`
+owns the lock, the journal and the keep-or-delete decision; :mod:`.report` sums up. This module
+plans the run (:func:`segment`) and wires the stages (:class:`ChunkStages`).
 
 Memory stays O(chunk): every queue holds at most ``config.queue_size`` chunks.
-Any thread's exception stops the others and is raised in the caller with its
-context; the cancel event is checked at least once per batch; progress goes to
-a plain ``(fraction, message)`` callback that the CLI and QGIS forward.
+Any thread's exception stops the others and is raised in the caller; the cancel
+event is checked at least once per batch and between the finishing steps; progress
+goes to a plain ``(fraction, message)`` callback that the CLI and QGIS forward.
 
 Resume (DESIGN §7): after each chunk (see :func:`.grid.journal_points`) the writer
 flushes the ``.part`` products to the OS, and a fourth thread makes them durable
 (``fsync``) and then appends the chunk to a journal (:mod:`.journal`): the disk
 writes overlap the next chunk's work instead of stalling the writer. A run that is
 cancelled, killed, or stopped by an error once at least one chunk is journaled
-leaves the ``.part`` files and the journal; the next run with the same tile,
-model and pixel-changing settings (``EngineConfig.resume``, default ``auto``)
-reopens them and reads, computes and writes only the remaining chunks. Journaled
-chunks are never touched again, so whatever stopped the run — a model error, a
-corrupt band, a full disk — cannot spoil them; that is why the partial state is
-kept after errors too (``--no-resume`` discards it).
+leaves the ``.part`` files and the journal — also when it stops after the last
+chunk, while building overviews, renaming or writing the preview and report; the
+next run with the same tile, model and pixel-changing settings (``EngineConfig.resume``,
+default ``auto``) reopens them and reads, computes and writes only the remaining
+chunks, or only finishes. Journaled chunks are never touched again, so whatever
+stopped the run — a model error, a corrupt band, a full disk — cannot spoil them;
+that is why the partial state is kept after errors too (resume mode ``never``
+discards it).
 """
 from __future__ import annotations
 
@@ -44,7 +52,7 @@ from .reader import ChunkReader, input_cache_bytes
 from .report import ClassStat, SegmentResult, class_stats, report_name, sum_chunk_stats, write_report
 from .resume import Resume
 from .sentinel2 import BandSet, discover
-from .stages import END, StageRunner, Stopped
+from .stages import END, StageRunner
 from .writer import FLOAT_PRODUCTS, ProductWriter, check_output_folder, product_paths
 
 __all__ = ["segment", "SegmentResult", "ClassStat", "ChunkStages", "auto_chunk_size", "STRIP_ROWS", "Normaliser",
@@ -126,36 +134,45 @@ def segment(
             log(f"finished with a batch of {stages.inferer.batch_size} patches (started with {batch_size}): "
                 f"the device ran out of memory")
 
-        # Finishing: every chunk is journaled, so whatever stops the run from here on leaves it resumable.
-        def check() -> None:
-            if cancel.is_set():
-                raise Cancelled("cancelled while finishing the outputs")
-
-        stages.report(0.97, "building overviews")
-        products = writer.commit(check)
-        stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
-        pixel_area = abs(bandset.transform.a * bandset.transform.e)
-        per_class = class_stats(card, stats, pixel_area)
-        check()
-        try:
-            stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class])
-        except OSError as exc:
-            raise _os_output_error(preview_path, exc) from None
-        seconds = time.perf_counter() - started
-        result = SegmentResult(
-            tile_name=bandset.name, output_dir=output_dir, products=products, preview=preview_path, report=report_path,
-            device=str(device), model_name=card.name, card=card, chunk_size=grid.chunk_size, n_chunks=len(grid.chunks),
-            seconds=seconds, timings={**stages.busy, "total": seconds}, valid_pixels=int(stats["count"].sum()),
-            pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=len(resume.done),
-            batch_size_final=stages.inferer.batch_size,
-        )
-        check()
-        try:
-            write_report(result, bandset, config, batch_size)
-        except OSError as exc:
-            raise _os_output_error(report_path, exc) from None
+        result = _finish(stages, writer, cancel, bandset, card, config, batch_size, device, started,
+                         preview_path, report_path, resumed=len(resume.done))
         resume.finish()  # last: until the report is written a re-run finishes the outputs
     stages.report(1.0, "done")
+    return result
+
+
+def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Event, bandset: BandSet, card: ModelCard,
+            config: EngineConfig, batch_size: int, device: torch.device, started: float, preview_path: Path,
+            report_path: Path, resumed: int) -> SegmentResult:
+    """The finishing steps once every chunk is journaled: overviews and renames, preview, report.
+    Whatever stops them (an error, a cancel, checked between steps) leaves the run resumable."""
+    def check() -> None:
+        if cancel.is_set():
+            raise Cancelled("cancelled while finishing the outputs")
+
+    stages.report(0.97, "building overviews")
+    products = writer.commit(check)
+    stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
+    pixel_area = abs(bandset.transform.a * bandset.transform.e)
+    per_class = class_stats(card, stats, pixel_area)
+    check()
+    try:
+        stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class])
+    except OSError as exc:
+        raise _os_output_error(preview_path, exc) from None
+    seconds = time.perf_counter() - started
+    result = SegmentResult(
+        tile_name=bandset.name, output_dir=preview_path.parent, products=products, preview=preview_path,
+        report=report_path, device=str(device), model_name=card.name, card=card, chunk_size=stages.grid.chunk_size,
+        n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, "total": seconds},
+        valid_pixels=int(stats["count"].sum()), pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=resumed,
+        batch_size_final=stages.inferer.batch_size,
+    )
+    check()
+    try:
+        write_report(result, bandset, config, batch_size)
+    except OSError as exc:
+        raise _os_output_error(report_path, exc) from None
     return result
 
 

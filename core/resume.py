@@ -26,7 +26,7 @@ from .errors import OutputError, OutputsExist, ResumeImpossible, S2SegError
 from .grid import GridPlan, block_size, journal_points
 from .journal import Journal, JournalMismatch, differences, digest, journal_path, lock, read_journal, release, unlock
 from .models.card import ModelCard
-from .writer import PARTIAL_SUFFIX, ProductWriter, partial_path
+from .writer import PARTIAL_SUFFIX, ProductWriter, partial_path, product_paths, release_frames
 
 LogCallback = Callable[[str], None]
 
@@ -149,8 +149,6 @@ class Resume:
                     os.replace(final, partial)
 
     def _product_paths(self) -> list[Path]:
-        from .writer import product_paths
-
         settings = self.fields["settings"]
         return list(product_paths(self.output_dir, self.fields["tile"]["name"], settings["write_probs"]).values())
 
@@ -176,8 +174,6 @@ class Resume:
             if self._locked:  # finish() not called: an early return, nothing is running
                 self._unlock(remove=not self.path.exists())
             return False
-        from .writer import release_frames
-
         release_frames(error)  # a stage's frames may still reference an open dataset
         note = self._stop()
         if isinstance(error, S2SegError):
