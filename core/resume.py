@@ -10,9 +10,8 @@ deletes journal and lock once the run's last file (the report) is written.
 On any exception the exit decides, in one place: when at least one chunk is journaled the
 ``.part`` products and the journal stay (a re-run resumes; after the last chunk it only
 finishes: overviews, renames, preview, report), else everything the run wrote is removed.
-The exception says which, once: an
-:class:`.errors.S2SegError` gets it appended to its message, any other exception (a
-programming error) is re-raised as itself with the note added (``add_note``).
+The exception says which, once: an :class:`.errors.S2SegError` gets it appended to its
+message; any other exception (a bug) is re-raised as itself with it as a note (``add_note``).
 """
 from __future__ import annotations
 
