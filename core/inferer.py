@@ -83,7 +83,7 @@ class ChunkInferer:
             return None
         device = self.model.device
         feed = PatchFeed(pixels.data, todo, p, s, self.normaliser, device, resident=self.asynchronous)
-        span = torch.tensor([math.inf, -math.inf], device=device) if self.asynchronous else None
+        span = None  # asynchronous: the running [min, max] of the outputs, on the device (no host copy, no sync)
         merger = merger_for(chunk, self.card, device, self.write_probs)
         start, b = 0, 0  # first patch of the next batch, batches done
         while start < feed.count:
@@ -92,12 +92,12 @@ class ChunkInferer:
             out = self._predict(chunk, feed, start, stop)
             if out is None:  # out of memory: the same patches again, in a batch half as large
                 continue
-            if span is None:
+            if not self.asynchronous:
                 out = check_output(out, self.card, stop - start)
             else:
                 check_shape(out, self.card, stop - start)
                 pair = extremes(out)  # NaN propagates through minimum/maximum
-                span = torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
+                span = pair if span is None else torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
                 out = out.float()
             ky, kx = feed.indices(start, stop)
             merger.add(ky, kx, out)
