@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import __version__
+from .atomic import write_atomic
 from .errors import OutputError
 
 FORMAT = 1
@@ -45,9 +46,17 @@ def journal_path(output_dir: Path, tile_name: str) -> Path:
 
 # ------------------------------------------------------------------ what the key is made of
 def file_signature(path: str | Path, container: Path | None = None) -> list[Any]:
-    """``[path, size, mtime_ns]`` of a file; a ``/vsizip/`` member is represented by its archive."""
+    """``[resolved path, size, mtime_ns]`` of a file; a ``/vsizip/`` member is represented by its archive.
+
+    The path is resolved (absolute, links followed) so that the same tile typed as a relative path,
+    an absolute one or through a link gives the same key."""
     text = str(path)
-    target = Path(container) if text.startswith("/vsi") and container is not None else Path(text)
+    if text.startswith("/vsi") and container is not None:
+        target = Path(container)
+        text = text.replace(str(container), os.path.realpath(container), 1)
+    else:
+        target = Path(text)
+        text = os.path.realpath(text)
     try:
         st = target.stat()
     except OSError:
@@ -82,9 +91,17 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
             "bands": {b: file_signature(bandset.files[b].path, bandset.source) for b in card.bands},
             "offsets": {b: bandset.offset(b) for b in card.bands},
         },
-        "model": {"card": card.to_dict(), "weights": weights_signature(card.path)},
+        "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
         "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
     }
+
+
+def _resolved_card(card) -> dict[str, Any]:
+    """The card as plain values, its model path resolved (see :func:`file_signature`)."""
+    values = card.to_dict()
+    if values.get("path"):
+        values["path"] = os.path.realpath(values["path"])
+    return values
 
 
 def digest(fields: dict[str, Any]) -> str:
@@ -93,7 +110,8 @@ def digest(fields: dict[str, Any]) -> str:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "", limit: int = 4) -> list[str]:
-    """Human-readable ``where: old → new`` lines for the first few differing leaves."""
+    """Human-readable ``where: old → new`` lines for the first few differing leaves, each value in full
+    (two paths often differ only at their end)."""
     out: list[str] = []
 
     def walk(a: Any, b: Any, where: str) -> None:
@@ -103,7 +121,7 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "", limi
             for key in sorted(set(a) | set(b), key=str):
                 walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
         elif _plain(a) != _plain(b):
-            out.append(f"{where}: {_short(a)} → {_short(b)}")
+            out.append(f"{where}: {_text(a)} → {_text(b)}")
 
     walk(old, new, prefix)
     return out
@@ -113,9 +131,8 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "…"
+def _text(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 # ------------------------------------------------------------------ the journal file
@@ -166,34 +183,25 @@ def read_journal(path: Path) -> JournalState:
 
 
 class Journal:
-    """An open journal: appends one fsync'ed line per finished chunk, holds the lock."""
+    """An open journal: appends one fsync'ed line per finished chunk. The lock beside it is not
+    the journal's: :class:`.resume.Resume` takes and releases it."""
 
-    def __init__(self, path: Path, file, lock_fd: int | None):
+    def __init__(self, path: Path, file):
         self.path = path
         self._file = file
-        self._lock_fd = lock_fd
 
     @classmethod
     def start(cls, path: Path, key: str, n_chunks: int, fields: dict[str, Any],
-              keep: Iterable[tuple[int, np.ndarray]] = (), lock_fd: int | None = None) -> "Journal":
-        """Write a fresh journal (atomically: temporary file + rename), carrying ``keep`` chunks over.
-
-        ``lock_fd`` is the lock taken with :func:`lock` before the old journal was read; the
-        journal releases it when closed."""
+              keep: Iterable[tuple[int, np.ndarray]] = ()) -> "Journal":
+        """Write a fresh journal (atomically: a new temporary file, then a rename), carrying ``keep`` chunks over."""
+        lines = [json.dumps({"s2seg_journal": FORMAT, "key": key, "n_chunks": n_chunks, "fields": fields}, default=str)]
+        lines += [_entry(i, stats) for i, stats in sorted(keep, key=lambda kv: kv[0])]
         try:
-            tmp = path.with_name(path.name + ".tmp")
-            lines = [json.dumps({"s2seg_journal": FORMAT, "key": key, "n_chunks": n_chunks, "fields": fields}, default=str)]
-            lines += [_entry(i, stats) for i, stats in sorted(keep, key=lambda kv: kv[0])]
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, "\n".join(lines) + "\n", durable=True)
             file = open(path, "a", encoding="utf-8")
         except OSError as exc:
-            unlock(lock_fd)
             raise _journal_error(path, exc) from None
-        return cls(path, file, lock_fd)
+        return cls(path, file)
 
     def record(self, chunks: Iterable[tuple[int, np.ndarray]]) -> None:
         """Append ``(index, statistics)`` of chunks whose products are already flushed, durably."""
@@ -205,21 +213,15 @@ class Journal:
             raise _journal_error(self.path, exc) from None
 
     def close(self) -> None:
+        """Close and keep the journal (a resumable stop)."""
         try:
             self._file.close()
         except OSError:
             pass
-        unlock(self._lock_fd)
-        self._lock_fd = None
 
     def delete(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
+        self.close()
         self.path.unlink(missing_ok=True)
-        release(self.path, self._lock_fd)
-        self._lock_fd = None
 
 
 def _journal_error(path: Path, exc: OSError) -> OutputError:

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
 from .nomenclature import hex_to_rgb
 from .uncertainty import CLASS_NODATA
 
@@ -57,6 +58,5 @@ class PreviewBuilder:
             y = pad + row * row_h
             draw.rectangle([x0, y, x0 + swatch, y + swatch], fill=tuple(int(v) for v in palette[i]), outline=(0, 0, 0))
             draw.text((x0 + swatch + pad, y - 1), text, fill=(0, 0, 0), font=font)
-        tmp = path.with_name(path.name + ".part")
-        canvas.save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:  # a fresh file of ours: a planted link is never written through
+            canvas.save(tmp, format="PNG")

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .atomic import exclusive_file, fsync_folder
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
 from .uncertainty import CLASS_NODATA
@@ -37,6 +38,8 @@ FLOAT_PRODUCTS = ("maxprob", "entropy", "gap")
 BLOCK = 512
 #: Overview block edge: a level holds back at most two block rows before writing (_OverviewPyramid).
 OVERVIEW_BLOCK = 128
+#: Prefix of the empty file that shows an output folder is writable.
+WRITE_TEST_PREFIX = ".s2seg-write-test-"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ def creation_options(dtype: str, compress: str, categorical: bool, block: int = 
     options: dict[str, object] = {
         "driver": "GTiff", "tiled": True, "blockxsize": block, "blockysize": block,
         "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS", "compress": compress,
+        # Blocks never written stay absent (read as nodata). Without it GDAL writes every absent block when
+        # the file is closed, e.g. when a run stops: ~2.7 kB per float block, 33 GB for a tile declared
+        # 10⁶ × 10⁶ px, whatever was computed. Blocks of nodata only are not stored either.
+        "sparse_ok": True,
     }
     if compress == "ZSTD":
         options["zstd_level"] = 1  # measured (docs/benchmarks.md): level 9 is 3× slower for <1 % smaller files
@@ -160,6 +167,8 @@ class ProductWriter:
         from osgeo import gdal
 
         path = self._partial(spec.key)
+        for stale in (path, Path(str(path) + ".aux.xml")):  # of another run; a link is removed, never written through
+            stale.unlink(missing_ok=True)
         dtype = gdal.GDT_Byte if spec.dtype == "uint8" else gdal.GDT_Float32
         options = _gdal_creation_options(spec.dtype, compress, spec.key == "class", block)
         driver = gdal.GetDriverByName("GTiff")
@@ -193,8 +202,8 @@ class ProductWriter:
         from osgeo import gdal
 
         path = self._partial(spec.key)
-        if not path.is_file():
-            raise OutputError(f"{path.name} is missing")
+        if path.is_symlink() or not path.is_file():
+            raise OutputError(f"{path.name} is {'a symbolic link' if path.is_symlink() else 'missing'}")
         ds = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_UPDATE, open_options=["NUM_THREADS=ALL_CPUS"]))
         if ds is None:
             raise OutputError(f"cannot open {path.name}")
@@ -275,7 +284,11 @@ class ProductWriter:
             for row0, col0, height, width in windows:
                 for by in range(row0 // bh, (row0 + height - 1) // bh + 1):
                     for bx in range(col0 // bw, (col0 + width - 1) // bw + 1):
-                        if not band.GetMetadataItem(f"BLOCK_OFFSET_{bx}_{by}", "TIFF"):
+                        item = f"BLOCK_OFFSET_{bx}_{by}"
+                        # Absent on disk is right only for a block GDAL did not store (nodata only, sparse
+                        # file): then the writing handle, which knows every block it wrote, has none either.
+                        if not band.GetMetadataItem(item, "TIFF") and \
+                                self._datasets[key].GetRasterBand(1).GetMetadataItem(item, "TIFF"):
                             return f"block {bx}, {by} of {path}"
             del band
             ds = None
@@ -294,28 +307,32 @@ class ProductWriter:
                 raise OutputError(f"cannot reopen {path}")
 
     # --- finishing --------------------------------------------------------------------------
-    def commit(self, progress=None) -> dict[str, Path]:
-        """Build overviews, close, then rename every product to its final name."""
+    def commit(self, check: Callable[[], None] | None = None) -> dict[str, Path]:
+        """Build overviews, close, then rename every product to its final name.
+
+        ``check`` is called between steps (every strip of overviews) and raises to stop. On any
+        failure the ``.part`` files are left as they are, for the caller to keep or :meth:`abort`:
+        an interrupted commit is done again from the start (overviews are rebuilt, see :meth:`_finish`).
+        """
+        check = check or (lambda: None)
         try:
             self.flush(sync=False)  # the overviews are computed from the files as they are on disk
-            for i, key in enumerate(list(self._datasets)):
-                if progress:
-                    progress(i / len(self._datasets), f"overviews of {self.paths[key].name}")
-                self._finish(key)
+            for key in list(self._datasets):
+                check()
+                self._finish(key, check)
             self._close_all(raise_errors=True)
-        except OutputError as exc:
+        except BaseException as exc:
             release_frames(exc)
-            self.abort()
             raise
         for key in self.paths:
             for suffix in ("", ".aux.xml"):
                 partial = Path(str(self._partial(key)) + suffix)
                 if partial.exists():
                     os.replace(partial, Path(str(self.paths[key]) + suffix))
-        _fsync_dir(self.output_dir)
+        fsync_folder(self.output_dir)
         return dict(self.paths)
 
-    def _finish(self, key: str) -> None:
+    def _finish(self, key: str, check: Callable[[], None] = lambda: None) -> None:
         """Overviews (replacing any left by an earlier, failed commit) and, for the class raster,
         class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF).
 
@@ -341,12 +358,12 @@ class ProductWriter:
                 _checked(path, lambda: ds.BuildOverviews("NONE", factors))  # empty levels
             finally:
                 gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", previous)
-            _checked(path, lambda: self._fill_overviews(key, len(factors)))
+            _checked(path, lambda: self._fill_overviews(key, len(factors), check))
         if key == "class":
             names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
             _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
 
-    def _fill_overviews(self, key: str, n_levels: int) -> None:
+    def _fill_overviews(self, key: str, n_levels: int, check: Callable[[], None] = lambda: None) -> None:
         """Fill the ``n_levels`` empty overview levels of ``key`` from its full-resolution pixels on disk."""
         from osgeo import gdal
 
@@ -359,6 +376,7 @@ class ProductWriter:
             raise OutputError(f"cannot read back {path}")
         rows = 2 * OVERVIEW_BLOCK  # one block row of the first level
         for row0 in range(0, ds.RasterYSize, rows):
+            check()
             height = min(rows, ds.RasterYSize - row0)
             strip = source.ReadAsArray(0, row0, ds.RasterXSize, height)
             if strip is None:
@@ -414,22 +432,6 @@ def _fsync(path: Path) -> None:
             os.fsync(f.fileno())
     except OSError as exc:
         raise _output_error(path, exc.strerror or str(exc)) from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames durable (POSIX); best effort, as some file systems refuse it."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _OverviewPyramid:
@@ -501,20 +503,22 @@ def _output_error(path: Path, exc: Exception | str) -> OutputError:
     return OutputError(f"cannot write {path}: {text}")
 
 
-def check_output_folder(output_dir: Path, paths: dict[str, Path], overwrite: bool) -> None:
-    """Refuse before any work: existing products without overwrite, a folder we cannot write to."""
+def check_output_folder(output_dir: Path) -> None:
+    """Refuse before any work a folder we cannot write to; create it when missing."""
+    try:
+        str(output_dir).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes): GDAL takes UTF-8 names only
+        shown = os.fsencode(output_dir).decode("utf-8", "backslashreplace")
+        raise OutputError(f"output folder {shown}: its name is not valid UTF-8, which GDAL needs for file names; "
+                          f"choose a folder whose name is") from None
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"output folder {output_dir} is a file")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {output_dir}: {exc.strerror or exc}") from None
-    existing = [p for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise OutputError(f"outputs already exist ({', '.join(p.name for p in existing)}) in {output_dir}; use --overwrite to replace them")
-    probe = output_dir / f".s2seg-write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        with exclusive_file(output_dir, WRITE_TEST_PREFIX):  # a new file: a planted link is never written through
+            pass
     except OSError as exc:
         raise OutputError(f"output folder {output_dir} is not writable: {exc.strerror or exc}") from None

@@ -1,5 +1,7 @@
 """End-to-end runs of the engine on small real-format tiles (GeoTIFF/JP2 bands, SAFE metadata)."""
+import dataclasses
 import json
+import os
 import threading
 
 import numpy as np
@@ -11,13 +13,14 @@ from osgeo import gdal
 from doubles import SpectralPatchModel
 
 from s2seg.core.config import EngineConfig
-from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError
+from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError, OutputsExist
 from s2seg.core.models.base import apply_activation
 from s2seg.core.models.card import ModelCard
 from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from s2seg.core import pipeline
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
+from s2seg.core.sentinel2 import discover
 
 FLOATS = ("maxprob", "entropy", "gap")
 
@@ -199,8 +202,9 @@ def test_cancel_stops_within_a_batch_and_removes_partial_outputs(tile, tmp_path)
 
 def test_existing_outputs_need_overwrite(tile, tmp_path):
     segment(tile, tmp_path, model=SpectralPatchModel())
-    with pytest.raises(OutputError, match="already exist.*--overwrite"):
+    with pytest.raises(OutputsExist, match=r"outputs already exist \(.*_class\.tif.*\) in ") as info:
         segment(tile, tmp_path, model=SpectralPatchModel())
+    assert "--" not in str(info.value)  # neutral: the CLI and QGIS say how to overwrite, each in its words
     segment(tile, tmp_path, model=SpectralPatchModel(), config=EngineConfig(overwrite=True))
 
 
@@ -215,3 +219,80 @@ def test_chunk_size_not_on_the_grid_is_refused_before_any_output(tile, tmp_path)
     with pytest.raises(ConfigError, match="chunk size 100 must be a positive multiple of 60"):
         segment(tile, tmp_path / "out", config=EngineConfig(chunk_size=100))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["checked-per-batch", "checked-by-the-writer"])
+def test_logits_from_a_model_declaring_probabilities_are_refused(tile, tmp_path, monkeypatch, asynchronous):
+    """A card with activation 'none' promises probabilities: logits must stop the run, naming the fix."""
+    monkeypatch.setattr(pipeline, "_asynchronous", lambda device: asynchronous)
+    model = SpectralPatchModel()
+    model.card = dataclasses.replace(model.card, activation="none")
+    model.predict = lambda batch: batch.mean(dim=(2, 3)) @ model.weights  # raw scores, far outside [0, 1]
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match=r"model 'patch-test' declares activation 'none' \(its outputs are probabilities\) "
+                                         r"but produced values outside \[0, 1\] \(min -?[\d.e+-]+, max [\d.e+-]+\): "
+                                         r"set activation to 'softmax' or 'sigmoid' in its card"):
+        segment(tile, out, model=model, config=EngineConfig(chunk_size=120))
+    assert not [p for p in out.iterdir() if p.suffix in (".tif", ".png", ".json")]
+
+
+def test_probabilities_of_a_model_without_activation_pass_the_range_check(tile, tmp_path):
+    model = SpectralPatchModel()
+    model.card = dataclasses.replace(model.card, activation="none")  # its predict already applies a softmax
+    assert segment(tile, tmp_path / "out", model=model, config=EngineConfig(chunk_size=120)).valid_pixels > 0
+
+
+def test_an_output_folder_name_that_is_not_utf8_is_refused_before_anything_is_written(tile, tmp_path):
+    out = tmp_path / os.fsdecode(b"out-\xff")
+    with pytest.raises(OutputError, match=r"output folder .*out-\\xff: its name is not valid UTF-8") as info:
+        segment(tile, out, model=SpectralPatchModel())
+    str(info.value).encode("utf-8")  # printable as is
+    assert os.listdir(tmp_path) == []  # no folder left behind
+
+
+@pytest.mark.parametrize("name", [".s2seg-write-test-{pid}", "{tile}_report.json.part", "{tile}.s2seg-journal.tmp",
+                                  "{tile}_class.tif.part", "{tile}_preview.png.part"])
+def test_links_planted_in_the_output_folder_are_never_written_through(tile, tmp_path, name):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    tile_name = discover(tile).name
+    link = out / name.format(pid=os.getpid(), tile=tile_name)
+    link.symlink_to(victim)
+    result = segment(tile, out, model=SpectralPatchModel(), config=EngineConfig(chunk_size=120))
+    assert victim.read_text() == "precious"
+    assert json.loads(result.report.read_text())["n_chunks"] == result.n_chunks
+
+
+def test_the_stages_run_over_any_writer_and_the_inferer_runs_alone(tile):
+    """The public pieces the benchmark harness drives: ChunkStages.infer and ChunkStages.run over a writer."""
+    from s2seg.core.reader import ChunkReader
+
+    bandset, model = discover(tile), SpectralPatchModel()
+    grid = pipeline.plan(bandset.height, bandset.width, model.card.patch_size, 120, model.card.pixel_factor)
+    stages = pipeline.ChunkStages(bandset, model, grid, EngineConfig(chunk_size=120), 16, threading.Event())
+    chunk = grid.chunks[4]
+    with ChunkReader(bandset, model.card.bands, model.card.name) as reader:
+        inferred = stages.infer(chunk, reader.read(chunk.input_rows, chunk.input_cols))
+    probs, conf = inferred.probabilities.strip((chunk.row0, chunk.row1), torch.ones((chunk.height, chunk.width), dtype=torch.bool))
+    assert probs is None and conf.classes.shape == (chunk.height, chunk.width)
+
+    class Discarding:
+        def __init__(self):
+            self.windows = []
+
+        def write(self, key, array, row0, col0):
+            self.windows.append((key, row0, col0))
+
+        def flush(self, windows=(), sync=True):
+            pass
+
+        def sync(self):
+            pass
+
+    recorded = []
+    writer = Discarding()
+    stages.run(writer, recorded.extend)
+    assert sorted(index for index, _ in recorded) == list(range(len(grid.chunks)))
+    assert {(row0, col0) for key, row0, col0 in writer.windows if key == "class"} >= {(c.row0, c.col0) for c in grid.chunks}

@@ -142,9 +142,10 @@ def test_reader_fault_at_a_random_chunk(tile, at, kind):
     with pytest.MonkeyPatch.context() as monkeypatch, tempfile.TemporaryDirectory() as tmp:
         monkeypatch.setattr(pipeline, "ChunkReader", FaultyReader)
         out = Path(tmp) / "out"
-        match = "simulated unreadable band" if kind == "input" else r"reader thread failed: OSError: \[Errno 5\] simulated I/O error"
-        exc, elapsed = run_with_fault(tile, out, match=match)
-        assert isinstance(exc, InputError) == (kind == "input")
+        match = "simulated unreadable band" if kind == "input" else r"\[Errno 5\] simulated I/O error"
+        exc, elapsed = run_with_fault(tile, out, expect=type(error), match=match)
+        if kind == "os":  # not a user error: the original object, its traceback intact, the thread noted
+            assert exc is error and "raised in the s2seg reader thread" in exc.__notes__
         assert assert_clean_stop(out, elapsed) <= at
 
 
@@ -178,17 +179,18 @@ def test_writer_fault_at_a_random_chunk(tile, at, where):
         original = ProductWriter.write
         monkeypatch.setattr(ProductWriter, "write", lambda self, key, *a: (
             fault_on("write", original)(self, key, *a) if key == "class" else original(self, key, *a)))
-        match = "writer thread failed: RuntimeError: simulated writer fault"
+        expect, match, thread = RuntimeError, "simulated writer fault", "writer"
     elif where == "flush":
         monkeypatch.setattr(ProductWriter, "flush", fault_on("flush", ProductWriter.flush))
-        match = r"writer thread failed: OSError: \[Errno 28\] No space left on device"
+        expect, match, thread = OSError, r"\[Errno 28\] No space left on device", "writer"
     else:
         monkeypatch.setattr(Journal, "record", fault_on("journal", Journal.record))
-        match = r"journal thread failed: OSError: \[Errno 28\] No space left on device"
+        expect, match, thread = OSError, r"\[Errno 28\] No space left on device", "journal"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
-            exc, elapsed = run_with_fault(tile, out, match=match)
+            exc, elapsed = run_with_fault(tile, out, expect=expect, match=match)
+            assert f"raised in the s2seg {thread} thread" in exc.__notes__
             assert assert_clean_stop(out, elapsed) <= at
     finally:
         monkeypatch.undo()
@@ -200,8 +202,9 @@ def test_progress_callback_raising_stops_the_run(tile, tmp_path):
             raise ValueError("the progress bar broke")
 
     t0 = time.monotonic()
-    with pytest.raises(S2SegError, match="writer thread failed: ValueError: the progress bar broke"):
+    with pytest.raises(ValueError, match="the progress bar broke") as info:
         segment(tile, tmp_path / "out", model=PatchModel(), config=CONFIG, progress=progress)
+    assert "raised in the s2seg writer thread" in info.value.__notes__
     assert_clean_stop(tmp_path / "out", time.monotonic() - t0)
 
 
@@ -218,7 +221,8 @@ def test_after_a_writer_fault_the_journaled_chunks_resume_to_identical_products(
 
     monkeypatch.setattr(ProductWriter, "write", write)
     out = tmp_path / "out"
-    exc, elapsed = run_with_fault(tile, out, match="No space left on device")
+    exc, elapsed = run_with_fault(tile, out, expect=OSError, match="No space left on device")
+    assert any("5 of 9 chunk(s) are saved in" in note for note in exc.__notes__)
     journaled = assert_clean_stop(out, elapsed)
     assert journaled == 5
     monkeypatch.setattr(ProductWriter, "write", original)
@@ -247,3 +251,16 @@ def test_cancel_from_another_thread_while_the_queues_are_full(tile, tmp_path):
         elapsed = time.monotonic() - t0
     timer.join()
     assert_clean_stop(tmp_path / "out", elapsed)
+
+
+def test_a_programming_error_in_a_thread_propagates_as_itself_with_its_traceback(tile, tmp_path, monkeypatch):
+    """A bug is not a user error: the CLI must be able to print where it happened."""
+    def buggy_write(self, key, array, row0, col0):
+        return len(None)
+
+    monkeypatch.setattr(ProductWriter, "write", buggy_write)
+    with pytest.raises(TypeError, match="NoneType") as info:
+        segment(tile, tmp_path / "out", model=PatchModel(), config=CONFIG)
+    assert "raised in the s2seg writer thread" in info.value.__notes__
+    assert info.traceback[-1].name == "buggy_write"  # the original traceback, down to the failing line
+    assert_clean_stop(tmp_path / "out", 0)

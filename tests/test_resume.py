@@ -25,7 +25,7 @@ from doubles import SpectralPatchModel
 from s2seg.core import pipeline
 from s2seg.core.cli import main
 from s2seg.core.config import EngineConfig
-from s2seg.core.errors import Cancelled, ModelError, OutputError
+from s2seg.core.errors import Cancelled, ModelError, OutputError, ResumeImpossible
 from s2seg.core.journal import SUFFIX, Journal, differences, digest, journal_path, lock, read_journal, run_fields, unlock
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
@@ -331,8 +331,9 @@ def test_the_journal_key_covers_tile_model_and_pixel_settings_only(tile):
 
 
 def test_require_mode_refuses_a_mismatched_journal_and_a_missing_one(tile, interrupted, tmp_path, capsys):
-    with pytest.raises(OutputError, match=r"cannot resume in .*settings\.chunk_size: 96 → 48.*to start over, run without --resume \(resume mode auto or never\)"):
+    with pytest.raises(ResumeImpossible, match=r"cannot resume in .*settings\.chunk_size: 96 → 48") as info:
         segment(tile, interrupted, model=PatchModel(), config=EngineConfig(chunk_size=48, write_probs=True, resume="require"))
+    assert "--" not in str(info.value)  # neutral: the front ends say how to start over
     assert journal_chunks(interrupted) >= 2  # refusing touched nothing
     empty = tmp_path / "empty"
     assert main(["segment", str(tile), str(empty), "--resume", "--quiet"]) == 1
@@ -377,3 +378,171 @@ def test_a_second_run_on_the_same_tile_and_folder_is_refused_while_one_runs(tile
     finally:
         unlock(fd)
     segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK))
+
+
+def test_resume_does_not_depend_on_how_the_tile_path_is_spelled(tile, reference, tmp_path, monkeypatch):
+    """Interrupted with the tile given relative to the working folder, resumed with its absolute path."""
+    _, expected = reference
+    out = tmp_path / "out"
+    config = EngineConfig(chunk_size=CHUNK, batch_size=16, write_probs=True)
+    monkeypatch.chdir(tile.parent)
+    with pytest.raises(ModelError, match="are saved in"):
+        segment(Path(tile.name), out, model=PatchModel(fail_on_call=22), config=config)
+    journaled = journal_chunks(out)
+    assert journaled >= 2
+    monkeypatch.chdir(tmp_path)
+    result = segment(tile.resolve(), out, model=PatchModel(), config=EngineConfig(**{**config.__dict__, "resume": "require"}))
+    assert result.resumed_chunks == journaled
+    assert_same_products(read_all(result.products), expected)
+
+
+def test_a_mismatch_message_shows_the_differing_values_in_full(tile):
+    card = PatchModel().card
+    base = dict(chunk_size=CHUNK, write_probs=True, compress="ZSTD", block=CHUNK)
+    fields = run_fields(discover(tile), card, **base)
+    moved = json.loads(json.dumps(fields))
+    long_name = "a-folder-name-long-enough-to-push-the-difference-past-sixty-characters"
+    old_path = moved["tile"]["bands"]["B04"][0]
+    moved["tile"]["bands"]["B04"][0] = str(Path("/elsewhere", long_name, Path(old_path).name))
+    (line,) = differences(fields, moved)
+    assert line == f"tile.bands.B04: {json.dumps(fields['tile']['bands']['B04'])} → {json.dumps(moved['tile']['bands']['B04'])}"
+
+
+# ------------------------------------------------------------------ after the last chunk: the finishing steps
+def finish_then_compare(tile, out, expected, n_chunks=9):
+    """A re-run that only finishes: reads and computes nothing, gives the uninterrupted products."""
+    model = PatchModel()
+    result = segment(tile, out, model=model, config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    assert model.calls == 0 and result.resumed_chunks == n_chunks
+    assert_same_products(read_all(result.products), expected)
+    assert result.report.is_file() and result.preview.is_file()
+    assert not journal_path(out, TILE_NAME).exists() and partial_state(out)[0] == []
+    return result
+
+
+def test_disk_full_while_building_overviews_keeps_every_chunk(tile, reference, tmp_path, monkeypatch):
+    from s2seg.core.writer import ProductWriter, _output_error
+
+    out = tmp_path / "out"
+    finish = ProductWriter._finish
+
+    def full(self, key, *args):
+        if key == "entropy":
+            raise _output_error(self._partial(key), OSError(28, "No space left on device"))
+        return finish(self, key, *args)
+
+    monkeypatch.setattr(ProductWriter, "_finish", full)
+    with pytest.raises(OutputError, match=r"disk full while writing .*_entropy\.tif\.part.*; 9 of 9 chunk\(s\) are saved in "
+                                          r".*run again with the same settings to resume"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    parts, finished = partial_state(out)
+    assert finished == [] and len([p for p in parts if p.endswith(".tif.part")]) == 5
+    assert journal_chunks(out) == 9
+    monkeypatch.setattr(ProductWriter, "_finish", finish)
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_a_crash_between_the_renames_is_finished_by_the_next_run(tile, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    replace = os.replace
+    renamed = []
+
+    def crash_on_the_third_product(src, dst):
+        if str(src).endswith(".tif.part"):
+            if len(renamed) == 2:
+                raise OSError(5, "simulated crash while renaming")
+            renamed.append(src)
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_third_product)
+    with pytest.raises(OSError, match="simulated crash while renaming"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    monkeypatch.setattr(os, "replace", replace)
+    parts, finished = partial_state(out)
+    assert len(finished) == 2 and len([p for p in parts if p.endswith(".tif.part")]) == 3  # half renamed
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_a_failure_before_the_report_is_finished_by_the_next_run(tile, reference, tmp_path, monkeypatch):
+    from s2seg.core.preview import PreviewBuilder
+
+    out = tmp_path / "out"
+    save = PreviewBuilder.save
+    monkeypatch.setattr(PreviewBuilder, "save", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OutputError, match=r"disk full while writing .*_preview\.png.*9 of 9 chunk\(s\) are saved in"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, write_probs=True))
+    monkeypatch.setattr(PreviewBuilder, "save", save)
+    assert journal_chunks(out) == 9 and not (out / f"{TILE_NAME}_report.json").exists()
+    finish_then_compare(tile, out, reference[1])
+
+
+def test_cancel_while_building_overviews_stops_and_stays_resumable(tmp_path, monkeypatch):
+    """A tile large enough for overview levels: the cancel is seen between two strips of one product."""
+    from s2seg.core import writer as writer_module
+
+    tile = write_sample_tile(tmp_path / "tile", size=528, seed=5)
+    config = EngineConfig(chunk_size=240, write_probs=False)
+    expected = read_all(segment(tile, tmp_path / "reference", model=PatchModel(), config=config).products)
+    cancel = threading.Event()
+    push = writer_module._OverviewPyramid.push
+    pushed = []
+
+    def push_then_cancel(self, rows, level=0, last=False):
+        pushed.append(level)
+        cancel.set()  # as the CLI's Ctrl-C handler does
+        return push(self, rows, level, last)
+
+    monkeypatch.setattr(writer_module._OverviewPyramid, "push", push_then_cancel)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled, match=r"cancelled while finishing the outputs; 9 of 9 chunk\(s\) are saved in"):
+        segment(tile, out, model=PatchModel(), config=config, cancel=cancel)
+    assert pushed.count(0) == 1  # stopped at the next strip, not after every product's overviews
+    parts, finished = partial_state(out)
+    assert finished == [] and len(parts) == 4 and journal_chunks(out) == 9
+    monkeypatch.setattr(writer_module._OverviewPyramid, "push", push)
+    model = PatchModel()
+    result = segment(tile, out, model=model, config=config)
+    assert model.calls == 0 and result.resumed_chunks == 9
+    assert_same_products(read_all(result.products), expected)
+
+
+def test_the_lock_is_closed_once_when_the_journal_cannot_be_written(tile, tmp_path, monkeypatch):
+    """A second close of a reused descriptor number could close another thread's file."""
+    import fcntl
+
+    out = tmp_path / "out"
+    locked, closed = [], []
+    flock, close, replace = fcntl.flock, os.close, os.replace
+
+    def record_lock(fd, operation):
+        locked.append(fd)
+        return flock(fd, operation)
+
+    def record_close(fd):
+        if locked:  # after the lock was taken (its number may have served a temporary file before)
+            closed.append(fd)
+        return close(fd)
+
+    def no_space_for_the_journal(src, dst):
+        if str(dst).endswith(SUFFIX):
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(fcntl, "flock", record_lock)
+    monkeypatch.setattr(os, "close", record_close)
+    monkeypatch.setattr(os, "replace", no_space_for_the_journal)
+    with pytest.raises(OutputError, match="disk full while writing .*s2seg-journal"):
+        segment(tile, out, model=PatchModel(), config=EngineConfig(chunk_size=CHUNK))
+    monkeypatch.undo()
+    assert len(locked) == 1
+    assert closed.count(locked[0]) == 1
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing journaled: nothing kept, lock file removed
+
+
+def test_what_was_kept_is_said_once_in_the_error_not_also_in_the_log(tile, tmp_path):
+    messages = []
+    with pytest.raises(ModelError, match=r"are saved in") as info:
+        segment(tile, tmp_path / "out", model=PatchModel(fail_on_call=22), log=messages.append,
+                config=EngineConfig(chunk_size=CHUNK, batch_size=16))
+    assert str(info.value).count("are saved in") == 1
+    assert not [m for m in messages if "saved in" in m or "partial outputs" in m]

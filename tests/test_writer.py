@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+import rasterio
 from osgeo import gdal
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -111,3 +112,34 @@ def test_commit_twice_replaces_the_overviews(tmp_path):
     assert len(levels) == 2
     np.testing.assert_allclose(levels[1], _halve_mean(_halve_mean(maxprob.astype(np.float64))), atol=1e-6, equal_nan=True)
     assert math.ceil(W / 4) == levels[1].shape[1]
+
+
+def _part_bytes(writer):
+    return sum(p.stat().st_size for p in writer.partial_paths)
+
+
+def test_part_files_grow_with_the_pixels_written_not_with_the_declared_size(tmp_path):
+    """A tile declared 20000 × 20000 px (1600 blocks of 512 px per product) of which one block is
+    written, flushed, and the files closed as a stopped run does; then resumed for one more block."""
+    size, block = 20000, 512
+
+    def writer(resume):
+        return ProductWriter(tmp_path, "T", width=size, height=size, crs=CRS.from_epsg(32633),
+                             transform=from_origin(500000, 6000000, 10, 10), class_names=["a", "b"],
+                             class_colours=["#ff0000", "#00ff00"], write_probs=False, block=block, resume=resume)
+
+    rng = np.random.default_rng(0)
+    values = rng.random((block, block), dtype=np.float32)
+    pixel_bytes = block * block * (1 + 3 * 4)  # one block of every product, uncompressed
+    for resume, col0 in ((False, 0), (True, block)):
+        w = writer(resume)
+        w.write("class", (values * 2).astype(np.uint8), 0, col0)
+        for key in ("maxprob", "entropy", "gap"):
+            w.write(key, values, 0, col0)
+        w.flush([(0, col0, block, block)])
+        assert w.close()
+        tile_index = 4 * 1600 * 2 * 8  # offsets and byte counts of every block, 4 products
+        assert _part_bytes(w) < (col0 // block + 1) * pixel_bytes + tile_index, _part_bytes(w)
+    with rasterio.open(w.partial_paths[1]) as ds:  # the stored blocks read back; absent ones as nodata
+        assert np.array_equal(ds.read(1, window=((0, block), (block, 2 * block))), values)
+        assert np.isnan(ds.read(1, window=((block, 2 * block), (0, block)))).all()

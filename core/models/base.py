@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -48,20 +49,45 @@ def check_shape(output: torch.Tensor, card: ModelCard, batch_size: int) -> None:
 
 def non_finite(output: torch.Tensor) -> torch.Tensor:
     """A 0-dim bool tensor on ``output``'s device: does it hold NaN or ±Inf? Reading it waits for the device."""
-    # Extremes only: NaN propagates into aminmax, ±Inf shows as an extreme; far cheaper than isfinite(all).
-    low, high = torch.aminmax(output)
+    low, high = extremes(output)
     return ~(torch.isfinite(low) & torch.isfinite(high))
+
+
+#: How far a probability may stray outside [0, 1] by rounding (e.g. a float16 softmax) and still count as one.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def extremes(output: torch.Tensor) -> torch.Tensor:
+    """``[min, max]`` of ``output`` as a float32 tensor on its device (NaN when it holds NaN; ±Inf shows as an
+    extreme): enough to tell non-finite values and values that are no probabilities, far cheaper than
+    ``isfinite`` over every value. Nothing is read back: accelerators fold it into a running pair."""
+    low, high = torch.aminmax(output)
+    return torch.stack([low, high]).float()
 
 
 def non_finite_error(card: ModelCard) -> ModelError:
     return ModelError(f"model {card.name!r} produced NaN or Inf values")
 
 
-def check_output(output: torch.Tensor, card: ModelCard, batch_size: int) -> torch.Tensor:
-    """Verify the shape and finiteness of a model's output; raise ModelError naming the model."""
-    check_shape(output, card, batch_size)
-    if non_finite(output):
+def check_extremes(card: ModelCard, pair: torch.Tensor) -> None:
+    """Raise ModelError when ``pair`` (:func:`extremes`) shows NaN/Inf or values outside [0, 1], naming the
+    card's activation; reading ``pair`` waits for the device."""
+    low, high = (float(v) for v in pair.cpu())
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise non_finite_error(card)
+    if low >= -PROBABILITY_TOLERANCE and high <= 1 + PROBABILITY_TOLERANCE:
+        return
+    found = f"values outside [0, 1] (min {low:.3g}, max {high:.3g})"
+    if card.activation == "none":
+        raise ModelError(f"model {card.name!r} declares activation 'none' (its outputs are probabilities) but produced "
+                         f"{found}: set activation to 'softmax' or 'sigmoid' in its card")
+    raise ModelError(f"model {card.name!r} produced {found} after its activation {card.activation!r}")
+
+
+def check_output(output: torch.Tensor, card: ModelCard, batch_size: int) -> torch.Tensor:
+    """Verify the shape, finiteness and probability range of a model's output; raise ModelError naming the model."""
+    check_shape(output, card, batch_size)
+    check_extremes(card, extremes(output))
     return output.float()
 
 

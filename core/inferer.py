@@ -1,0 +1,156 @@
+"""The chunk inferer: a chunk's pixels → batches of patches → the model → a merger.
+
+Nodata-only patches are never sent to the model. On an out-of-memory error the batch
+is halved and the same patches retried (kept for the rest of the run). On an
+asynchronous device (any accelerator) nothing between two batches reads a result
+back: the outputs' checks are folded into a device-side flag that the writer reads
+once per chunk (:meth:`Inferred.raise_if_bad`): NaN/Inf, and values outside [0, 1]
+(a model that outputs logits while its card declares probabilities).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import ModelError, S2SegError
+from .feed import Normaliser, PatchFeed, patches_with_data
+from .grid import Chunk
+from .merger import ChunkProbabilities, merger_for
+from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
+from .models.card import ModelCard
+from .reader import ChunkPixels
+
+LogCallback = Callable[[str], None]
+#: ``(chunk, patches done, patches in the chunk, batches done, batches expected)`` after every batch
+BatchCallback = Callable[[Chunk, int, int, int, int], None]
+
+
+@dataclass
+class Inferred:
+    """One chunk's merged model outputs, as the inferer hands them to the writer."""
+
+    probabilities: ChunkProbabilities
+    #: asynchronous devices: ``[min, max]`` over every batch's outputs, on the device (read by the writer,
+    #: once per chunk: NaN/Inf or no probabilities stop the run); None: each batch was checked on the host
+    extremes: torch.Tensor | None
+    #: CUDA: recorded after the chunk's last kernel
+    ready: Any = None
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        flags = (self.extremes,) if self.extremes is not None else ()
+        return (*self.probabilities.tensors(), *flags)
+
+    def raise_if_bad(self, card: ModelCard) -> None:
+        """Read the device-side extremes (waits for the chunk's kernels): ModelError when a batch was bad."""
+        if self.extremes is not None:
+            check_extremes(card, self.extremes)
+
+
+class ChunkInferer:
+    """Runs a model over the patches of one chunk at a time (:meth:`infer`).
+
+    ``check`` is called before every batch (it raises to stop the run); ``on_batch`` reports
+    progress. ``batch_size`` is halved on out-of-memory errors, for the rest of the run.
+    """
+
+    def __init__(self, model: SegmentationModel, normaliser: Normaliser, batch_size: int, *, asynchronous: bool,
+                 half: bool = False, write_probs: bool = False, log: LogCallback | None = None,
+                 check: Callable[[], None] | None = None, on_batch: BatchCallback | None = None,
+                 record_ready: bool = False):
+        self.model, self.card = model, model.card
+        self.normaliser = normaliser
+        self.batch_size = batch_size
+        self.asynchronous = asynchronous
+        #: autocast to float16 around the model (torch models; ONNX Runtime ignores it)
+        self.half = half
+        self.write_probs = write_probs
+        self.log = log or (lambda message: None)
+        self.check = check or (lambda: None)
+        self.on_batch = on_batch
+        #: CUDA: record an event after the chunk's last kernel, for the writer's stream to wait on
+        self.record_ready = record_ready
+
+    def infer(self, chunk: Chunk, pixels: ChunkPixels) -> Inferred | None:
+        """The merged outputs of ``chunk``; None when no patch holds data."""
+        p, s = self.card.patch_size, self.card.stride
+        todo = np.argwhere(patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s))
+        if len(todo) == 0:  # nodata-only patches cost nothing
+            return None
+        device = self.model.device
+        feed = PatchFeed(pixels.data, todo, p, s, self.normaliser, device, resident=self.asynchronous)
+        span = None  # asynchronous: the running [min, max] of the outputs, on the device (no host copy, no sync)
+        merger = merger_for(chunk, self.card, device, self.write_probs)
+        start, b = 0, 0  # first patch of the next batch, batches done
+        while start < feed.count:
+            self.check()
+            stop = min(start + self.batch_size, feed.count)
+            out = self._predict(chunk, feed, start, stop)
+            if out is None:  # out of memory: the same patches again, in a batch half as large
+                continue
+            if not self.asynchronous:
+                out = check_output(out, self.card, stop - start)
+            else:
+                check_shape(out, self.card, stop - start)
+                pair = extremes(out)  # NaN propagates through minimum/maximum
+                span = pair if span is None else torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
+                out = out.float()
+            ky, kx = feed.indices(start, stop)
+            merger.add(ky, kx, out)
+            start, b = stop, b + 1
+            if self.on_batch is not None:
+                self.on_batch(chunk, start, feed.count, b, b + math.ceil((feed.count - start) / self.batch_size))
+        ready = None
+        if self.record_ready:
+            ready = torch.cuda.Event()
+            ready.record()
+        return Inferred(merger.result(), span, ready)
+
+    def _predict(self, chunk: Chunk, feed: PatchFeed, start: int, stop: int) -> torch.Tensor | None:
+        """The model's output for patches ``start:stop`` of ``feed``, or None after halving
+        ``self.batch_size`` because the device ran out of memory (the caller retries the same patches)."""
+        device = self.model.device
+        batch = None
+        try:
+            batch = feed.batch(start, stop)
+            precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
+            with torch.inference_mode(), precision:
+                return self.model.predict(batch)
+        except S2SegError:
+            raise
+        except Exception as exc:
+            if not out_of_memory(exc, device):
+                raise ModelError(f"model {self.card.name!r} failed on chunk {chunk.index + 1}: {type(exc).__name__}: {exc}") from exc
+            message = error_summary(exc)
+        # Outside the except block: the exception (and the frames holding the batch) is released.
+        del batch
+        empty_cache(device)
+        if self.batch_size == 1:
+            raise ModelError(f"model {self.card.name!r} ran out of memory on {device} (chunk {chunk.index + 1}) even with "
+                             f"a batch of 1 patch: {message}; free the device's memory or use --device cpu")
+        smaller = self.batch_size // 2
+        self.log(f"out of memory on {device} with a batch of {self.batch_size} patches: retrying with {smaller} "
+                 f"(kept for the rest of the run)")
+        self.batch_size = smaller
+        return None
+
+
+def out_of_memory(error: BaseException, device: torch.device) -> bool:
+    """Did the device run out of memory? torch's CUDA OOM error always; on an accelerator also
+    a RuntimeError saying "out of memory" (cuDNN/cuBLAS, MPS). On the CPU a RuntimeError is a
+    model failure whatever its message: halving the batch would only hide it."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return device.type != "cpu" and isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the allocator's cached blocks back before retrying with a smaller batch."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
