@@ -28,7 +28,7 @@ class EngineConfig:
     #: 10 m pixels, an upper bound: grid.choose_chunk_size rounds it down to a multiple of
     #: lcm(6, stride, 16) (2400 for 120 px patches) so that output blocks never straddle chunks.
     PREFERRED_CHUNK_SIZE: ClassVar[int] = 2520
-    #: Models coarser than 10 m take chunks this many times larger (see pipeline._auto_chunk_size).
+    #: Models coarser than 10 m take chunks this many times larger (see pipeline.auto_chunk_size).
     COARSE_CHUNK_SCALE: ClassVar[int] = 2
     #: Patches of PATCH_SIZE per forward pass on an accelerator; other patch sizes get as many pixels.
     #: Measured on an H100 (docs/benchmarks.md, GPU): a ResNet-50 on 120² patches runs 8,000 patches/s

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import builtins
-import re
 import math
+import re
 from typing import Protocol, runtime_checkable
 
 import torch
