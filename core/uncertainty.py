@@ -4,30 +4,30 @@ On a CPU the products come from one fused kernel (numba, when installed): a pass
 over the class planes of each row keeps max, argmax, runner-up, ``T = Σp`` and
 ``Σ p ln p`` in registers, with a vectorisable polynomial ``ln`` (relative error
 < 1e-7). Entropy of ``q = p / T`` is ``log₂ T − (Σ p log₂ p) / T``, so no
-normalised copy is made. Rows are split over :data:`THREADS` threads (the kernel
-releases the GIL; by default half the cores: in the pipeline the other half runs
-the model). Without numba, and on a GPU, the same quantities
+normalised copy is made. Rows are split over :func:`kernel_threads` threads (the
+kernel releases the GIL; half the usable cores: in the pipeline the other half runs
+the model), started by each call and joined before it returns: no worker outlives
+the call that needs it. Without numba, and on a GPU, the same quantities
 come from a few torch reductions per block of rows. Rows with no valid pixel are
 skipped (nodata costs nothing).
 """
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import kernels
+from .buffers import empty
 
 CLASS_NODATA = 255
 LOW_GAP = 0.1  # a top-1/top-2 gap below this means "near a decision boundary"
 BLOCK_PIXELS = 1 << 15  # torch path: pixels per block, so a block's class planes stay in cache
 PARALLEL_MIN_PIXELS = 1 << 17  # below this, one thread is quicker than handing rows out
-#: Threads of the fused kernel: half the cores (the writer stage shares the machine with the model).
-THREADS = max(1, (os.cpu_count() or 1) // 2)
 
 
 @dataclass
@@ -54,7 +54,7 @@ _njit = kernels.njit(kernels.FASTMATH_APPROX)
 
 
 @_njit
-def _reset(top1, top2, arg, total, plogp):  # pragma: no cover - compiled by numba
+def reset_row(top1, top2, arg, total, plogp):  # pragma: no cover - compiled by numba
     for x in range(top1.shape[0]):
         top1[x] = -np.inf
         top2[x] = -np.inf
@@ -64,7 +64,7 @@ def _reset(top1, top2, arg, total, plogp):  # pragma: no cover - compiled by num
 
 
 @_njit
-def _accumulate(buf, mant, top1, top2, arg, total, plogp, c):  # pragma: no cover - compiled by numba
+def accumulate_class(buf, mant, top1, top2, arg, total, plogp, c):  # pragma: no cover - compiled by numba
     """Fold class ``c``'s probabilities ``buf`` (≥ 0) of one row into the running products."""
     w = buf.shape[0]
     ln2 = np.float32(0.6931471805599453)
@@ -97,7 +97,7 @@ def _accumulate(buf, mant, top1, top2, arg, total, plogp, c):  # pragma: no cove
 
 
 @_njit
-def _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap):  # pragma: no cover
+def finish_row(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap):  # pragma: no cover
     """Write row ``y`` of the products (nodata where not valid)."""
     ln2 = np.float32(0.6931471805599453)
     log2c = np.float32(math.log2(max(n_classes, 1)))
@@ -123,7 +123,7 @@ def _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob
 
 
 @_njit
-def _row_has_data(valid, y):  # pragma: no cover - compiled by numba
+def row_has_data(valid, y):  # pragma: no cover - compiled by numba
     for x in range(valid.shape[1]):
         if valid[y, x]:
             return True
@@ -131,7 +131,7 @@ def _row_has_data(valid, y):  # pragma: no cover - compiled by numba
 
 
 @_njit
-def _row_buffers(w):  # pragma: no cover - compiled by numba
+def row_buffers(w):  # pragma: no cover - compiled by numba
     """One row's scratch: values, mantissas, top-1, top-2, Σp, Σp ln p, argmax (``w`` each)."""
     f32 = np.float32
     return (np.empty(w, f32), np.empty(w, np.uint32), np.empty(w, f32), np.empty(w, f32), np.empty(w, f32),
@@ -142,37 +142,15 @@ def _row_buffers(w):  # pragma: no cover - compiled by numba
 def _confidence_rows(p, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover - compiled by numba
     """Rows ``r0 … r1-1`` of the products of ``p (C, h, w)`` float32."""
     n_classes, _, w = p.shape
-    buf, mant, top1, top2, total, plogp, arg = _row_buffers(w)
+    buf, mant, top1, top2, total, plogp, arg = row_buffers(w)
     for y in range(r0, r1):
-        if _row_has_data(valid, y):  # rows without a valid pixel cost nothing
-            _reset(top1, top2, arg, total, plogp)
+        if row_has_data(valid, y):  # rows without a valid pixel cost nothing
+            reset_row(top1, top2, arg, total, plogp)
             for c in range(n_classes):
                 for x in range(w):
                     buf[x] = max(p[c, y, x], np.float32(0.0))
-                _accumulate(buf, mant, top1, top2, arg, total, plogp, c)
-        _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
-
-
-@_njit
-def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover
-    """Rows ``r0 … r1-1`` of the products of the patch-level blend ``p[c, y] = w_first[y] · rows[c, first[y]] +
-    w_second[y] · rows[c, second[y]]`` (``rows = G · A_xᵀ``, (C, ky, w)), without materialising ``p``."""
-    n_classes, _, w = rows.shape
-    buf, mant, top1, top2, total, plogp, arg = _row_buffers(w)
-    for y in range(r0, r1):
-        if _row_has_data(valid, y):
-            _reset(top1, top2, arg, total, plogp)
-            a, b = w_first[y], w_second[y]
-            for c in range(n_classes):
-                r1_ = rows[c, first[y]]
-                r2_ = rows[c, second[y]]
-                for x in range(w):
-                    buf[x] = max(a * r1_[x] + b * r2_[x], np.float32(0.0))
-                _accumulate(buf, mant, top1, top2, arg, total, plogp, c)
-        _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
-
-
-_POOL: ThreadPoolExecutor | None = None
+                accumulate_class(buf, mant, top1, top2, arg, total, plogp, c)
+        finish_row(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
 
 
 def _kernel():
@@ -180,42 +158,52 @@ def _kernel():
     return _confidence_rows if kernels.enabled() else None
 
 
-def _run_rows(kernel, h: int, w: int, *args) -> None:
-    """``kernel(*args, r0, r1)`` over all rows, split over :data:`THREADS` threads when worth it."""
-    global _POOL
-    threads = max(1, min(THREADS, h))
+def kernel_threads() -> int:
+    """Threads a fused CPU kernel call splits its rows over: half the usable cores (the writer stage,
+    which runs these kernels, shares the machine with the model), at least one."""
+    return max(1, kernels.usable_cores() // 2)
+
+
+def run_rows(kernel: Callable[..., None], h: int, w: int, *args: object) -> None:
+    """``kernel(*args, r0, r1)`` over rows ``0 … h-1``, split over :func:`kernel_threads` threads when worth it.
+
+    The calling thread computes the first share; the others run on workers started for this call and
+    joined before it returns (also when a share fails), so nothing outlives the call and the thread
+    count follows the cores usable now. Starting them costs well under a millisecond (see
+    ``tests/test_uncertainty.py``), against tens of milliseconds of kernel work per strip.
+    """
+    threads = max(1, min(kernel_threads(), h))
     if threads == 1 or h * w < PARALLEL_MIN_PIXELS:
         kernel(*args, 0, h)
         return
-    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - resize the shared pool when threads grow
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s2seg-confidence")
-    bounds = np.linspace(0, h, threads + 1).astype(int)
-    futures = [_POOL.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    for f in futures:
-        f.result()
+    bounds = [int(b) for b in np.linspace(0, h, threads + 1).astype(int)]
+    errors: list[BaseException] = []
+
+    def share(r0: int, r1: int) -> None:
+        try:
+            kernel(*args, r0, r1)
+        except BaseException as exc:  # re-raised by the caller, after every worker has ended
+            errors.append(exc)
+
+    workers = [threading.Thread(target=share, args=(a, b), name=f"s2seg-confidence-{i}", daemon=True)
+               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1)]
+    try:
+        for worker in workers:
+            worker.start()
+        share(bounds[0], bounds[1])
+    finally:
+        for worker in workers:
+            if worker.ident is not None:  # started (starting can fail: no thread left)
+                worker.join()
+    if errors:
+        raise errors[0]
 
 
-def _new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
-    from .blend import empty  # large outputs on huge pages
-
+def new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
+    """Uninitialised products of an ``h × w`` window and their numpy views, for the fused kernels to fill
+    (large ones on huge pages: see :func:`.buffers.empty`)."""
     out = Confidence(classes=empty((h, w), torch.uint8), maxprob=empty((h, w)), entropy=empty((h, w)), gap=empty((h, w)))
     return out, (out.classes.numpy(), out.maxprob.numpy(), out.entropy.numpy(), out.gap.numpy())
-
-
-def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch.Tensor, w_first: torch.Tensor,
-                          w_second: torch.Tensor, valid: torch.Tensor) -> Confidence | None:
-    """Products of ``p[:, y] = w_first[y] · rows[:, first[y]] + w_second[y] · rows[:, second[y]]`` in one fused
-    pass (CPU, numba); None when the fused kernel is not available (the caller blends, then calls
-    :func:`confidence`)."""
-    if not kernels.enabled() or rows.device.type != "cpu":
-        return None
-    h, w = valid.shape
-    out, arrays = _new_products(h, w)
-    valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
-    _run_rows(_blend_confidence_rows, h, w, rows.to(torch.float32).contiguous().numpy(), first.to(torch.int64).numpy(),
-              second.to(torch.int64).numpy(), w_first.to(torch.float32).numpy(), w_second.to(torch.float32).numpy(),
-              valid_np, *arrays)
-    return out
 
 
 def _confidence_fused(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
@@ -223,9 +211,9 @@ def _confidence_fused(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
     p = probs.detach()
     if p.stride(2) != 1:
         p = p.contiguous()
-    out, arrays = _new_products(h, w)
+    out, arrays = new_products(h, w)
     valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
-    _run_rows(_confidence_rows, h, w, p.numpy(), valid_np, *arrays)
+    run_rows(_confidence_rows, h, w, p.numpy(), valid_np, *arrays)
     return out
 
 
