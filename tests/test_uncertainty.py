@@ -169,3 +169,42 @@ def test_a_16_core_machine_keeps_no_confidence_workers_after_the_call():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("write_probs", [False, True], ids=["fused-blend", "blend-then-confidence"])
+def test_a_run_gives_the_same_products_with_1_2_and_16_cores_and_leaves_no_thread(write_probs, small_tile, tmp_path,
+                                                                                   apparent_cores, monkeypatch):
+    """A small real run (patch-level model, 240² tile) as if on 1, 2 and 16 cores: identical products, the
+    confidence rows really split over workers with 16, and no ``s2seg-*`` thread alive afterwards."""
+    import threading
+
+    import numpy as np
+    import rasterio
+    from test_pipeline import SpectralPatchModel
+
+    from s2seg.core import uncertainty
+    from s2seg.core.config import EngineConfig
+    from s2seg.core.pipeline import segment
+
+    if not kernels.enabled():
+        pytest.skip("needs numba: the torch path runs on the calling thread")
+    monkeypatch.setattr(uncertainty, "PARALLEL_MIN_PIXELS", 1)  # split even this tile's 120-row strips
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    products = {}
+    for cores in (1, 2, 16):
+        apparent_cores(cores)
+        started.clear()
+        result = segment(small_tile, tmp_path / str(cores), model=SpectralPatchModel(),
+                         config=EngineConfig(chunk_size=120, write_probs=write_probs))
+        workers = [n for n in started if n.startswith("s2seg-confidence")]
+        assert (len(workers) > 0) == (cores == 16), workers
+        assert not _s2seg_threads()
+        products[cores] = {}
+        for key in ("class", "maxprob", "entropy", "gap"):
+            with rasterio.open(result.products[key]) as ds:
+                products[cores][key] = ds.read()
+    for cores in (2, 16):
+        for key, values in products[1].items():
+            assert np.array_equal(products[cores][key], values, equal_nan=True), (cores, key)
