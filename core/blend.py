@@ -14,14 +14,12 @@ import functools
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import kernels
 from .buffers import empty
 from .grid import Chunk
-from .uncertainty import (Confidence, accumulate_class, confidence, finish_row, new_products, reset_row, row_buffers,
-                          row_has_data, run_rows)
+from .uncertainty import Confidence, blend_rows_confidence, confidence
 
 
 def window_1d(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -95,34 +93,11 @@ def blend_patch_level_confidence(grid: torch.Tensor, chunk: Chunk, patch_size: i
     C × rows × width buffer). For a pipeline that does not write per-class probabilities."""
     row0, row1 = rows or (chunk.row0, chunk.row1)
     along_x, first_row = _along_x(grid, chunk, patch_size, row0, row1)
-    if not kernels.enabled() or along_x.device.type != "cpu":
-        return confidence(_mix_rows(along_x, first_row, row0, row1, patch_size), valid)
     ay = axis_weights(row0, row1, first_row, patch_size, grid.device)
-    h, w = valid.shape
-    out, arrays = new_products(h, w)
-    run_rows(_blend_confidence_rows, h, w, along_x.to(torch.float32).contiguous().numpy(), ay.first.to(torch.int64).numpy(),
-             ay.second.to(torch.int64).numpy(), ay.w_first.to(torch.float32).numpy(), ay.w_second.to(torch.float32).numpy(),
-             np.ascontiguousarray(valid.cpu().numpy(), dtype=bool), *arrays)
-    return out
-
-
-@kernels.njit(kernels.FASTMATH_APPROX)  # the products' polynomial ln, as in uncertainty's kernel
-def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover
-    """Rows ``r0 … r1-1`` of the products of the patch-level blend ``p[c, y] = w_first[y] · rows[c, first[y]] +
-    w_second[y] · rows[c, second[y]]`` (``rows = G · A_xᵀ``, (C, ky, w)), without materialising ``p``."""
-    n_classes, _, w = rows.shape
-    buf, mant, top1, top2, total, plogp, arg = row_buffers(w)
-    for y in range(r0, r1):
-        if row_has_data(valid, y):
-            reset_row(top1, top2, arg, total, plogp)
-            a, b = w_first[y], w_second[y]
-            for c in range(n_classes):
-                r1_ = rows[c, first[y]]
-                r2_ = rows[c, second[y]]
-                for x in range(w):
-                    buf[x] = max(a * r1_[x] + b * r2_[x], np.float32(0.0))
-                accumulate_class(buf, mant, top1, top2, arg, total, plogp, c)
-        finish_row(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
+    fused = blend_rows_confidence(along_x, ay.first, ay.second, ay.w_first, ay.w_second, valid)
+    if fused is not None:
+        return fused
+    return confidence(_mix_rows(along_x, first_row, row0, row1, patch_size), valid)
 
 
 def _along_x(grid: torch.Tensor, chunk: Chunk, patch_size: int, row0: int, row1: int) -> tuple[torch.Tensor, int]:

@@ -95,7 +95,7 @@ def test_cpu_kernels_are_compiled_when_numba_is_there(monkeypatch):
     monkeypatch.delenv("S2SEG_NO_NUMBA", raising=False)
     if kernels.numba is None:
         pytest.skip("numba is not installed")
-    for kernel in (blend._rows_kernel(), blend._add_kernel(), uncertainty._kernel(), blend._blend_confidence_rows):
+    for kernel in (blend._rows_kernel(), blend._add_kernel(), uncertainty._kernel(), uncertainty._blend_confidence_rows):
         assert isinstance(kernel, kernels.numba.core.registry.CPUDispatcher), kernel
     monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
     assert blend._rows_kernel() is None and blend._add_kernel() is None and uncertainty._kernel() is None

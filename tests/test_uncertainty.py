@@ -69,7 +69,7 @@ def test_compiled_kernels_write_inside_their_rows_only(width):
     per-pixel loop wrote 8 bytes past the row, so every thread's first 8 class ids were lost.)"""
     import numpy as np
 
-    from s2seg.core import blend, uncertainty
+    from s2seg.core import uncertainty
 
     h = 8
     probs = torch.softmax(torch.randn(5, h, width, generator=torch.Generator().manual_seed(0)) * 3, 0).numpy()
@@ -82,7 +82,7 @@ def test_compiled_kernels_write_inside_their_rows_only(width):
     first, second = np.zeros(h, np.int64), np.ones(h, np.int64)
     weights = np.full(h, 0.5, np.float32)
     products = _guarded(h, width)
-    blend._blend_confidence_rows(rows, first, second, weights, weights, valid, *(a[:h] for a in products), 0, h)
+    uncertainty._blend_confidence_rows(rows, first, second, weights, weights, valid, *(a[:h] for a in products), 0, h)
     assert _guard_untouched(products, h)
 
 
