@@ -113,15 +113,27 @@ def test_rows_split_over_threads_give_the_single_thread_products(apparent_cores)
 def _s2seg_threads():
     import threading
 
-    return [t.name for t in threading.enumerate() if t.name.startswith("s2seg-")]
+    return {t for t in threading.enumerate() if t.name.startswith("s2seg-")}
+
+
+def _spy_on_thread_starts(monkeypatch):
+    """The list every thread started from now on is appended to (other tests' leftovers do not count)."""
+    import threading
+
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), start(self))[1])
+    return started
+
+
+def _confidence_workers(started):
+    return [t for t in started if t.name.startswith("s2seg-confidence")]
 
 
 @pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (16, 7)])
 def test_threaded_kernels_start_their_workers_per_call_and_join_them(cores, workers, apparent_cores, monkeypatch):
     """Half the usable cores split the rows (the calling thread takes one share); every worker is
     started by the call and has ended when it returns, for both fused kernels."""
-    import threading
-
     from s2seg.core import uncertainty
     from s2seg.core.blend import blend_patch_level, blend_patch_level_confidence
     from s2seg.core.grid import plan
@@ -129,21 +141,19 @@ def test_threaded_kernels_start_their_workers_per_call_and_join_them(cores, work
     if not kernels.enabled():
         pytest.skip("needs numba: the torch path runs on the calling thread")
     apparent_cores(cores)
-    started = []
-    start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    started = _spy_on_thread_starts(monkeypatch)
     probs, valid = _strip()
     out = confidence(probs, valid)
-    assert len([n for n in started if n.startswith("s2seg-confidence")]) == workers
-    assert not _s2seg_threads()
+    assert len(_confidence_workers(started)) == workers
+    assert not [t.name for t in started if t.is_alive() and t.name.startswith("s2seg-")]
     assert torch.equal(out.classes, uncertainty._confidence_torch(probs, valid).classes)
 
     chunk = plan(600, 1200, 120, 1200).chunks[0]
     grid = torch.softmax(torch.randn(chunk.n_patches_y, chunk.n_patches_x, 19, generator=torch.Generator().manual_seed(2)), -1)
     started.clear()
     fused = blend_patch_level_confidence(grid, chunk, 120, valid, rows=(0, 512))
-    assert len([n for n in started if n.startswith("s2seg-confidence")]) == workers
-    assert not _s2seg_threads()
+    assert len(_confidence_workers(started)) == workers
+    assert not [t.name for t in started if t.is_alive() and t.name.startswith("s2seg-")]
     two_pass = confidence(blend_patch_level(grid, chunk, 120, rows=(0, 512)), valid)
     assert torch.equal(fused.classes, two_pass.classes)
     torch.testing.assert_close(fused.maxprob, two_pass.maxprob, equal_nan=True)
@@ -176,8 +186,6 @@ def test_a_run_gives_the_same_products_with_1_2_and_16_cores_and_leaves_no_threa
                                                                                    apparent_cores, monkeypatch):
     """A small real run (patch-level model, 240² tile) as if on 1, 2 and 16 cores: identical products, the
     confidence rows really split over workers with 16, and no ``s2seg-*`` thread alive afterwards."""
-    import threading
-
     import numpy as np
     import rasterio
     from test_pipeline import SpectralPatchModel
@@ -189,18 +197,17 @@ def test_a_run_gives_the_same_products_with_1_2_and_16_cores_and_leaves_no_threa
     if not kernels.enabled():
         pytest.skip("needs numba: the torch path runs on the calling thread")
     monkeypatch.setattr(uncertainty, "PARALLEL_MIN_PIXELS", 1)  # split even this tile's 120-row strips
-    started = []
-    start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    before = _s2seg_threads()
+    started = _spy_on_thread_starts(monkeypatch)
     products = {}
     for cores in (1, 2, 16):
         apparent_cores(cores)
         started.clear()
         result = segment(small_tile, tmp_path / str(cores), model=SpectralPatchModel(),
                          config=EngineConfig(chunk_size=120, write_probs=write_probs))
-        workers = [n for n in started if n.startswith("s2seg-confidence")]
+        workers = _confidence_workers(started)
         assert (len(workers) > 0) == (cores == 16), workers
-        assert not _s2seg_threads()
+        assert not [t.name for t in started if t.is_alive() and t.name.startswith("s2seg-")] and _s2seg_threads() <= before
         products[cores] = {}
         for key in ("class", "maxprob", "entropy", "gap"):
             with rasterio.open(result.products[key]) as ds:
