@@ -12,34 +12,14 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
 from dataclasses import dataclass
 
 import torch
 
 from . import kernels
+from .buffers import empty
 from .grid import Chunk
-
-#: CPU buffers at least this large are mapped with transparent huge pages (see :func:`empty`).
-HUGE_PAGE_MIN_BYTES = 4 * 2**20
-
-
-def empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``torch.empty``, but large CPU buffers are fresh anonymous mappings advised to use transparent huge
-    pages. A chunk's buffers are hundreds of MB used once: with 4 kB pages, first touching them costs a
-    page fault per 4 kB, which on a VM is slower than the arithmetic done on them (measured 2–4× per pass).
-    Falls back to ``torch.empty`` where the platform has no such mapping."""
-    numel = math.prod(shape)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    if torch.device(device).type != "cpu" or nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype, device=device)
-    try:
-        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        buffer.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError, AttributeError):
-        return torch.empty(shape, dtype=dtype, device=device)
-    # The tensor keeps the mapping alive; it is unmapped when the tensor is freed.
-    return torch.frombuffer(buffer, dtype=dtype, count=numel).view(shape)
+from .uncertainty import Confidence, blend_rows_confidence, confidence
 
 
 def window_1d(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -106,13 +86,11 @@ def blend_patch_level(grid: torch.Tensor, chunk: Chunk, patch_size: int, rows: t
 
 
 def blend_patch_level_confidence(grid: torch.Tensor, chunk: Chunk, patch_size: int, valid: torch.Tensor,
-                                 rows: tuple[int, int] | None = None):
+                                 rows: tuple[int, int] | None = None) -> Confidence:
     """``confidence(blend_patch_level(grid, chunk, patch_size, rows), valid)`` without materialising the
     ``(C, h, w)`` probabilities: on a CPU with numba one fused pass per output row blends the two covering
     patch rows and folds every class into the products (about twice as fast as the two calls, and no
     C × rows × width buffer). For a pipeline that does not write per-class probabilities."""
-    from .uncertainty import blend_rows_confidence, confidence
-
     row0, row1 = rows or (chunk.row0, chunk.row1)
     along_x, first_row = _along_x(grid, chunk, patch_size, row0, row1)
     ay = axis_weights(row0, row1, first_row, patch_size, grid.device)

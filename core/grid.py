@@ -5,7 +5,8 @@ anchored to the tile, not to the chunk. Every 10 m pixel ``y`` is therefore
 covered by exactly the two patches ``y // S - 1`` and ``y // S`` along each axis,
 whatever the chunk size, and a chunk computes all patches touching its output
 window from a halo of ``S`` pixels (reflected outside the tile). That is what
-makes the outputs independent of the chunk size.
+makes the outputs independent of the chunk size. A tile (or crop) smaller than one patch
+is planned the same way: its patches reach past the tile on both sides, all reflected.
 
 A model whose pixel is ``f × f`` 10 m pixels (``f = resolution / 10``, e.g. 3 for a
 30 m model) has the same grid in its own pixels: patches of ``P`` model pixels at
@@ -188,10 +189,11 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
         raise ConfigError(f"patch size must be an even number of pixels, got {patch_size}")
     if factor < 1:
         raise ConfigError(f"the model pixel must be at least one 10 m pixel, got a factor of {factor}")
+    if height < 1 or width < 1:
+        raise ConfigError(f"the tile must have at least one pixel, got {width} × {height} px")
     footprint = patch_size * factor
-    if height < footprint or width < footprint:
-        at = f" at {10 * factor} m = {footprint} px at 10 m" if factor > 1 else ""
-        raise ConfigError(f"the tile ({width} × {height} px) is smaller than one patch ({patch_size} px{at})")
+    # A tile smaller than one patch needs nothing special: the grid still puts every pixel under two
+    # patches per axis, and the reader fills whatever they cover beyond the tile by reflection.
     unit = chunk_unit(footprint)
     if chunk_size <= 0 or chunk_size % unit:
         lower = max(unit, (chunk_size // unit) * unit)

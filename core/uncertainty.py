@@ -4,30 +4,30 @@ On a CPU the products come from one fused kernel (numba, when installed): a pass
 over the class planes of each row keeps max, argmax, runner-up, ``T = Σp`` and
 ``Σ p ln p`` in registers, with a vectorisable polynomial ``ln`` (relative error
 < 1e-7). Entropy of ``q = p / T`` is ``log₂ T − (Σ p log₂ p) / T``, so no
-normalised copy is made. Rows are split over :data:`THREADS` threads (the kernel
-releases the GIL; by default half the cores: in the pipeline the other half runs
-the model). Without numba, and on a GPU, the same quantities
+normalised copy is made. Rows are split over :func:`kernel_threads` threads (the
+kernel releases the GIL; half the usable cores: in the pipeline the other half runs
+the model), started by each call and joined before it returns: no worker outlives
+the call that needs it. Without numba, and on a GPU, the same quantities
 come from a few torch reductions per block of rows. Rows with no valid pixel are
 skipped (nodata costs nothing).
 """
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import kernels
+from .buffers import empty
 
 CLASS_NODATA = 255
 LOW_GAP = 0.1  # a top-1/top-2 gap below this means "near a decision boundary"
 BLOCK_PIXELS = 1 << 15  # torch path: pixels per block, so a block's class planes stay in cache
 PARALLEL_MIN_PIXELS = 1 << 17  # below this, one thread is quicker than handing rows out
-#: Threads of the fused kernel: half the cores (the writer stage shares the machine with the model).
-THREADS = max(1, (os.cpu_count() or 1) // 2)
 
 
 @dataclass
@@ -49,6 +49,9 @@ def confidence(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
 
 
 # ------------------------------------------------------------------ fused CPU kernels (numba)
+# The fused patch-level blend + confidence kernel lives here too, beside the row pieces it is built
+# from: numba's on-disk cache is invalidated by changes to the kernel's own file only, so a kernel
+# calling compiled pieces of another module could keep running stale machine code after an edit.
 
 _njit = kernels.njit(kernels.FASTMATH_APPROX)
 
@@ -172,32 +175,55 @@ def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classe
         _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
 def _kernel():
     """The compiled confidence kernel, or None (see :func:`.kernels.enabled`)."""
     return _confidence_rows if kernels.enabled() else None
 
 
-def _run_rows(kernel, h: int, w: int, *args) -> None:
-    """``kernel(*args, r0, r1)`` over all rows, split over :data:`THREADS` threads when worth it."""
-    global _POOL
-    threads = max(1, min(THREADS, h))
+def kernel_threads() -> int:
+    """Threads a fused CPU kernel call splits its rows over: half the usable cores (the writer stage,
+    which runs these kernels, shares the machine with the model), at least one."""
+    return max(1, kernels.usable_cores() // 2)
+
+
+def _run_rows(kernel: Callable[..., None], h: int, w: int, *args: object) -> None:
+    """``kernel(*args, r0, r1)`` over rows ``0 … h-1``, split over :func:`kernel_threads` threads when worth it.
+
+    The calling thread computes the first share; the others run on workers started for this call and
+    joined before it returns (also when a share fails), so nothing outlives the call and the thread
+    count follows the cores usable now. Starting and joining them costs 0.1 ms for one worker and
+    0.5 ms for seven (measured on a 2-core VM), against 16–30 ms of kernel work per 512 × 2520 strip.
+    """
+    threads = max(1, min(kernel_threads(), h))
     if threads == 1 or h * w < PARALLEL_MIN_PIXELS:
         kernel(*args, 0, h)
         return
-    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001 - resize the shared pool when threads grow
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s2seg-confidence")
-    bounds = np.linspace(0, h, threads + 1).astype(int)
-    futures = [_POOL.submit(kernel, *args, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    for f in futures:
-        f.result()
+    bounds = [int(b) for b in np.linspace(0, h, threads + 1).astype(int)]
+    errors: list[BaseException] = []
+
+    def share(r0: int, r1: int) -> None:
+        try:
+            kernel(*args, r0, r1)
+        except BaseException as exc:  # re-raised by the caller, after every worker has ended
+            errors.append(exc)
+
+    workers = [threading.Thread(target=share, args=(a, b), name=f"s2seg-confidence-{i}", daemon=True)
+               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1)]
+    try:
+        for worker in workers:
+            worker.start()
+        share(bounds[0], bounds[1])
+    finally:
+        for worker in workers:
+            if worker.ident is not None:  # started (starting can fail: no thread left)
+                worker.join()
+    if errors:
+        raise errors[0]
 
 
 def _new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
-    from .blend import empty  # large outputs on huge pages
-
+    """Uninitialised products of an ``h × w`` window and their numpy views, for the fused kernels to fill
+    (large ones on huge pages: see :func:`.buffers.empty`)."""
     out = Confidence(classes=empty((h, w), torch.uint8), maxprob=empty((h, w)), entropy=empty((h, w)), gap=empty((h, w)))
     return out, (out.classes.numpy(), out.maxprob.numpy(), out.entropy.numpy(), out.gap.numpy())
 
@@ -206,7 +232,7 @@ def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch
                           w_second: torch.Tensor, valid: torch.Tensor) -> Confidence | None:
     """Products of ``p[:, y] = w_first[y] · rows[:, first[y]] + w_second[y] · rows[:, second[y]]`` in one fused
     pass (CPU, numba); None when the fused kernel is not available (the caller blends, then calls
-    :func:`confidence`)."""
+    :func:`confidence`). The patch-level blend (:func:`.blend.blend_patch_level_confidence`) uses it."""
     if not kernels.enabled() or rows.device.type != "cpu":
         return None
     h, w = valid.shape

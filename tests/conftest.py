@@ -28,6 +28,34 @@ def small_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample_tile(tmp_path_factory.mktemp("small_tile"), size=240, seed=0, level="L2A", layout="safe")
 
 
+# --- apparent core count ------------------------------------------------------------------------
+def _fake_cores(mp: pytest.MonkeyPatch, n: int) -> None:
+    """Make this process look like it runs on ``n`` cores: the two places the engine reads its core
+    count from (:func:`s2seg.core.kernels.usable_cores`; ``batch.usable_cores`` reads the same)."""
+    mp.setattr(os, "cpu_count", lambda: n)
+    if hasattr(os, "sched_getaffinity"):
+        mp.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))
+
+
+@pytest.fixture()
+def apparent_cores(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """``apparent_cores(n)``: from then on in the test, the engine sees ``n`` usable cores."""
+    return lambda n: _fake_cores(monkeypatch, n)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cores() -> Iterator[None]:
+    """``S2SEG_TEST_CORES=16 pytest …`` runs the whole session as if on a 16-core machine (thread
+    counts are read at call time, so this reaches every run the tests start)."""
+    n = os.environ.get("S2SEG_TEST_CORES")
+    if not n:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_cores(mp, int(n))
+        yield
+
+
 # --- QGIS Processing ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def s2seg_registered(qgis_processing: None) -> Iterator[None]:

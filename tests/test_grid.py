@@ -34,9 +34,22 @@ def test_plan_rejects_bad_chunk_sizes_with_the_nearest_valid(bad):
         plan(600, 600, 120, bad)
 
 
-def test_plan_rejects_tile_smaller_than_patch():
-    with pytest.raises(ConfigError, match="smaller than one patch"):
-        plan(100, 600, 120, 60)
+def test_a_tile_smaller_than_one_patch_is_planned_like_any_other():
+    """A 100 px crop under 120 px patches (stride 60): every pixel still under the two patches y // 60 - 1
+    and y // 60 per axis; the patches reach past the crop (read by reflection). Refused before."""
+    grid = plan(100, 600, 120, 60)
+    assert len(grid.chunks) == 2 * 10 and grid.n_patches == 3 * 11
+    first, last = grid.chunks[0], grid.chunks[-1]
+    assert (first.ky0, first.ky1, first.input_rows) == (-1, 1, (-60, 120))
+    assert (last.row0, last.row1, last.ky0, last.ky1, last.input_rows) == (60, 100, 0, 2, (0, 180))
+    whole = plan(100, 100, 120, 120).chunks[0]
+    assert (whole.row1, whole.ky0, whole.ky1, whole.input_rows) == (100, -1, 2, (-60, 180))
+
+
+@pytest.mark.parametrize(("height", "width"), [(0, 600), (600, 0), (-6, 6)])
+def test_plan_rejects_a_tile_without_pixels(height, width):
+    with pytest.raises(ConfigError, match=rf"the tile must have at least one pixel, got {width} × {height} px"):
+        plan(height, width, 120, 60)
 
 
 def test_coarse_model_grid_adds_one_patch_beyond_each_chunk_edge():
@@ -51,8 +64,11 @@ def test_coarse_model_grid_adds_one_patch_beyond_each_chunk_edge():
     window = model_chunk(second, 3)
     assert (window.row0, window.row1, window.col0, window.col1, window.stride) == (-1, 1665, 1663, 3329, 128)
     assert model_chunk(first, 1) is first
-    with pytest.raises(ConfigError, match=r"smaller than one patch \(256 px at 30 m = 768 px at 10 m\)"):
-        plan(700, 700, 256, 384, factor=3)
+    # A 720 px crop under 768 px patches (256 at 30 m): refused before; now 2 × 2 chunks of 384 px or one of 768.
+    small = plan(720, 720, 256, 384, factor=3)
+    assert len(small.chunks) == 4 and small.chunks[-1].row1 == 720
+    assert (small.chunks[0].ky0, small.chunks[0].ky1, small.chunks[-1].ky0, small.chunks[-1].ky1) == (-2, 2, -1, 3)
+    assert len(plan(720, 720, 256, 768, factor=3).chunks) == 1
 
 
 def test_reflect_indices_symmetric():
@@ -60,12 +76,10 @@ def test_reflect_indices_symmetric():
 
 
 @settings(max_examples=60, deadline=None)
-@given(height=st.integers(60, 700), width=st.integers(60, 700), half=st.sampled_from([6, 10, 30, 60]),
+@given(height=st.integers(1, 700), width=st.integers(1, 700), half=st.sampled_from([6, 10, 30, 60]),
        units_a=st.integers(1, 6), units_b=st.integers(1, 6))
 def test_chunks_tile_exactly_once_and_pixels_see_the_same_patches(height, width, half, units_a, units_b):
-    patch = 2 * half
-    if height < patch or width < patch:
-        return
+    patch = 2 * half  # tiles smaller than one patch included
     unit = chunk_unit(patch)
     coverage_by_size = []
     for size in (units_a * unit, units_b * unit):

@@ -41,6 +41,18 @@ def test_halo_outside_the_tile_is_reflected(tmp_path):
     assert np.array_equal(px.data[0], b02[np.ix_(expected_rows, expected_cols)])
 
 
+def test_a_region_wider_than_the_tile_reflects_again_past_the_far_edge(tmp_path):
+    """A patch larger than the tile (small crops) reads far past both edges: mirror images alternate,
+    period twice the tile, for the 10 m band and the 20 m band sampled where each 10 m centre falls."""
+    b02, b11 = _tile(tmp_path)
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test") as reader:
+        px = reader.read((-150, 300), (-130, 290))
+    mirror = np.concatenate([np.arange(120), np.arange(119, -1, -1)])  # one period of the reflection
+    rows, cols = mirror[np.arange(-150, 300) % 240], mirror[np.arange(-130, 290) % 240]
+    assert np.array_equal(px.data[0], b02[np.ix_(rows, cols)])
+    assert np.array_equal(px.data[1], b11[np.ix_((10 * rows + 5) // 20, (10 * cols + 15) // 20)])
+
+
 def test_window_read_equals_the_same_pixels_of_a_larger_read(tmp_path):
     _tile(tmp_path)
     bands = discover(tmp_path)
