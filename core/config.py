@@ -7,6 +7,7 @@ the model card (:mod:`s2seg.core.models.card`), never to this file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -18,6 +19,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: error when there is nothing to resume (CLI ``--resume``); ``never``: discard any partial
 #: state and start over (CLI ``--no-resume``). ``True``/``False`` mean ``auto``/``never``.
 RESUME_MODES = ("auto", "require", "never")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or ``taskset``'s share), else
+    ``os.cpu_count()``. Read at each call, never cached at import, so that thread counts follow the
+    machine the code runs on (and tests can fake it by patching ``os.sched_getaffinity``/``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,3 @@ def njit(fastmath: frozenset[str] = FASTMATH_EXACT) -> Callable[[F], F]:
             return function
         return numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False, fastmath=set(fastmath))(function)
     return decorate
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity (a container's or ``taskset``'s share), else
-    ``os.cpu_count()``. Read at each call, never cached at import, so that thread counts follow the
-    machine the code runs on (and tests can fake it by patching ``os.sched_getaffinity``/``os.cpu_count``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)

@@ -23,6 +23,7 @@ import torch
 
 from . import kernels
 from .buffers import empty
+from .config import usable_cores
 
 CLASS_NODATA = 255
 LOW_GAP = 0.1  # a top-1/top-2 gap below this means "near a decision boundary"
@@ -183,7 +184,7 @@ def _kernel():
 def kernel_threads() -> int:
     """Threads a fused CPU kernel call splits its rows over: half the usable cores (the writer stage,
     which runs these kernels, shares the machine with the model), at least one."""
-    return max(1, kernels.usable_cores() // 2)
+    return max(1, usable_cores() // 2)
 
 
 def _run_rows(kernel: Callable[..., None], h: int, w: int, *args: object) -> None:

@@ -31,7 +31,7 @@ def small_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- apparent core count ------------------------------------------------------------------------
 def _fake_cores(mp: pytest.MonkeyPatch, n: int) -> None:
     """Make this process look like it runs on ``n`` cores: the two places the engine reads its core
-    count from (:func:`s2seg.core.kernels.usable_cores`; ``batch.usable_cores`` reads the same)."""
+    count from (:func:`s2seg.core.config.usable_cores`, read at each call)."""
     mp.setattr(os, "cpu_count", lambda: n)
     if hasattr(os, "sched_getaffinity"):
         mp.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))

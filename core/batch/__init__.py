@@ -32,7 +32,8 @@ imports ``FAILED, OK, SKIPPED, run_batch, summary_line, write_summary`` from her
 """
 from __future__ import annotations
 
-from .cluster import WORKER_MEMORY_BYTES, ClusterPlan, local_cluster_plan, usable_cores
+from ..config import usable_cores
+from .cluster import WORKER_MEMORY_BYTES, ClusterPlan, local_cluster_plan
 from .command import add_arguments, cli_main
 from .driver import CANCEL_GRACE_S, CONNECT_TIMEOUT_S, run_batch
 from .jobs import expand_inputs, plan_jobs, tile_folder_name

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from ..config import usable_cores
 from ..errors import ConfigError
 
 #: Memory one CPU worker may need for a full tile (chunk queues, blend buffers, the model);
@@ -29,13 +30,6 @@ class ClusterPlan:
     def describe(self) -> str:
         kind = f"{self.gpus} GPU(s), one per worker" if self.gpus else "CPU"
         return f"local cluster: {self.workers} worker(s) × {self.threads_per_worker} torch thread(s), {kind}"
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _total_memory() -> int | None:

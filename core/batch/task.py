@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import EngineConfig
 from ..errors import Cancelled, S2SegError
-from .cluster import usable_cores
+from ..config import usable_cores
 from .results import CANCELLED, FAILED, OK, SKIPPED, ProgressCallback, TileJob, TileOutcome
 
 #: Seconds between two in-tile progress events sent by a worker (per tile).
