@@ -25,6 +25,8 @@ from qgis.core import (
 
 from s2seg.core.accuracy.config import REFERENCE_FIELD, SAMPLE_LAYER
 
+from plugin_modeler import saved_and_reloaded
+
 
 @pytest.fixture(scope="module")
 def segmented(s2seg_registered, small_tile, tmp_path_factory) -> Path:
@@ -122,12 +124,7 @@ def test_graphical_model_segment_design_assess(s2seg_provider, small_tile, tmp_p
             output.setChildOutputName("OUTPUT_HTML")
             step.setModelOutputs({"report": output})
         model.addChildAlgorithm(step)
-    ok, errors = model.validate()
-    assert ok, errors
-    path = tmp_path / "assess.model3"
-    assert model.toFile(str(path))
-    loaded = QgsProcessingModelAlgorithm()
-    assert loaded.fromFile(str(path))
+    loaded = saved_and_reloaded(model, tmp_path / "assess.model3")
     results = processing.run(loaded, {"tile": str(small_tile), "assess:report": str(tmp_path / "report.html")})
     assert results["CHILD_RESULTS"]["assess"]["OVERALL_ACCURACY"] == pytest.approx(1.0)
     assert Path(results["assess:report"]).is_file()

@@ -26,6 +26,7 @@ from qgis.core import (
 )
 
 from plugin_feedback import CancelAtFirstProgress, RecordingFeedback
+from plugin_modeler import saved_and_reloaded
 
 ALG_ID = "s2seg:segmenttiles"
 
@@ -171,12 +172,7 @@ def test_graphical_model_feeds_tiles_from_a_string_input(s2seg_provider, tiles, 
     output.setChildOutputName("SUMMARY")
     child.setModelOutputs({"summary": output})
     model.addChildAlgorithm(child)
-    ok, errors = model.validate()
-    assert ok, errors
-    path = tmp_path / "batch.model3"
-    assert model.toFile(str(path))
-    loaded = QgsProcessingModelAlgorithm()
-    assert loaded.fromFile(str(path))
+    loaded = saved_and_reloaded(model, tmp_path / "batch.model3")
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     results = processing.run(loaded, {"tiles": str(tiles["good"])}, context=context)

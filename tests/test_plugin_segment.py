@@ -34,6 +34,7 @@ from qgis.core import (
 from s2seg.core.nomenclature import BIGEARTHNET19
 
 from plugin_feedback import CancelAtFirstProgress, RecordingFeedback
+from plugin_modeler import saved_and_reloaded
 
 ALG_ID = "s2seg:segmenttile"
 PRODUCT_OUTPUTS = {"CLASS": "class", "MAXPROB": "maxprob", "ENTROPY": "entropy", "GAP": "gap"}
@@ -256,13 +257,7 @@ def test_graphical_model_chains_entropy_into_raster_statistics(s2seg_provider, s
     output.setChildOutputName("OUTPUT_HTML_FILE")
     stats.setModelOutputs({"entropy_stats": output})
     model.addChildAlgorithm(stats)
-    ok, errors = model.validate()
-    assert ok, errors
-    path = tmp_path / "segment_entropy_stats.model3"
-    assert model.toFile(str(path))
-
-    loaded = QgsProcessingModelAlgorithm()
-    assert loaded.fromFile(str(path))
+    loaded = saved_and_reloaded(model, tmp_path / "segment_entropy_stats.model3")
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     results = processing.run(loaded, {"tile": str(small_tile), "stats:entropy_stats": str(tmp_path / "stats.html")},

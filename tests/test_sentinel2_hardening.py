@@ -222,13 +222,19 @@ def test_bands_of_different_products_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ 10: paths GDAL cannot open
-def test_tile_path_that_is_not_utf8_is_a_clear_error(tmp_path):
+def _tile_at_a_non_utf8_path(tmp_path: Path) -> Path:
+    """A flat sample tile moved to a folder whose name holds a Latin-1 byte (skips where the file system refuses)."""
     flat = write_sample_tile(tmp_path, size=120, layout="flat")
     latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/tile\xe9"))
     try:
         flat.rename(latin1)
     except (OSError, UnicodeEncodeError):
         pytest.skip("this file system refuses non-UTF-8 names")
+    return latin1
+
+
+def test_tile_path_that_is_not_utf8_is_a_clear_error(tmp_path):
+    latin1 = _tile_at_a_non_utf8_path(tmp_path)
     with pytest.raises(InputError, match=r"tile path '.*/tile\\udce9' is not valid UTF-8") as info:
         discover(latin1)
     assert "GDAL cannot open it: rename it" in str(info.value)
@@ -303,12 +309,7 @@ def test_cli_refuses_a_metadata_zip_bomb_before_any_output(zipped, tmp_path, cap
 
 
 def test_cli_refuses_a_non_utf8_tile_path_before_any_output(tmp_path, capsys):
-    flat = write_sample_tile(tmp_path, size=120, layout="flat")
-    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/tile\xe9"))
-    try:
-        flat.rename(latin1)
-    except (OSError, UnicodeEncodeError):
-        pytest.skip("this file system refuses non-UTF-8 names")
+    latin1 = _tile_at_a_non_utf8_path(tmp_path)
     code, err = run_cli(capsys, "segment", latin1, tmp_path / "out")
     assert code == 1 and "Traceback" not in err
     assert f"s2seg: error: tile path {str(latin1)!r} is not valid UTF-8" in err
