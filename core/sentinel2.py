@@ -177,11 +177,12 @@ def discover(path: str | Path) -> BandSet:
 
     metadata = _product_metadata(source, kept, metadata_in)
     level, baseline, offsets = _parse_metadata(metadata) if metadata is not None else (None, None, {})
+    level = level or _level_from_name(source.name)
     bandset = BandSet(
-        name=_tile_name(source, [c.path for c in candidates]),
+        name=_tile_name(source, [c.path for c in candidates], level, baseline),
         source=source,
         files=files,
-        level=level or _level_from_name(source.name),
+        level=level,
         baseline=baseline,
         offsets=offsets,
         metadata_path=metadata[0] if metadata else None,
@@ -396,11 +397,15 @@ def _level_from_name(name: str) -> str | None:
     return "L2A" if "MSIL2A" in upper else "L1C" if "MSIL1C" in upper else None
 
 
-def _tile_name(source: Path, paths: list[str]) -> str:
+def _tile_name(source: Path, paths: list[str], level: str | None, baseline: str | None) -> str:
+    """The products' name. A band file's stem (tile and sensing time) is the same in the L1C and the
+    L2A product of a scene, and in two processing baselines of it: level and baseline, where known,
+    are appended so that their products never share a name in one folder."""
     for path in paths:
         match = _TILE_STEM.search(Path(path).name)
         if match:
-            return match.group(1)
+            digits = re.sub(r"\D", "", baseline or "")
+            return "_".join([match.group(1)] + [part for part in (level, digits and f"N{digits}") if part])
     name = source.name
     for suffix in (".zip", ".SAFE"):
         if name.upper().endswith(suffix.upper()):

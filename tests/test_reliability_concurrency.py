@@ -32,7 +32,7 @@ from s2seg.core.sample import write_sample_tile
 from s2seg.core.writer import ProductWriter
 
 pytestmark = pytest.mark.timeout(60)
-TILE_NAME = "T32UNU_20240612T103031"
+TILE_NAME = "T32UNU_20240612T103031_L2A_N0510"  # stem, level, baseline (sentinel2._tile_name)
 N_CHUNKS = 9  # 240 px tile, chunks of 96, 96 and 48 px
 N_BATCHES = 4 * 4 + 4 * 2 + 1  # batches of 16 patches: 49 patches in a full chunk, 28 in an edge one, 16 in the corner
 CONFIG = EngineConfig(chunk_size=96, batch_size=16, write_probs=True)

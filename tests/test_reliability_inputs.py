@@ -36,7 +36,7 @@ from s2seg.core.pipeline import segment
 from s2seg.core.sample import write_sample_tile
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")]
-TILE_NAME = "T32UNU_20240612T103031"
+TILE_NAME = "T32UNU_20240612T103031_L2A_N0510"  # stem, level, baseline (sentinel2._tile_name)
 CARD = {
     "name": "tiny", "format": "torchscript", "bands": ["B02", "B04", "B08", "B11"], "patch_size": 32,
     "class_names": list(BIGEARTHNET19_NAMES[:5]), "class_colours": list(BIGEARTHNET19_COLOURS[:5]),

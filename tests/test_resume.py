@@ -33,7 +33,7 @@ from s2seg.core.sentinel2 import discover
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore::FutureWarning")]
 PRODUCTS = ("class", "maxprob", "entropy", "gap", "probs")
-TILE_NAME = "T32UNU_20240612T103031"
+TILE_NAME = "T32UNU_20240612T103031_L2A_N0510"  # stem, level, baseline (sentinel2._tile_name)
 CHUNK = 96  # with 32 px patches: 9 chunks on the 240 px tile, each one whole 96 px GeoTIFF block
 
 

@@ -92,3 +92,12 @@ def test_corrupt_file_is_named(tmp_path):
     (tmp_path / "x_B03.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(InputError, match="x_B03.tif"):
         discover(tmp_path)
+
+
+def test_the_l1c_and_l2a_products_of_one_scene_get_different_names(tmp_path):
+    """Both products share the granule stem (tile and sensing time): the level and baseline in the name
+    keep their products apart in one output folder."""
+    l2a = discover(write_sample_tile(tmp_path / "l2a", size=120, level="L2A", layout="safe"))
+    l1c = discover(write_sample_tile(tmp_path / "l1c", size=120, level="L1C", layout="zip"))
+    assert (l2a.name, l1c.name) == ("T32UNU_20240612T103031_L2A_N0510", "T32UNU_20240612T103031_L1C_N0510")
+    assert (l2a.baseline, l1c.baseline) == ("05.10", "05.10")
