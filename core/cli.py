@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .nomenclature import format_share
     from .pipeline import segment
 
     config = engine_config(args)
@@ -124,7 +125,7 @@ def _segment(args: argparse.Namespace) -> int:
           f"{result.seconds:.1f} s → {result.output_dir}")
     for stat in sorted(result.class_stats, key=lambda s: -s.share):
         if stat.share >= 0.005:
-            print(f"  {100 * stat.share:5.1f}%  {stat.area_km2:9.2f} km²  maxprob {stat.mean_maxprob:.2f}  {stat.name}")
+            print(f"  {format_share(stat.share):>7}  {stat.area_km2:9.2f} km²  maxprob {stat.mean_maxprob:.2f}  {stat.name}")
     return 0
 
 

@@ -54,6 +54,16 @@ _BIGEARTHNET19 = (
 
 
 
+def format_share(share: float) -> str:
+    """A class's share of the valid pixels as every product shows it (preview legend, reports):
+    one decimal, "< 0.1 %" for a class present but below it, "–" for no share (NaN)."""
+    if share != share:  # NaN: a class without pixels
+        return "–"
+    if 0.0 < share < 0.0005:
+        return "< 0.1 %"
+    return f"{100.0 * share:.1f} %"
+
+
 def _nomenclature(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[LandCoverClass, ...], tuple[str, ...], tuple[str, ...]]:
     """(name, colour) pairs → the classes, their names and their colours, in order."""
     classes = tuple(LandCoverClass(i, name, colour) for i, (name, colour) in enumerate(pairs))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -9,10 +10,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
-from .nomenclature import hex_to_rgb
+from .nomenclature import format_share, hex_to_rgb
 from .uncertainty import CLASS_NODATA
 
 NODATA_RGB = (0, 0, 0)
+#: Characters per legend line: longer class names wrap onto further lines instead of being cut.
+LEGEND_LINE_CHARS = 40
 #: ``<tile>_preview.png``: the tile's name keeps previews of several tiles in one folder apart.
 PREVIEW_SUFFIX = "_preview.png"
 
@@ -46,17 +49,19 @@ class PreviewBuilder:
         rgb = palette[self.classes]
         present = [i for i in np.argsort(shares)[::-1] if shares[i] > 0]
         font = ImageFont.load_default()
-        row_h, swatch, pad = 14, 10, 6
-        labels = [f"{class_names[i][:48]} {100 * shares[i]:.1f}%" for i in present]
-        legend_w = max([font.getlength(t) for t in labels] + [80]) + swatch + 3 * pad
-        height = max(rgb.shape[0], len(labels) * row_h + 2 * pad)
+        line_h, swatch, pad = 12, 10, 6
+        entries = [textwrap.wrap(f"{class_names[i]} {format_share(shares[i])}", LEGEND_LINE_CHARS) for i in present]
+        legend_w = max([font.getlength(line) for lines in entries for line in lines] + [80]) + swatch + 3 * pad
+        legend_h = sum(len(lines) * line_h + 2 for lines in entries) + 2 * pad
+        height = max(rgb.shape[0], legend_h)
         canvas = Image.new("RGB", (rgb.shape[1] + int(legend_w), height), (255, 255, 255))
         canvas.paste(Image.fromarray(rgb), (0, 0))
         draw = ImageDraw.Draw(canvas)
-        x0 = rgb.shape[1] + pad
-        for row, (i, text) in enumerate(zip(present, labels)):
-            y = pad + row * row_h
+        x0, y = rgb.shape[1] + pad, pad
+        for i, lines in zip(present, entries):
             draw.rectangle([x0, y, x0 + swatch, y + swatch], fill=tuple(int(v) for v in palette[i]), outline=(0, 0, 0))
-            draw.text((x0 + swatch + pad, y - 1), text, fill=(0, 0, 0), font=font)
+            for k, line in enumerate(lines):
+                draw.text((x0 + swatch + pad, y - 1 + k * line_h), line, fill=(0, 0, 0), font=font)
+            y += len(lines) * line_h + 2
         with atomic_path(path) as tmp:  # a fresh file of ours: a planted link is never written through
             canvas.save(tmp, format="PNG")

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from qgis.PyQt.QtCore import QCoreApplication
 
+from ..core.nomenclature import format_share
 from ..core.uncertainty import LOW_GAP  # the threshold behind ClassStat.low_gap_share
 
 #: Largest preview embedded into the HTML (bigger ones are linked).
@@ -43,14 +44,6 @@ def tr(text: str) -> str:
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _pct(share: float) -> str:
-    if share != share:  # NaN: a class without pixels
-        return "–"
-    if 0.0 < share < 0.0005:
-        return "< 0.1 %"
-    return f"{100.0 * share:.1f} %"
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -94,14 +87,14 @@ def build_html_report(result: Any, report_dir: Path) -> str:
             f'<td><span class="swatch" style="background:{_e(s.colour)}"></span></td>'
             f'<td class="name">{_e(s.name)}</td>'
             f"<td>{s.area_km2:,.2f}</td>"
-            f'<td><span class="bar" style="width:{6.0 * s.share / top_share:.2f}em"></span>{_pct(s.share)}</td>'
+            f'<td><span class="bar" style="width:{6.0 * s.share / top_share:.2f}em"></span>{format_share(s.share)}</td>'
             f"<td>{s.mean_maxprob:.2f}</td>"
-            f"<td{warn}>{_pct(s.low_gap_share)}</td>"
+            f"<td{warn}>{format_share(s.low_gap_share)}</td>"
             "</tr>"
         )
     footer = (
         f'<tr><td></td><td class="name">{_e(tr("All valid pixels"))}</td><td>{valid_km2:,.2f}</td><td>100.0 %</td>'
-        f"<td>{_weighted(present, 'mean_maxprob'):.2f}</td><td>{_pct(_weighted(present, 'low_gap_share'))}</td></tr>"
+        f"<td>{_weighted(present, 'mean_maxprob'):.2f}</td><td>{format_share(_weighted(present, 'low_gap_share'))}</td></tr>"
         if present
         else ""
     )
