@@ -76,6 +76,10 @@ RESUME = Exclusive((
                                   help="discard the partial results of an interrupted run and start over"), "resume"),
 ))
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
+#: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
+#: the same as ``--model NAME@REVISION``.
+REVISION = Option(("--revision",), dict(metavar="REV", help="branch, tag or commit of a downloadable model's Hugging "
+                                                            "Face repository (default: main)"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
 ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
@@ -97,6 +101,16 @@ def engine_config(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
     """The ``EngineConfig`` the parsed shared options ask for (``overrides`` win)."""
     values = {o.config_field: getattr(args, o.dest) for o in _flat(ENGINE_OPTIONS) if o.config_field}
     return EngineConfig(**{**values, **overrides})
+
+
+def model_with_revision(args: argparse.Namespace) -> str:
+    """``--model`` with ``--revision`` (when given) as ``NAME@REVISION``, the engine's model spec."""
+    revision = getattr(args, "revision", None)
+    if not revision:
+        return args.model
+    if "@" in str(args.model):
+        raise S2SegError(f"model {args.model!r} already names a revision; give either NAME@REVISION or --revision")
+    return f"{args.model}@{revision}"
 
 
 # --- option wording for errors a user fixes by changing one option ---------------------------------
