@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from .errors import Cancelled, ModelError, S2SegError
-from .options import QUIET, REVISION, add_engine_options, engine_config, model_with_revision, with_option_hint
+from .options import QUIET, REVISION, add_engine_options, engine_config, with_option_hint
 
 #: Modules (relative to ``s2seg.core``) that add subcommands through ``add_commands(subparsers)``;
 #: a new command family (e.g. the accuracy commands) adds its module here. Keep them light to import.
@@ -67,7 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("tile", type=Path)
     seg.add_argument("output", type=Path, help="output folder")
     add_engine_options(seg)
-    REVISION.add_to(seg)
     seg.set_defaults(run=_segment)
 
     from .batch import add_arguments as add_batch_arguments  # light: dask and torch load only when it runs
@@ -110,7 +109,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .pipeline import segment
 
     config = engine_config(args)
-    model = model_with_revision(args)
+    model = args.model  # NAME@REVISION with --revision
     _download_if_needed(model, quiet=args.quiet)  # its own progress bar, before the run's
     cancel = threading.Event()
     bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}", disable=args.quiet, file=sys.stderr)

@@ -50,7 +50,20 @@ class Exclusive:
             option.add_to(group)
 
 
-MODEL = Option(("--model",), dict(default=DEFAULT_MODEL, metavar="NAME|PATH",
+class ModelSpecAction(argparse.Action):
+    """``--model`` and ``--revision`` together write ``model`` as ``NAME[@REVISION]``, the engine's model
+    spec, in whichever order they come: ``segment`` and ``batch`` pass it on as it is."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, "model_name" if self.dest == "model" else self.dest, values)
+        name, revision = getattr(namespace, "model_name", DEFAULT_MODEL), getattr(namespace, "revision", None)
+        if revision and "@" in name:
+            parser.error(f"--model {name} already names a revision: give it once (NAME@REVISION or --revision)")
+        namespace.model = f"{name}@{revision}" if revision else name
+
+
+MODEL = Option(("--model",), dict(default=DEFAULT_MODEL, metavar="NAME|PATH", action=ModelSpecAction,
                                   help="model name (see `s2seg models`), card .json, BigEarthNet v2 folder, "
                                        ".onnx or TorchScript .pt"))
 CHUNK_SIZE = Option(("--chunk-size",), dict(type=int, default=_DEFAULTS.chunk_size, metavar="N",
@@ -78,11 +91,12 @@ RESUME = Exclusive((
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 #: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
 #: the same as ``--model NAME@REVISION``.
-REVISION = Option(("--revision",), dict(metavar="REV", help="branch, tag or commit of a downloadable model's Hugging "
-                                                            "Face repository (default: main)"))
+REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
+                                        help="branch, tag or commit of a downloadable model's Hugging Face repository "
+                                             "(default: main)"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 
@@ -101,16 +115,6 @@ def engine_config(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
     """The ``EngineConfig`` the parsed shared options ask for (``overrides`` win)."""
     values = {o.config_field: getattr(args, o.dest) for o in _flat(ENGINE_OPTIONS) if o.config_field}
     return EngineConfig(**{**values, **overrides})
-
-
-def model_with_revision(args: argparse.Namespace) -> str:
-    """``--model`` with ``--revision`` (when given) as ``NAME@REVISION``, the engine's model spec."""
-    revision = getattr(args, "revision", None)
-    if not revision:
-        return args.model
-    if "@" in str(args.model):
-        raise S2SegError(f"model {args.model!r} already names a revision; give either NAME@REVISION or --revision")
-    return f"{args.model}@{revision}"
 
 
 # --- option wording for errors a user fixes by changing one option ---------------------------------

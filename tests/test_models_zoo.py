@@ -228,3 +228,13 @@ def test_download_progress_and_cancel(hub, files):
     folder = zoo.download(ENTRY, progress=lambda *a: seen.append(a))
     assert seen[-1][1:] == (len(files["model.safetensors"]), len(files["model.safetensors"]))
     assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_revision_option_pins_the_model_in_any_order(command):
+    parser = cli._parser()
+    for argv in (["--model", NAME, "--revision", "abc"], ["--revision", "abc", "--model", NAME]):
+        assert parser.parse_args([command, "T", "O", *argv]).model == f"{NAME}@abc"
+    assert parser.parse_args([command, "T", "O", "--model", NAME]).model == NAME
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "T", "O", "--model", f"{NAME}@x", "--revision", "abc"])
