@@ -221,6 +221,7 @@ def _sample_tile(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from .batch import cli_main
 
+    _download_if_needed(args.model, quiet=args.quiet)  # once, here, rather than by every worker at once
     return cli_main(args)
 
 

@@ -24,8 +24,15 @@ ENTRY = zoo.ZooEntry(NAME, "test_resnet", "v0.2.0", "BigEarthNet v2 test ResNet"
 REPO = ENTRY.repo_id
 
 
+#: config.json as the published checkpoints have it: ConfigILM's ILMConfiguration fields, flat (configilm 0.7,
+#: configilm/ConfigILM.py); network_type is ILMType.IMAGE_CLASSIFICATION, an int enum.
+PUBLISHED_KEYS = {"hf_model_name": None, "class_names": None, "network_type": 0, "visual_features_out": 512,
+                  "drop_rate": 0.15, "drop_path_rate": None, "load_pretrained_timm_if_available": False}
+
+
 def checkpoint_files(folder: Path, seed: int = 0, **config) -> dict[str, bytes]:
-    """The two files of a reBEN checkpoint of timm's small test_resnet (random weights, ``seed``)."""
+    """The two files of a reBEN checkpoint of timm's small test_resnet (random weights, ``seed``), its
+    config.json flat with ``timm_model_name`` as published."""
     import torch
 
     model = make_timm()
@@ -34,7 +41,7 @@ def checkpoint_files(folder: Path, seed: int = 0, **config) -> dict[str, bytes]:
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():
                 tensor.add_(torch.randn_like(tensor))
-    write_checkpoint(folder, model, **config)
+    write_checkpoint(folder, model, nested=False, arch_key="timm_model_name", extra=PUBLISHED_KEYS, **config)
     return {name: (folder / name).read_bytes() for name in zoo.FILES}
 
 
@@ -200,24 +207,33 @@ def test_cli_lists_downloads_and_shows_state(hub, capsys):
     assert "cached" in line and "not downloaded" not in line
 
 
-def test_named_model_gives_the_same_products_as_the_folder(hub, files, tmp_path):
+def test_named_model_gives_the_same_products_as_the_folder(hub, files, tmp_path, capsys):
+    """The folder through the engine, the name through `s2seg segment --model NAME --revision COMMIT` (which
+    downloads it first): the same products, and the report names commit and hashes."""
     from s2seg.core.pipeline import segment
+    from s2seg.core.report import report_name
     from s2seg.core.sample import write_sample_tile
 
+    old = hub.repos[REPO].refs["main"]
+    hub.add_commit(REPO, checkpoint_files(tmp_path / "newer", seed=1))  # main moves on; the pin keeps `old`
     tile = write_sample_tile(tmp_path / "tile", size=240, seed=3)
     folder = tmp_path / "resnet50-s2-v0.2.0"
     folder.mkdir()
     for name, data in files.items():
         (folder / name).write_bytes(data)
     by_folder = segment(tile, tmp_path / "by-folder", model=str(folder))
-    by_name = segment(tile, tmp_path / "by-name", model=NAME)
-    assert by_name.products.keys() == by_folder.products.keys()
+    out = tmp_path / "by-name"
+    assert cli.main(["segment", str(tile), str(out), "--model", NAME, "--revision", old]) == 0
+    assert "model.safetensors" in capsys.readouterr().err  # the download's progress bar
+    report = json.loads((out / report_name(by_folder.tile_name)).read_text())
+    products = {key: path for key, path in report["products"].items() if key != "preview"}
+    assert products.keys() == by_folder.products.keys()
     for key, path in by_folder.products.items():
-        with rasterio.open(path) as a, rasterio.open(by_name.products[key]) as b:
+        with rasterio.open(path) as a, rasterio.open(products[key]) as b:
             np.testing.assert_array_equal(a.read(), b.read())
-    report = json.loads(by_name.report.read_text())
-    assert report["model"]["extra"]["hub"]["commit"] == hub.repos[REPO].refs["main"]
-    assert report["model"]["extra"]["hub"]["sha256"]["model.safetensors"] == sha256(files["model.safetensors"])
+    assert report["model"]["name"] == NAME
+    assert report["model"]["extra"]["hub"] == {"repo": REPO, "revision": old, "commit": old,
+                                               "sha256": {name: sha256(data) for name, data in files.items()}}
 
 
 def test_download_progress_and_cancel(hub, files):
@@ -238,3 +254,13 @@ def test_revision_option_pins_the_model_in_any_order(command):
     assert parser.parse_args([command, "T", "O", "--model", NAME]).model == NAME
     with pytest.raises(SystemExit):
         parser.parse_args([command, "T", "O", "--model", f"{NAME}@x", "--revision", "abc"])
+
+
+def test_model_lists_need_neither_torch_nor_huggingface_hub_to_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, s2seg.core.models.zoo as z; z.lookup('ben-resnet50-s2'); "
+            "print(sorted(m for m in ('torch', 'huggingface_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
