@@ -351,6 +351,11 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
                 self._label(self.RESUME))
         if isinstance(exc, DeviceUnavailable) and self.parameterDefinition(self.DEVICE) is not None:
             return self.tr("choose '{}' (Advanced parameters): auto or cpu").format(self._label(self.DEVICE))
+        from ..core.models.zoo import ModelNotAvailable  # plain Python: no torch
+
+        if isinstance(exc, ModelNotAvailable) and self.parameterDefinition(self.MODEL_FILE) is not None:
+            return self.tr("run it once with internet access (QGIS's proxy settings are used), or choose a copied "
+                           "checkpoint folder as '{}'").format(self._label(self.MODEL_FILE))
         return ""
 
     def engine_error(self, exc: S2SegError) -> QgsProcessingException:

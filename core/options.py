@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from .config import DEVICES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
+from .models.zoo import ModelNotAvailable
 
 _DEFAULTS = EngineConfig()
 
@@ -123,6 +124,8 @@ OPTION_HINTS: Mapping[type[S2SegError], str] = {
     OutputsExist: "use --overwrite to replace them",
     ResumeImpossible: "run without --resume to start over",
     DeviceUnavailable: "use --device auto or --device cpu",
+    ModelNotAvailable: "with internet access run `s2seg models --download NAME`; without, copy the folder over "
+                       "and run `s2seg models --import DIR --name NAME`",
 }
 _HINTS_BY_NAME = {kind.__name__: hint for kind, hint in OPTION_HINTS.items()}
 

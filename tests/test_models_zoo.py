@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -128,15 +129,19 @@ def test_corrupt_download_is_refused_and_removed(hub, files):
     assert resolve_card(NAME).extra["hub"]["sha256"]["model.safetensors"] == sha256(files["model.safetensors"])
 
 
-def test_offline_without_copy_says_how_to_get_it(hub, monkeypatch):
+def test_offline_without_copy_says_how_to_get_it(hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match=r"HF_HUB_OFFLINE is set.*s2seg models --download ben-test_resnet-s2.*"
-                                         r"s2seg models --import DIR --name ben-test_resnet-s2"):
+    with pytest.raises(zoo.ModelNotAvailable, match=r"HF_HUB_OFFLINE is set.*download ben-test_resnet-s2 once where "
+                                                    r"the Hub can be reached.*register it as ben-test_resnet-s2"):
         resolve_card(NAME)
     assert hub.requests == []
+    assert cli.main(["segment", "T", "O", "--model", NAME]) == 1
+    assert re.search(r"HF_HUB_OFFLINE is set.*; with internet access run `s2seg models --download NAME`; without, "
+                     r"copy the folder over and run `s2seg models --import DIR --name NAME`$", capsys.readouterr().err)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    hub.stop()  # unreachable: the same advice after huggingface_hub's own error
-    with pytest.raises(ModelError, match=r"cannot download model ben-test_resnet-s2 .*s2seg models --download"):
+    hub.stop()  # unreachable: huggingface_hub's own error, and the same advice
+    with pytest.raises(zoo.ModelNotAvailable, match=r"cannot download model ben-test_resnet-s2 .*Connect.*"
+                                                    r"download ben-test_resnet-s2 once"):
         resolve_card(NAME)
 
 

@@ -195,11 +195,15 @@ def state(entry: ZooEntry, settings: HubSettings | None = None) -> tuple[str, in
     return "not downloaded", None
 
 
+class ModelNotAvailable(ModelError):
+    """A zoo model that is not on this machine and cannot be downloaded now (offline, Hub unreachable).
+    The front ends add how to download or import it in their own words (keyed on this type)."""
+
+
 def how_to_get(entry: ZooEntry) -> str:
-    """The sentence that says how to get a model that is not on this machine."""
-    return (f"download it once with internet access (`s2seg models --download {entry.name}`, or run it once in "
-            f"QGIS), or, on a machine without internet, copy a downloaded {entry.repo_id} folder "
-            f"({' + '.join(FILES)}) here and register it with `s2seg models --import DIR --name {entry.name}`")
+    """The sentence that says how to get a model that is not on this machine (front-end neutral)."""
+    return (f"download {entry.name} once where the Hub can be reached (it is cached), or copy a downloaded "
+            f"{entry.repo_id} folder ({' + '.join(FILES)}) to this machine and register it as {entry.name}")
 
 
 # --- downloading ---------------------------------------------------------------------------------
@@ -239,12 +243,19 @@ def download(entry: ZooEntry, revision: str | None = None, *, progress: Progress
     """Fetch (or refresh) both files of ``revision`` into the Hugging Face cache through
     huggingface_hub, verify them and return their snapshot folder."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     settings = settings or HubSettings.from_env()
     wanted = revision or DEFAULT_REVISION
     if settings.offline:
-        raise ModelError(f"model {entry.name} ({entry.repo_id}, revision {wanted}) is not on this machine and "
+        raise ModelNotAvailable(f"model {entry.name} ({entry.repo_id}, revision {wanted}) is not on this machine and "
                          f"HF_HUB_OFFLINE is set, so it cannot be downloaded: {how_to_get(entry)}")
     if cancel is not None and cancel():
         raise Cancelled(f"download of {entry.name} cancelled before it started")
@@ -259,15 +270,27 @@ def download(entry: ZooEntry, revision: str | None = None, *, progress: Progress
         # The weights of the very commit the config came from, even if the branch moves meanwhile.
         for name in FILES[1:]:
             fetch(name, config.parent.name)
-    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        # The Hub answered: no such repository or revision (or a private one without HF_TOKEN).
         raise ModelError(f"cannot download model {entry.name} ({entry.repo_id}, revision {wanted}) from "
-                         f"{settings.endpoint_text}: {_first_line(exc)}; {how_to_get(entry)}") from None
+                         f"{settings.endpoint_text}: {_first_line(exc)}") from None
+    except EntryNotFoundError as exc:
+        if not isinstance(exc, LocalEntryNotFoundError):
+            raise ModelError(f"{entry.repo_id} (revision {wanted}) on {settings.endpoint_text} has no "
+                             f"{' or '.join(FILES)}: it is not a BigEarthNet v2 checkpoint") from None
+        # huggingface_hub could not reach the Hub and has no copy: say why it could not.
+        raise ModelNotAvailable(f"cannot download model {entry.name} ({entry.repo_id}, revision {wanted}) from "
+                                f"{settings.endpoint_text}: {_first_line(exc.__cause__ or exc)}; "
+                                f"{how_to_get(entry)}") from None
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as exc:
+        raise ModelNotAvailable(f"cannot download model {entry.name} ({entry.repo_id}, revision {wanted}) from "
+                                f"{settings.endpoint_text}: {_first_line(exc)}; {how_to_get(entry)}") from None
     except Exception as exc:
         # httpx2 transport errors (proxy, TLS) that huggingface_hub lets through
         if type(exc).__module__.split(".")[0] not in ("httpx2", "httpx", "httpcore"):
             raise
-        raise ModelError(f"cannot reach {settings.endpoint_text} to download model {entry.name}: "
-                         f"{type(exc).__name__}: {exc}; {how_to_get(entry)}") from None
+        raise ModelNotAvailable(f"cannot reach {settings.endpoint_text} to download model {entry.name}: "
+                                f"{type(exc).__name__}: {exc}; {how_to_get(entry)}") from None
     folder = config.parent
     verify_snapshot(folder)
     return folder
