@@ -149,7 +149,7 @@ def _models(args: argparse.Namespace) -> int:
             raise ModelError(f"{args.download!r} is not a downloadable model; known: {', '.join(zoo.CATALOGUE)}")
         entry, revision = found
         with _DownloadBars(args.quiet) as bars:
-            folder = zoo.download(entry, args.revision or revision, progress=bars.update)
+            folder = zoo.download(entry, args.revision or revision, progress=bars.update, cancel=bars.cancel.is_set)
         print(f"{entry.name}: {entry.repo_id} commit {folder.name} → {folder}")
         return 0
     if args.import_dir:
@@ -168,10 +168,12 @@ def _models(args: argparse.Namespace) -> int:
 
 
 class _DownloadBars:
-    """One tqdm bar per downloaded file."""
+    """One tqdm bar per downloaded file; Ctrl-C cancels the download (exit code 130, nothing kept)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.bars = quiet, {}
+        self.cancel = threading.Event()
+        self._previous = None
 
     def update(self, name: str, done: int, total: int | None) -> None:
         from tqdm import tqdm
@@ -182,9 +184,11 @@ class _DownloadBars:
         bar.update(done - bar.n)
 
     def __enter__(self) -> "_DownloadBars":
+        self._previous = signal.signal(signal.SIGINT, lambda signum, frame: self.cancel.set())
         return self
 
     def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
         for bar in self.bars.values():
             bar.close()
 
@@ -199,7 +203,7 @@ def _download_if_needed(model: str, quiet: bool) -> None:
     entry, revision = found
     if zoo.cached_folder(entry, revision) is None and (revision or zoo.imported_folder(entry) is None):
         with _DownloadBars(quiet) as bars:
-            zoo.download(entry, revision, progress=bars.update)
+            zoo.download(entry, revision, progress=bars.update, cancel=bars.cancel.is_set)
 
 
 def _sample_tile(args: argparse.Namespace) -> int:

@@ -269,3 +269,23 @@ def test_model_lists_need_neither_torch_nor_huggingface_hub_to_import():
             "print(sorted(m for m in ('torch', 'huggingface_hub') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ctrl_c_cancels_a_command_line_download(hub, monkeypatch, capsys):
+    import os
+    import signal
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)  # several progress steps for 1.5 MB
+    update = cli._DownloadBars.update
+
+    def press_ctrl_c(bars, *args):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during the transfer
+        update(bars, *args)
+
+    monkeypatch.setattr(cli._DownloadBars, "update", press_ctrl_c)
+    assert cli.main(["models", "--download", NAME]) == 130
+    assert "download of ben-test_resnet-s2 cancelled" in capsys.readouterr().err
+    assert zoo.cached_folder(ENTRY) is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C restored
