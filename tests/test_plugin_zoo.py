@@ -2,8 +2,9 @@
 size, and the algorithm downloads a model with the feedback's progress and Cancel (emulated Hub)."""
 from __future__ import annotations
 
-import hashlib
+import json
 import os
+from pathlib import Path
 
 import pytest
 from qgis.core import QgsNetworkAccessManager, QgsProcessingException, QgsProcessingFeedback
@@ -17,6 +18,15 @@ from s2seg.algorithms.segment_tile import SegmentTileAlgorithm
 from s2seg.core.models import zoo
 
 from plugin_feedback import CancelAtFirstProgress, RecordingFeedback
+
+class CancelRecording(RecordingFeedback):
+    """Records what it is told, and presses Cancel at the first progress report."""
+
+    def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
+        super().setProgress(progress)
+        if progress > 0:
+            self.cancel()
+
 
 ENTRY = zoo.ZooEntry("ben-test_resnet-s2", "test_resnet", "v0.2.0", "BigEarthNet v2 test ResNet", 1)
 
@@ -70,3 +80,25 @@ def test_qgis_proxy_reaches_the_hub_client(monkeypatch):
         assert os.environ["NO_PROXY"] == "127.0.0.1,localhost"
     finally:
         manager.setFallbackProxyAndExcludes(*previous)
+
+
+def test_algorithm_downloads_the_picked_model_then_segments(hub, small_tile, tmp_path):
+    """The whole algorithm with the model picked from the list: Cancel during the download stops the run
+    and leaves no output folder; the next run downloads it and segments with it."""
+    from qgis.core import QgsProcessingContext
+
+    alg = SegmentTileAlgorithm()
+    alg.initAlgorithm()  # the Model list now holds the test entry
+    params = {"INPUT": str(small_tile), "MODEL": ENTRY.choice, "OUTPUT_FOLDER": str(tmp_path / "out")}
+    context = QgsProcessingContext()
+    cancelling = CancelRecording()
+    results, ok = alg.run(params, context, cancelling)
+    assert not ok and "download of ben-test_resnet-s2 cancelled" in " ".join(cancelling.errors)
+    assert not (tmp_path / "out").exists() and zoo.cached_folder(ENTRY) is None
+    feedback = RecordingFeedback()
+    results, ok = alg.run(params, context, feedback)
+    assert ok, feedback.errors
+    assert any("Downloading ben-test_resnet-s2" in line for line in feedback.infos)
+    assert Path(results["CLASS"]).is_file()
+    report = json.loads(next((tmp_path / "out").glob("*_report.json")).read_text())
+    assert report["model"]["name"] == ENTRY.name and report["model"]["extra"]["hub"]["commit"] == hub.repos[ENTRY.repo_id].refs["main"]
