@@ -289,3 +289,11 @@ def test_ctrl_c_cancels_a_command_line_download(hub, monkeypatch, capsys):
     assert "download of ben-test_resnet-s2 cancelled" in capsys.readouterr().err
     assert zoo.cached_folder(ENTRY) is None
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C restored
+
+
+def test_without_huggingface_hub_the_error_says_what_is_missing(env, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` raises ImportError
+    with pytest.raises(ModelError, match=r"models by name need the huggingface_hub package"):
+        resolve_card(NAME)

@@ -167,8 +167,17 @@ class HubSettings:
         return self.endpoint or "https://huggingface.co"
 
 
+def _require_hub() -> None:
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(f"the BigEarthNet v2 models by name need the huggingface_hub package ({exc}); it is "
+                         "installed with timm, which these models need too") from None
+
+
 def cached_folder(entry: ZooEntry, revision: str | None = None, settings: HubSettings | None = None) -> Path | None:
     """The Hugging Face cache's snapshot folder holding both files of ``revision``, or None."""
+    _require_hub()
     from huggingface_hub import try_to_load_from_cache
 
     settings = settings or HubSettings.from_env()
@@ -242,6 +251,7 @@ def download(entry: ZooEntry, revision: str | None = None, *, progress: Progress
              cancel: Callable[[], bool] | None = None, settings: HubSettings | None = None) -> Path:
     """Fetch (or refresh) both files of ``revision`` into the Hugging Face cache through
     huggingface_hub, verify them and return their snapshot folder."""
+    _require_hub()
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
