@@ -65,8 +65,8 @@ class ModelSpecAction(argparse.Action):
 
 
 MODEL = Option(("--model",), dict(default=DEFAULT_MODEL, metavar="NAME|PATH", action=ModelSpecAction,
-                                  help="model name (see `s2seg models`), card .json, BigEarthNet v2 folder, "
-                                       ".onnx or TorchScript .pt"))
+                                  help="model name (see `s2seg models`; NAME@REVISION pins a downloadable one), "
+                                       "card .json, BigEarthNet v2 folder, .onnx or TorchScript .pt"))
 CHUNK_SIZE = Option(("--chunk-size",), dict(type=int, default=_DEFAULTS.chunk_size, metavar="N",
                                             help="chunk edge in 10 m pixels (0 = automatic)"), "chunk_size")
 BATCH_SIZE = Option(("--batch-size",), dict(type=int, default=_DEFAULTS.batch_size, metavar="N",
