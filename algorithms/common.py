@@ -61,14 +61,45 @@ def model_names() -> list[str]:
     try:
         from ..core.models import DEFAULT_MODEL, available_cards
 
+        from ..core.models import zoo
+
         names = sorted(available_cards())
+        downloadable = [entry.choice for entry in zoo.CATALOGUE.values()]
     except Exception as exc:  # noqa: BLE001 - ImportError without torch, S2SegError on a bad card
         QgsMessageLog.logMessage(f"s2seg: model list unavailable ({type(exc).__name__}: {exc})", "s2seg", Qgis.Warning)
         return [FALLBACK_MODEL]
     if DEFAULT_MODEL in names:
         names.remove(DEFAULT_MODEL)
         names.insert(0, DEFAULT_MODEL)
-    return names or [DEFAULT_MODEL]
+    # The BigEarthNet v2 models shown with their download size; model_spec turns them back into names.
+    return (names or [DEFAULT_MODEL]) + downloadable
+
+
+def apply_qgis_proxy() -> None:
+    """Pass QGIS's HTTP proxy (Settings ▸ Options ▸ Network) to huggingface_hub through ``HTTPS_PROXY``/
+    ``HTTP_PROXY``/``NO_PROXY``, which its HTTP client reads when it is created; the system's proxy or none:
+    the environment as it is."""
+    import os
+    from urllib.parse import quote
+
+    from qgis.core import QgsNetworkAccessManager
+    from qgis.PyQt.QtNetwork import QNetworkProxy
+
+    manager = QgsNetworkAccessManager.instance()
+    proxy = manager.fallbackProxy()
+    if proxy.type() not in (QNetworkProxy.HttpProxy, QNetworkProxy.HttpCachingProxy) or not proxy.hostName():
+        return
+    auth = f"{quote(proxy.user(), safe='')}:{quote(proxy.password(), safe='')}@" if proxy.user() else ""
+    url = f"http://{auth}{proxy.hostName()}:{proxy.port()}"
+    wanted = {"HTTPS_PROXY": url, "HTTP_PROXY": url}
+    excluded = ",".join([*manager.excludeList(), *manager.noProxyList()])
+    if excluded:
+        wanted["NO_PROXY"] = excluded
+    if any(os.environ.get(key) != value for key, value in wanted.items()):
+        os.environ.update(wanted)
+        from huggingface_hub import close_session
+
+        close_session()  # its next client reads the new environment
 
 
 def stored_settings() -> Any:
@@ -99,9 +130,11 @@ def running_in_qgis_process() -> bool:
 
 
 def model_spec(name: str, model_file: str) -> str:
-    """What to pass to the engine as ``model``: the file/folder when given, else the built-in name."""
+    """What to pass to the engine as ``model``: the file/folder when given, else the model's name."""
     if not model_file:
-        return name
+        from ..core.models.zoo import name_for_choice  # plain Python: no torch
+
+        return name_for_choice(name)
     path = Path(model_file)
     if path.is_file() and path.name in _BEN_FOLDER_FILES:
         return str(path.parent)
@@ -273,6 +306,13 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
             if text.isdigit() and text not in options and int(text) < len(options):
                 named[name] = options[int(text)]
+            elif name == self.MODEL and text not in options:
+                # A downloadable model given by its name (MODEL=ben-resnet50-s2): the list shows its label.
+                from ..core.models.zoo import CATALOGUE
+
+                entry = CATALOGUE.get(text)
+                if entry is not None and entry.choice in options:
+                    named[name] = entry.choice
         return named
 
     def checkParameterValues(  # noqa: N802 - QGIS API
@@ -311,6 +351,11 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
                 self._label(self.RESUME))
         if isinstance(exc, DeviceUnavailable) and self.parameterDefinition(self.DEVICE) is not None:
             return self.tr("choose '{}' (Advanced parameters): auto or cpu").format(self._label(self.DEVICE))
+        from ..core.models.zoo import ModelNotAvailable  # plain Python: no torch
+
+        if isinstance(exc, ModelNotAvailable) and self.parameterDefinition(self.MODEL_FILE) is not None:
+            return self.tr("run it once with internet access (QGIS's proxy settings are used), or choose a copied "
+                           "checkpoint folder as '{}'").format(self._label(self.MODEL_FILE))
         return ""
 
     def engine_error(self, exc: S2SegError) -> QgsProcessingException:
@@ -324,6 +369,32 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             self.enum_string(parameters, self.MODEL, context) or FALLBACK_MODEL,
             self.parameterAsFile(parameters, self.MODEL_FILE, context),
         )
+
+    def download_model(self, model: str, feedback: Any) -> None:
+        """Download a BigEarthNet v2 model that is not on this machine yet, with the feedback's progress
+        bar and Cancel, through QGIS's proxy; nothing for other models or one already cached."""
+        from ..core.errors import S2SegError
+        from ..core.models import zoo
+
+        found = zoo.lookup(model)
+        if found is None:
+            return
+        entry, revision = found
+        if zoo.cached_folder(entry, revision) is not None or (revision is None and zoo.imported_folder(entry)):
+            return
+        apply_qgis_proxy()
+        feedback.pushInfo(self.tr("Downloading {} from {} (about {}); it is cached for the next runs.").format(
+            entry.name, entry.repo_id, entry.size_text))
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            if total:
+                feedback.setProgress(100.0 * done / total)
+
+        try:
+            zoo.download(entry, revision, progress=progress, cancel=feedback.isCanceled)
+        except S2SegError as exc:
+            raise self.engine_error(exc) from exc
+        feedback.setProgress(0)
 
     def engine_config(self, parameters: dict[str, Any], context: QgsProcessingContext, **fixed: Any) -> EngineConfig:
         """The ``EngineConfig`` of the shared parameters the algorithm declares, plus ``fixed`` fields.

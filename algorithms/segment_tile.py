@@ -207,6 +207,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
 
         bridge = EngineBridge(feedback)
         try:
+            self.download_model(model, feedback)  # progress and Cancel of its own, before the run's
             result = bridge.run(
                 lambda progress, cancel, log: segment(
                     tile, output_dir, model=model, config=config, progress=progress, cancel=cancel, log=log

@@ -16,8 +16,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from .errors import Cancelled, S2SegError
-from .options import add_engine_options, engine_config, with_option_hint
+from .errors import Cancelled, ModelError, S2SegError
+from .options import QUIET, REVISION, add_engine_options, engine_config, with_option_hint
 
 #: Modules (relative to ``s2seg.core``) that add subcommands through ``add_commands(subparsers)``;
 #: a new command family (e.g. the accuracy commands) adds its module here. Keep them light to import.
@@ -76,7 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(run=_batch)
 
-    models = sub.add_parser("models", parents=[common], help="list the models available by name")
+    models = sub.add_parser("models", parents=[common], help="list the models available by name; download or import "
+                                                             "the BigEarthNet v2 ones")
+    action = models.add_mutually_exclusive_group()
+    action.add_argument("--download", metavar="NAME", help="download a BigEarthNet v2 model into the Hugging Face "
+                                                           "cache now (checks the Hub for a newer commit)")
+    action.add_argument("--import", dest="import_dir", metavar="DIR", type=Path,
+                        help="register a downloaded checkpoint folder copied from elsewhere (no internet needed)")
+    models.add_argument("--name", help="with --import: the model the folder is (when its config.json cannot tell)")
+    REVISION.add_to(models)
+    QUIET.add_to(models)
     models.set_defaults(run=_models)
 
     sample = sub.add_parser("sample-tile", parents=[common], help="write a synthetic, physically plausible Sentinel-2 tile")
@@ -101,6 +110,8 @@ def _segment(args: argparse.Namespace) -> int:
     from .pipeline import segment
 
     config = engine_config(args)
+    model = args.model  # NAME@REVISION with --revision
+    _download_if_needed(model, quiet=args.quiet)  # its own progress bar, before the run's
     cancel = threading.Event()
     bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}", disable=args.quiet, file=sys.stderr)
 
@@ -115,7 +126,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, interrupt)
     try:
-        result = segment(args.tile, args.output, model=args.model, config=config, progress=progress, cancel=cancel,
+        result = segment(args.tile, args.output, model=model, config=config, progress=progress, cancel=cancel,
                          log=lambda m: tqdm.write(m, file=sys.stderr))
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -130,12 +141,70 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import available_cards
+    from .models import available_cards, zoo
 
+    if args.download:
+        found = zoo.lookup(args.download)
+        if found is None:
+            zoo.refuse_sentinel1(args.download)
+            raise ModelError(f"{args.download!r} is not a downloadable model; known: {', '.join(zoo.CATALOGUE)}")
+        entry, revision = found
+        with _DownloadBars(args.quiet) as bars:
+            folder = zoo.download(entry, args.revision or revision, progress=bars.update, cancel=bars.cancel.is_set)
+        print(f"{entry.name}: {entry.repo_id} commit {folder.name} → {folder}")
+        return 0
+    if args.import_dir:
+        folder = zoo.import_folder(args.import_dir, args.name)
+        print(f"{folder.name}: imported from {args.import_dir} → {folder}")
+        return 0
     for name, card in available_cards().items():
         print(f"{name:24s} {card.format:11s} {card.output_kind:5s} {card.patch_size:4d} px {card.resolution:2d} m  {card.num_classes:3d} classes  "
               f"bands {','.join(card.bands)}  {card.description}")
+    # The zoo's sizes before download are estimates (see docs/models.md); once here, the size on disk.
+    for name, entry in zoo.CATALOGUE.items():
+        state, size = zoo.state(entry)
+        shown = f"{size / 1e6:.0f} MB" if size is not None else f"≈{entry.size_text}"
+        print(f"{name:32s} ben-v2  {state:14s} {shown:>9s}  {entry.repo_id}  {entry.title}")
     return 0
+
+
+class _DownloadBars:
+    """One tqdm bar per downloaded file; Ctrl-C cancels the download (exit code 130, nothing kept)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bars = quiet, {}
+        self.cancel = threading.Event()
+        self._previous = None
+
+    def update(self, name: str, done: int, total: int | None) -> None:
+        from tqdm import tqdm
+
+        if name not in self.bars:
+            self.bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True, disable=self.quiet, file=sys.stderr)
+        bar = self.bars[name]
+        bar.update(done - bar.n)
+
+    def __enter__(self) -> "_DownloadBars":
+        self._previous = signal.signal(signal.SIGINT, lambda signum, frame: self.cancel.set())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _download_if_needed(model: str, quiet: bool) -> None:
+    """Download a zoo model that is not on this machine yet, with a progress bar (the engine would too, silently)."""
+    from .models import zoo
+
+    found = zoo.lookup(model) if isinstance(model, str) else None
+    if found is None:
+        return
+    entry, revision = found
+    if zoo.cached_folder(entry, revision) is None and (revision or zoo.imported_folder(entry) is None):
+        with _DownloadBars(quiet) as bars:
+            zoo.download(entry, revision, progress=bars.update, cancel=bars.cancel.is_set)
 
 
 def _sample_tile(args: argparse.Namespace) -> int:
@@ -157,6 +226,7 @@ def _sample_tile(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from .batch import cli_main
 
+    _download_if_needed(args.model, quiet=args.quiet)  # once, here, rather than by every worker at once
     return cli_main(args)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from .config import DEVICES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
+from .models.zoo import ModelNotAvailable
 
 _DEFAULTS = EngineConfig()
 
@@ -50,9 +51,22 @@ class Exclusive:
             option.add_to(group)
 
 
-MODEL = Option(("--model",), dict(default=DEFAULT_MODEL, metavar="NAME|PATH",
-                                  help="model name (see `s2seg models`), card .json, BigEarthNet v2 folder, "
-                                       ".onnx or TorchScript .pt"))
+class ModelSpecAction(argparse.Action):
+    """``--model`` and ``--revision`` together write ``model`` as ``NAME[@REVISION]``, the engine's model
+    spec, in whichever order they come: ``segment`` and ``batch`` pass it on as it is."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, "model_name" if self.dest == "model" else self.dest, values)
+        name, revision = getattr(namespace, "model_name", DEFAULT_MODEL), getattr(namespace, "revision", None)
+        if revision and "@" in name:
+            parser.error(f"--model {name} already names a revision: give it once (NAME@REVISION or --revision)")
+        namespace.model = f"{name}@{revision}" if revision else name
+
+
+MODEL = Option(("--model",), dict(default=DEFAULT_MODEL, metavar="NAME|PATH", action=ModelSpecAction,
+                                  help="model name (see `s2seg models`; NAME@REVISION pins a downloadable one), "
+                                       "card .json, BigEarthNet v2 folder, .onnx or TorchScript .pt"))
 CHUNK_SIZE = Option(("--chunk-size",), dict(type=int, default=_DEFAULTS.chunk_size, metavar="N",
                                             help="chunk edge in 10 m pixels (0 = automatic)"), "chunk_size")
 BATCH_SIZE = Option(("--batch-size",), dict(type=int, default=_DEFAULTS.batch_size, metavar="N",
@@ -76,9 +90,14 @@ RESUME = Exclusive((
                                   help="discard the partial results of an interrupted run and start over"), "resume"),
 ))
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
+#: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
+#: the same as ``--model NAME@REVISION``.
+REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
+                                        help="branch, tag or commit of a downloadable model's Hugging Face repository "
+                                             "(default: main)"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 
@@ -105,6 +124,8 @@ OPTION_HINTS: Mapping[type[S2SegError], str] = {
     OutputsExist: "use --overwrite to replace them",
     ResumeImpossible: "run without --resume to start over",
     DeviceUnavailable: "use --device auto or --device cpu",
+    ModelNotAvailable: "with internet access run `s2seg models --download NAME`; without, copy the folder over "
+                       "and run `s2seg models --import DIR --name NAME`",
 }
 _HINTS_BY_NAME = {kind.__name__: hint for kind, hint in OPTION_HINTS.items()}
 

@@ -87,10 +87,11 @@ def test_parameters(s2seg_provider):
         assert params["INPUT"].checkValueIsAcceptable(typed), typed
     model = params["MODEL"]
     assert isinstance(model, QgsProcessingParameterEnum) and model.usesStaticStrings()
-    from s2seg.core.models import DEFAULT_MODEL, available_cards
+    from s2seg.core.models import DEFAULT_MODEL, available_cards, zoo
 
     assert model.options()[0] == DEFAULT_MODEL and model.defaultValue() == DEFAULT_MODEL
-    assert sorted(model.options()) == sorted(available_cards())
+    # The downloadable BigEarthNet v2 models follow, by their labels ("… — download 95 MB").
+    assert sorted(model.options()) == sorted([*available_cards(), *(e.choice for e in zoo.CATALOGUE.values())])
     assert isinstance(params["MODEL_FILE"], QgsProcessingParameterFile)
     assert params["MODEL_FILE"].flags() & QgsProcessingParameterDefinition.FlagOptional
     for name in ("CHUNK_SIZE", "BATCH_SIZE"):

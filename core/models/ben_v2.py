@@ -24,16 +24,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
-from .base import TorchModel, smoke_test
 from .card import ModelCard
 from .jsonfile import read_json_object
 from .runlog import Log, forward_warnings
+from .sidecar import sidecar_card_path
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the model zoo reads configs without it
+    import torch
+
+    from .base import TorchModel
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -79,6 +82,8 @@ class BenV2Config:
     classes: int
     image_size: int
     version: str
+    #: where the version came from: "config.json", "folder name" or "default" (neither said)
+    version_source: str = "config.json"
 
 
 def read_config(folder: str | Path) -> BenV2Config:
@@ -110,7 +115,8 @@ def read_config(folder: str | Path) -> BenV2Config:
             f"BigEarthNet v2 config {path}: classes is {classes}; s2seg knows the {len(BIGEARTHNET19_NAMES)}-class "
             "BigEarthNet nomenclature only"
         )
-    return BenV2Config(folder, architecture, channels, classes, image_size, _version(lookup, folder, path))
+    version, version_source = _version(lookup, folder, path)
+    return BenV2Config(folder, architecture, channels, classes, image_size, version, version_source)
 
 
 def _architecture(lookup: Callable[[str], Any], path: Path) -> str:
@@ -137,7 +143,7 @@ def _int_field(lookup: Callable[[str], Any], key: str, default: int | None, path
     return value
 
 
-def _version(lookup: Callable[[str], Any], folder: Path, path: Path) -> str:
+def _version(lookup: Callable[[str], Any], folder: Path, path: Path) -> tuple[str, str]:
     """``version`` in config.json, else a known version in the folder name (or in the
     Hugging Face cache repository name above a ``snapshots/<hash>`` folder), else the default."""
     value = lookup("version")
@@ -147,12 +153,12 @@ def _version(lookup: Callable[[str], Any], folder: Path, path: Path) -> str:
             raise ModelError(
                 f"BigEarthNet v2 config {path}: unknown version {value!r}; known: {', '.join(S2_BAND_ORDER)}"
             )
-        return version
+        return version, "config.json"
     for name in _folder_names(folder):
         for match in _VERSION_IN_NAME.finditer(name):
             if f"v{match.group(1)}" in S2_BAND_ORDER:
-                return f"v{match.group(1)}"
-    return DEFAULT_VERSION
+                return f"v{match.group(1)}", "folder name"
+    return DEFAULT_VERSION, "default"
 
 
 def _folder_names(folder: Path) -> list[str]:
@@ -172,8 +178,6 @@ def version_stats(version: str) -> tuple[tuple[str, ...], tuple[float, ...], tup
 
 def card_from_folder(path: str | Path) -> ModelCard:
     """Derive a card from a reBEN checkpoint folder; a sidecar card overrides its fields."""
-    from . import sidecar_card_path  # the package imports loaders lazily, so no cycle
-
     folder = Path(path).expanduser().resolve()
     config = read_config(folder)
     bands, mean, std = version_stats(config.version)
@@ -260,6 +264,8 @@ def load_weights(module: torch.nn.Module, folder: Path) -> None:
 def load(card: ModelCard, device: torch.device, log: Log | None = None) -> TorchModel:
     """Build the architecture, load the weights strictly and move the model to ``device``; timm's and
     safetensors' warnings go to ``log``."""
+    from .base import TorchModel, smoke_test
+
     if not card.path:
         raise ModelError(f"model card {card.name!r} has no path to its BigEarthNet v2 checkpoint folder")
     folder = Path(card.path)
@@ -282,3 +288,15 @@ def load(card: ModelCard, device: torch.device, log: Log | None = None) -> Torch
     model = TorchModel(card, device, module.eval().to(device))
     smoke_test(model)
     return model
+
+
+def require_config(config: BenV2Config, expected: dict[str, Any], described_as: str) -> None:
+    """Refuse a checkpoint whose ``config.json`` disagrees with what its card promises: a
+    ModelError naming the first differing field (a :class:`BenV2Config` attribute) and both values."""
+    for key, want in expected.items():
+        got = getattr(config, key)
+        if got != want:
+            raise ModelError(
+                f"BigEarthNet v2 config {config.folder / CONFIG_FILE}: {key} is {got!r} but {described_as} says "
+                f"{want!r}; this checkpoint does not match its card"
+            )

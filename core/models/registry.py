@@ -13,6 +13,7 @@ from ..errors import ModelError
 from . import csmask
 from .builtin_card import BUILTIN_CARDS
 from .card import ModelCard
+from .sidecar import sidecar_card_path  # noqa: F401 - part of this module's interface
 
 #: format → module (relative to this package) that offers ``load(card, device)``.
 LOADERS = {
@@ -51,14 +52,6 @@ def require_file(path: Path, description: str, expected: str) -> None:
         raise ModelError(f"{description} does not exist")
 
 
-def sidecar_card_path(model_path: Path) -> Path | None:
-    """``model.onnx`` → ``model.card.json`` (or ``model.onnx.card.json``) when present."""
-    for candidate in (model_path.with_suffix(".card.json"), model_path.with_name(model_path.name + ".card.json")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def resolve_card(spec: str | Path | ModelCard) -> ModelCard:
     """Turn a name, card file or model folder/file into a validated :class:`ModelCard`."""
     if isinstance(spec, ModelCard):
@@ -67,12 +60,19 @@ def resolve_card(spec: str | Path | ModelCard) -> ModelCard:
     cards = available_cards()
     if text in cards:
         return cards[text]
+    from . import zoo  # light; huggingface_hub is imported only when a zoo model is asked for
+
+    zoo_card = zoo.resolve(text)
+    if zoo_card is not None:
+        return zoo_card
     path = Path(text).expanduser()
     if not path.exists():
+        zoo.refuse_sentinel1(text)
         hint = csmask.missing_message(text)
         if hint:
             raise ModelError(hint)
-        raise ModelError(f"model {text!r} is neither a known model name ({', '.join(sorted(cards))}) nor an existing file or folder")
+        raise ModelError(f"model {text!r} is neither a known model name ({', '.join(sorted(cards))}, or a downloadable "
+                         f"one: {', '.join(zoo.CATALOGUE)}) nor an existing file or folder")
     if path.is_file() and path.name.endswith(".json"):
         return ModelCard.load(path)
     if path.is_dir() and (path / "config.json").is_file():
