@@ -74,7 +74,8 @@ def weights_signature(path: str) -> list[Any]:
     return [file_signature(p)]
 
 
-def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int) -> dict[str, Any]:
+def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
+               aoi: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -83,7 +84,7 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
     uninterrupted GPU run by float rounding only.
     """
     t = bandset.transform
-    return {
+    fields = {
         "s2seg": __version__,
         "tile": {
             "name": bandset.name, "width": bandset.width, "height": bandset.height,
@@ -94,6 +95,9 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
         "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
         "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
     }
+    if aoi is not None:  # only then: a whole-tile run's key is the same as before areas of interest existed
+        fields["aoi"] = aoi
+    return fields
 
 
 def _resolved_card(card) -> dict[str, Any]:

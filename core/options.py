@@ -75,10 +75,16 @@ RESUME = Exclusive((
     Option(("--no-resume",), dict(dest="resume", action="store_const", const="never",
                                   help="discard the partial results of an interrupted run and start over"), "resume"),
 ))
+AOI = Option(("--aoi",), dict(default=_DEFAULTS.aoi, metavar="BBOX|FILE",
+                              help="area of interest: minx,miny,maxx,maxy in the tile's CRS (append ,EPSG:4326 for "
+                                   "another CRS) or a polygon file (GeoPackage, GeoJSON, Shapefile; "
+                                   "FILE|layername=NAME|subset=WHERE); only its chunks are computed and the products "
+                                   "cover its bounding box (pixels outside the polygons are nodata)"), "aoi")
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME,
+                                                  AOI)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 
