@@ -48,7 +48,10 @@ def tile_path(value: str) -> str:
     """The tile the INPUT value names: a file picked inside a .SAFE or a band folder selects that folder."""
     path = Path(value)
     if path.is_file() and _TILE_MEMBER.match(path.name):
-        return str(path.parent)
+        from ..core.stack import is_multiband
+
+        if not is_multiband(path):  # a stacked raster (GEE, SCP export) is the tile itself
+            return str(path.parent)
     return value
 
 
@@ -160,7 +163,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
                 self.tr("Sentinel-2 tile (.SAFE folder or .zip, or a folder of band files)"),
                 behavior=QgsProcessingParameterFile.File,
                 fileFilter=self.tr(
-                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif);;All files (*)"
+                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif *.vrt);;All files (*)"
                 ),
             )
         )

@@ -95,6 +95,10 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
         "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
         "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
     }
+    stored = {b: [f.index, f.scale, f.nodata, f.dtype] for b in card.bands
+              if not (f := bandset.files[b]).stored_as_dn or f.index != 1}
+    if stored:  # a stack's band order and scale change the pixels (absent for products, whose key stays as it was)
+        fields["tile"]["stored"] = stored
     if aoi is not None:  # only then: a whole-tile run's key is the same as before areas of interest existed
         fields["aoi"] = aoi
     return fields

@@ -44,6 +44,7 @@ from .errors import Cancelled, OutputError, S2SegError
 from .feed import Normaliser, patches_with_data
 from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan, plan_window
 from .inferer import ChunkInferer, Inferred
+from .inputs import discover_input
 from .journal import run_fields
 from .memory import cache_budget, gdal_cache_limit, release_freed_memory, user_cache_setting
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
@@ -52,7 +53,7 @@ from .preview import PreviewBuilder, preview_name
 from .reader import ChunkReader, input_cache_bytes
 from .report import ClassStat, SegmentResult, class_stats, report_name, sum_chunk_stats, write_report
 from .resume import Resume
-from .sentinel2 import BandSet, discover
+from .sentinel2 import BandSet
 from .stages import END, StageRunner
 from .writer import FLOAT_PRODUCTS, ProductWriter, check_output_folder, product_paths
 
@@ -87,7 +88,9 @@ def segment(
     cancel = cancel or threading.Event()
     output_dir = Path(output_dir).expanduser()
 
-    bandset = discover(tile)
+    bandset = discover_input(tile, config.bands, config.scale, config.offset)
+    for note in bandset.notes:
+        log(note)
     preloaded = model if isinstance(model, SegmentationModel) else None
     card = preloaded.card if preloaded is not None else resolve_card(model)
     bandset.require(card.bands, card.name)

@@ -25,6 +25,7 @@ from .errors import InputError
 from .grid import reflect_indices
 from .resample import block_mean
 from .sentinel2 import BandFile, BandSet
+from .stack import to_dn
 
 
 @dataclass
@@ -130,9 +131,11 @@ class ChunkReader:
         cols = _sampling((xs - t.c) / t.a, band.width)
         window = Window(cols.lo, rows.lo, cols.hi - cols.lo, rows.hi - rows.lo)
         try:
-            block = self._dataset(i).read(1, window=window)
+            block = self._dataset(i).read(band.index, window=window)
         except RasterioIOError as exc:
             raise InputError(f"cannot read band {band.band.id} from {band.path} (window rows {rows.lo}–{rows.hi}, cols {cols.lo}–{cols.hi}): {exc}") from None
+        if not band.stored_as_dn:  # a stack's reflectance, NaN or nodata value: DN, 0 = nodata
+            block = to_dn(block, band)
         nearest = block[np.ix_(rows.index, cols.index)]
         valid = nearest != 0
         if self.resampling == "nearest" or band.band.resolution == 10:

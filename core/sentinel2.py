@@ -58,6 +58,18 @@ class BandFile:
     crs: CRS
     block_shape: tuple[int, int]  # (rows, cols) of the blocks GDAL decodes and caches
     itemsize: int  # bytes per pixel of the stored data type
+    #: the band of the file that holds it (a stacked raster's bands share one file)
+    index: int = 1
+    #: digital numbers per stored unit (10000 for a stack of float reflectance), see :func:`.stack.to_dn`
+    scale: float = 1.0
+    #: the file's nodata value (0 always means nodata)
+    nodata: float | None = None
+    dtype: str = "uint16"
+
+    @property
+    def stored_as_dn(self) -> bool:
+        """Are the stored values the engine's uint16 digital numbers as they are (no conversion)?"""
+        return self.dtype == "uint16" and self.scale == 1.0 and self.nodata in (None, 0)
 
     @property
     def resolution(self) -> float:
@@ -83,6 +95,8 @@ class BandSet:
     #: the product metadata that gave level, baseline and offsets (``<zip>!<member>`` inside a zip);
     #: None when no metadata belongs to the product (then no offset is applied)
     metadata_path: str | None = None
+    #: what discovery learnt that the run's log should say (a stack's band identification and scale)
+    notes: tuple[str, ...] = ()
 
     @property
     def reference(self) -> BandFile:
@@ -366,7 +380,7 @@ def _open_band(band: Band, gdal_path: str) -> BandFile:
                 raise InputError(f"band file {gdal_path} has no coordinate reference system")
             _check_product_dtype(band, gdal_path, ds)
             return BandFile(band, gdal_path, ds.width, ds.height, ds.transform, ds.crs, tuple(ds.block_shapes[0]),
-                            np.dtype(ds.dtypes[0]).itemsize)
+                            np.dtype(ds.dtypes[0]).itemsize, dtype=ds.dtypes[0])
     except RasterioIOError as exc:
         raise InputError(f"cannot open band file {gdal_path}: {exc}") from None
 

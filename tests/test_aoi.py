@@ -261,3 +261,20 @@ def test_a_run_with_an_aoi_resumes_after_an_interruption(tile, tmp_path, monkeyp
     for key in PRODUCTS:
         assert again[key].tobytes() == reference[key].tobytes()
 
+
+
+def test_the_command_line_takes_an_aoi_for_segment_and_batch(tile, tmp_path, capsys):
+    from s2seg.core.cli import _parser, main
+
+    assert main(["segment", str(tile), str(tmp_path / "out"), "--aoi", bbox(10, 20, 70, 100), "--device", "cpu",
+                 "--quiet"]) == 0
+    with rasterio.open(next((tmp_path / "out").glob("*_class.tif"))) as ds:
+        assert (ds.height, ds.width) == (60, 80)
+    args = _parser().parse_args(["batch", str(tmp_path), str(tmp_path / "b"), "--aoi", "1,2,3,4,EPSG:4326",
+                                 "--bands", "B02,B03", "--scale", "0.0001", "--offset", "-0.1"])
+    from s2seg.core.options import engine_config
+
+    config = engine_config(args)
+    assert (config.aoi, config.bands, config.scale, config.offset) == ("1,2,3,4,EPSG:4326", "B02,B03", 0.0001, -0.1)
+    assert main(["segment", str(tile), str(tmp_path / "x"), "--aoi", "0,0,10,10", "--quiet"]) == 1
+    assert "outside the tile" in capsys.readouterr().err

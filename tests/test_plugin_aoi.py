@@ -79,3 +79,17 @@ def test_an_extent_and_polygons_together_or_an_extent_outside_the_tile_are_refus
     with pytest.raises(QgsProcessingException, match="outside the tile"):
         processing.run(ALG_ID, {"INPUT": str(small_tile), "EXTENT": "0,10,0,10 [EPSG:32632]",
                                 "OUTPUT_FOLDER": str(tmp_path)})
+
+
+def test_a_stacked_raster_picked_as_the_tile_is_read_as_a_stack(s2seg_registered, small_tile, tmp_path):
+    """The file picker maps a band file to its folder; a multi-band file is the tile itself."""
+    from s2seg.algorithms.segment_tile import tile_path
+
+    band = next(p for p in small_tile.rglob("*_B02_10m.tif"))
+    with rasterio.open(band) as ds:
+        profile, data = ds.profile, ds.read(1)
+    stack = tmp_path / "gee.tif"
+    with rasterio.open(stack, "w", **{**profile, "count": 2}) as ds:
+        ds.write(np.stack([data, data]))
+    assert tile_path(str(band)) == str(band.parent)
+    assert tile_path(str(stack)) == str(stack)
