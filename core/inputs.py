@@ -1,5 +1,6 @@
-"""Which reader discovers a tile: a stacked raster file (:mod:`.stack`) or a Sentinel-2 product
-(:mod:`.sentinel2`: .SAFE, its zip, IMG_DATA or a folder of band files)."""
+"""Which reader discovers a tile: a STAC item (:mod:`.stac_input`), a stacked raster file
+(:mod:`.stack`) or a Sentinel-2 product (:mod:`.sentinel2`: .SAFE, its zip, IMG_DATA or a folder
+of band files)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,8 @@ from typing import Sequence
 
 from .errors import ConfigError
 from .sentinel2 import PLAUSIBLE_OFFSETS, BandSet, discover
+from .stac_input import discover_stac, is_stac_item
+from .urls import redact
 from .stack import DN_PER_REFLECTANCE, discover_stack, is_stack
 
 
@@ -18,11 +21,19 @@ def discover_input(path: str | Path, bands: str | Sequence[str] | None = None, s
     raster only; ``scale``/``offset`` (reflectance = value × scale + offset) override what the
     file or the product metadata says, for any input."""
     _check_scale(scale, offset)
+    if is_stac_item(path):
+        if bands is not None:
+            raise ConfigError(f"a band list applies to a stacked raster, not to the STAC item {redact(str(path))}")
+        return _with_scale(discover_stac(path), scale, offset)
     if is_stack(path):
         return discover_stack(path, bands, scale, offset)
     if bands is not None:
         raise ConfigError(f"a band list applies to a stacked raster (one multi-band file), not to {path}")
-    bandset = discover(path)
+    return _with_scale(discover(path), scale, offset)
+
+
+def _with_scale(bandset: BandSet, scale: float | None, offset: float | None) -> BandSet:
+    """``bandset`` read with the scale and offset given (reflectance = value × scale + offset)."""
     if scale is None and offset is None:
         return bandset
     dn_scale = 1.0 if scale is None else scale * DN_PER_REFLECTANCE

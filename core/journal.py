@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__
 from .atomic import write_atomic
 from .errors import OutputError
+from .urls import redact
 
 FORMAT = 1
 SUFFIX = ".s2seg-journal"
@@ -74,6 +75,12 @@ def weights_signature(path: str) -> list[Any]:
     return [file_signature(p)]
 
 
+def _public(signature: list[Any]) -> list[Any]:
+    """A signature without the secrets of a signed URL (its query string): the journal is a file on
+    disk, and a re-signed item is the same tile."""
+    return [redact(signature[0]), *signature[1:]]
+
+
 def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
                aoi: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
@@ -89,7 +96,7 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
         "tile": {
             "name": bandset.name, "width": bandset.width, "height": bandset.height,
             "crs": bandset.crs.to_string(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
-            "bands": {b: file_signature(bandset.files[b].path, bandset.source) for b in card.bands},
+            "bands": {b: _public(file_signature(bandset.files[b].path, bandset.source)) for b in card.bands},
             "offsets": {b: bandset.offset(b) for b in card.bands},
         },
         "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
