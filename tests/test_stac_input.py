@@ -238,3 +238,19 @@ def test_without_pystac_an_item_is_refused_naming_the_package(tmp_path, monkeypa
     with pytest.raises(InputError, match=r"reading the STAC item .*item.json needs the pystac package "
                                          r"\(pip install pystac==1.15.2\)"):
         discover_input(item)
+
+
+def test_a_planetary_computer_item_with_band_keys_and_signed_hrefs(server, cogs, tmp_path):
+    base, _, _ = server
+    item = earth_search_item(base, tmp_path, hrefs={})
+    content = json.loads(item.read_text())
+    content["assets"] = {band_id: {"href": f"{base}/{band_id}.tif?st=2024&{SECRET}", "roles": ["data"]}
+                         for band_id in ("B02", "B03", "B04", "B08", "B11")}
+    content["assets"]["SCL"] = {"href": f"{base}/missing/SCL.tif", "roles": ["data"]}
+    content["properties"] = {"datetime": "2024-06-12T10:30:31Z", "s2:processing_baseline": "05.10",
+                             "s2:product_type": "S2MSI2A"}
+    item.write_text(json.dumps(content))
+    bandset = discover_input(item)
+    assert sorted(bandset.files) == ["B02", "B03", "B04", "B08", "B11"] and bandset.offsets["B11"] == -1000
+    assert SECRET in bandset.files["B02"].path.replace("%3D", "=")  # the signed URL is what GDAL reads
+    assert all("Zm9vYmFy" not in note for note in bandset.notes)

@@ -194,3 +194,17 @@ def test_a_zipped_product_is_not_taken_for_a_stack(tmp_path):
     zipped = write_sample_tile(tmp_path / "zip", size=60, level="L2A", layout="zip")
     bandset = discover_input(zipped)
     assert bandset.offsets["B02"] == -1000 and bandset.files["B02"].index == 1 and not bandset.notes
+
+
+def test_the_band_order_and_scale_of_a_stack_are_part_of_the_resume_key(safe, tmp_path):
+    from s2seg.core.journal import run_fields
+
+    dn, profile = harmonised_dn(safe, ("B02", "B04", "B08", "B11"))
+    stack = write_stack(tmp_path / "plain.tif", dn, profile, "uint16")
+    card = SpectralPatchModel().card
+    settings = dict(chunk_size=120, write_probs=False, compress="ZSTD", block=128)
+    one = run_fields(discover_stack(stack, "B02,B04,B08,B11"), card, **settings)
+    swapped = run_fields(discover_stack(stack, "B02,B08,B04,B11"), card, **settings)
+    rescaled = run_fields(discover_stack(stack, "B02,B04,B08,B11", scale=0.0002), card, **settings)
+    assert one != swapped and one != rescaled and one["tile"]["stored"]["B08"][0] == 3
+    assert "stored" not in run_fields(discover_input(safe), card, **settings)["tile"]  # products: key as before
