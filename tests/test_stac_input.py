@@ -25,6 +25,8 @@ PRODUCTS = ("class", "maxprob", "entropy", "gap")
 #: Earth Search asset names of the bands SpectralPatchModel reads, and a few others
 EARTH_SEARCH = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11"}
 SECRET = "sig=Zm9vYmFyc2VjcmV0"
+#: file names the server refuses with 403 from now on (a signed URL that expires mid-run)
+EXPIRED: set[str] = set()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -36,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _file(self) -> Path | None:
         name = self.path.split("?", 1)[0].lstrip("/")
-        if name.startswith("forbidden/"):
+        if name.startswith("forbidden/") or name in EXPIRED:
             self.send_response(403)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -254,3 +256,19 @@ def test_a_planetary_computer_item_with_band_keys_and_signed_hrefs(server, cogs,
     assert sorted(bandset.files) == ["B02", "B03", "B04", "B08", "B11"] and bandset.offsets["B11"] == -1000
     assert SECRET in bandset.files["B02"].path.replace("%3D", "=")  # the signed URL is what GDAL reads
     assert all("Zm9vYmFy" not in note for note in bandset.notes)
+
+
+def test_a_url_that_expires_during_the_run_names_the_band_without_the_signature(server, cogs, tmp_path):
+    base, _, _ = server
+    item = earth_search_item(base, tmp_path, "expiring.json", query=f"?st=2024-06-12&{SECRET}")
+    discover_input(item)  # the headers are read: the item is fine until now
+    EXPIRED.add("B08.tif")
+    try:
+        with pytest.raises(InputError) as caught:
+            segment(item, tmp_path / "out", model=SpectralPatchModel(),
+                    config=EngineConfig(aoi=f"{ORIGIN[0] + 3000},{ORIGIN[1] - 3600},{ORIGIN[0] + 3600},{ORIGIN[1] - 3000}"))
+    finally:
+        EXPIRED.clear()
+    message = str(caught.value)
+    assert re.search(r"cannot (read band B08 from|open band file) /vsicurl/http://127.0.0.1:\d+/B08.tif\?…", message), message
+    assert "Zm9vYmFy" not in message
