@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
+    QgsProcessingParameterVectorLayer,
     QgsProcessingUtils,
 )
 
@@ -45,7 +48,10 @@ def tile_path(value: str) -> str:
     """The tile the INPUT value names: a file picked inside a .SAFE or a band folder selects that folder."""
     path = Path(value)
     if path.is_file() and _TILE_MEMBER.match(path.name):
-        return str(path.parent)
+        from ..core.stack import is_multiband
+
+        if not is_multiband(path):  # a stacked raster (GEE, SCP export) is the tile itself
+            return str(path.parent)
     return value
 
 
@@ -73,6 +79,8 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
     """Segment a Sentinel-2 tile into land cover with per-pixel confidence."""
 
     INPUT = "INPUT"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
 
     CLASS = "CLASS"
     MAXPROB = "MAXPROB"
@@ -111,6 +119,10 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "button pick the .zip, or the manifest.safe / MTD_MSIL*.xml of a .SAFE, or any band file of a band "
             "folder (the folder is used); a folder path can also be typed or pasted. Bands are recognised by "
             "name; the processing-baseline offset is applied.</p>"
+            "<p><b>Area of interest</b> (optional): an extent (typed, drawn on the canvas or taken from a layer) "
+            "or a polygon layer (any CRS). Only that part of the tile is computed; the rasters cover its "
+            "bounding box on the tile's 10 m grid, pixels outside the polygons are no data, and every pixel "
+            "has the value a whole-tile run gives it.</p>"
         ) + self.engine_parameters_help() + self.resume_help() + self.tr(
             "<p><b>Overwrite existing outputs</b>: replace the finished products of the same tile found in the "
             "output folder; unticked, the run stops and keeps them.</p>"
@@ -151,10 +163,15 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
                 self.tr("Sentinel-2 tile (.SAFE folder or .zip, or a folder of band files)"),
                 behavior=QgsProcessingParameterFile.File,
                 fileFilter=self.tr(
-                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif);;All files (*)"
+                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif *.vrt);;All files (*)"
                 ),
             )
         )
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Area of interest (extent; empty: the whole tile)"), optional=True))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.MASK, self.tr("Area of interest polygons (pixels outside them are no data)"),
+            [QgsProcessing.TypeVectorPolygon], optional=True))
         self.add_model_parameters()
         self.add_engine_parameters()
         self.add_resume_parameter()
@@ -189,7 +206,8 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         # Never replace finished products silently (two products of one scene, L1C and L2A, may share a
         # folder): only when the user ticks OVERWRITE.
         config = self.engine_config(
-            parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context)
+            parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
+            aoi=self._aoi(parameters, context),
         )
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
@@ -251,6 +269,19 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
                 results[output] = str(products[product])
         self._load_on_completion(context, results, result.tile_name, result.model_name, legend)
         return results
+
+    def _aoi(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[str]:
+        """The engine's AOI string from EXTENT or MASK (one of them at most); None: the whole tile."""
+        from .area_of_interest import extent_aoi, layer_aoi
+
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = extent_aoi(self.parameterAsExtent(parameters, self.EXTENT, context),
+                                self.parameterAsExtentCrs(parameters, self.EXTENT, context))
+        polygons = layer_aoi(self.parameterAsVectorLayer(parameters, self.MASK, context), context.transformContext())
+        if extent and polygons:
+            raise QgsProcessingException(self.tr("Give either an area of interest extent or polygons, not both."))
+        return extent or polygons
 
     def _load_on_completion(
         self,

@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                          help="segment one tile (.SAFE folder, .zip, IMG_DATA or folder of band files)")
-    seg.add_argument("tile", type=Path)
+    seg.add_argument("tile", help="a .SAFE folder or .zip, a folder of band files, a stacked raster (GeoTIFF/VRT) "
+                                  "or a STAC item (JSON file or http(s) URL)")  # str: a URL must keep its //
     seg.add_argument("output", type=Path, help="output folder")
     add_engine_options(seg)
     seg.set_defaults(run=_segment)

@@ -62,6 +62,14 @@ class EngineConfig:
     resume: str = "auto"
     #: float16 autocast around torch models on CUDA (outputs blended in float32); ignored elsewhere
     half: bool = False
+    #: area of interest (:mod:`.aoi`): ``minx,miny,maxx,maxy[,CRS]`` or a polygon file
+    #: (``path[|layername=…][|subset=…]``); None: the whole tile
+    aoi: str | None = None
+    #: a stacked raster's band ids in file order, comma-separated (``-`` skips one); None: from its descriptions
+    bands: str | None = None
+    #: reflectance = stored value × scale + offset; None: from the file or product metadata, or detected
+    scale: float | None = None
+    offset: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):
@@ -86,6 +94,14 @@ class EngineConfig:
             raise ConfigError(f"preview size must be at least 16 pixels, got {self.preview_size!r}")
         if not isinstance(self.half, bool):
             raise ConfigError(f"half must be True or False, got {self.half!r}")
+        if self.aoi is not None and (not isinstance(self.aoi, str) or not self.aoi.strip()):
+            raise ConfigError(f"area of interest must be a bounding box or a vector file path, got {self.aoi!r}")
+        if self.bands is not None and (not isinstance(self.bands, str) or not self.bands.strip()):
+            raise ConfigError(f"bands must be band ids in file order such as 'B02,B03,B04,B08', got {self.bands!r}")
+        for name in ("scale", "offset"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
 

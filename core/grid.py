@@ -80,6 +80,14 @@ class GridPlan:
     chunks: tuple[Chunk, ...]
     #: 10 m pixels per model pixel along each axis
     factor: int = 1
+    #: ``(row0, col0, height, width)`` of the tile written (an area of interest, :func:`plan_window`);
+    #: None: the whole tile. Chunks keep tile coordinates (the patch grid is the tile's).
+    window: tuple[int, int, int, int] | None = None
+
+    @property
+    def output_window(self) -> tuple[int, int, int, int]:
+        """``(row0, col0, height, width)`` of the products in tile pixels."""
+        return self.window or (0, 0, self.height, self.width)
 
     @property
     def stride(self) -> int:
@@ -172,12 +180,13 @@ def journal_points(grid: "GridPlan", block: int) -> frozenset[int]:
     that divides the chunk size every chunk is a journal point.
     """
     points = set()
+    oy, ox, height, width = grid.output_window  # block edges are the products', not the tile's
     for chunk in grid.chunks:
         last = chunk.index == len(grid.chunks) - 1
-        row_end = chunk.col1 == grid.width
-        bottom_ok = chunk.row1 % block == 0 or chunk.row1 == grid.height
+        row_end = chunk.col1 - ox == width
+        bottom_ok = (chunk.row1 - oy) % block == 0 or chunk.row1 - oy == height
         if last or (row_end and bottom_ok) or (
-                not row_end and chunk.row0 % block == 0 and chunk.col1 % block == 0 and bottom_ok):
+                not row_end and (chunk.row0 - oy) % block == 0 and (chunk.col1 - ox) % block == 0 and bottom_ok):
             points.add(chunk.index)
     return frozenset(points)
 
@@ -208,15 +217,36 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
         row1 = min(row0 + chunk_size, height)
         for col0 in range(0, width, chunk_size):
             col1 = min(col0 + chunk_size, width)
-            chunks.append(
-                Chunk(
-                    index=len(chunks), row0=row0, row1=row1, col0=col0, col1=col1,
-                    ky0=row0 // stride - 1 - margin, ky1=(row1 - 1) // stride + 1 + margin,
-                    kx0=col0 // stride - 1 - margin, kx1=(col1 - 1) // stride + 1 + margin,
-                    stride=stride,
-                )
-            )
+            chunks.append(_chunk(len(chunks), row0, row1, col0, col1, stride, margin))
     return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor)
+
+
+def plan_window(height: int, width: int, patch_size: int, chunk_size: int, window: tuple[int, int, int, int],
+                factor: int = 1) -> GridPlan:
+    """:func:`plan` restricted to ``window`` = ``(row0, col0, height, width)`` of the tile: only the
+    chunks of that window are planned, cut at multiples of ``chunk_size`` from its corner (so that
+    output blocks, which start there, do not straddle chunks), in tile coordinates, with the tile's
+    global patches. Every pixel of the window therefore gets what a whole-tile run computes."""
+    whole = plan(height, width, patch_size, chunk_size, factor)  # validates the sizes
+    row0, col0, h, w = window
+    if h < 1 or w < 1 or row0 < 0 or col0 < 0 or row0 + h > height or col0 + w > width:
+        raise ConfigError(f"window rows {row0}–{row0 + h}, cols {col0}–{col0 + w} is not inside the "
+                          f"{width} × {height} px tile")
+    stride, margin = whole.stride, whole.margin
+    chunks = []
+    for r0 in range(row0, row0 + h, chunk_size):
+        r1 = min(r0 + chunk_size, row0 + h)
+        for c0 in range(col0, col0 + w, chunk_size):
+            c1 = min(c0 + chunk_size, col0 + w)
+            chunks.append(_chunk(len(chunks), r0, r1, c0, c1, stride, margin))
+    return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor, window=(row0, col0, h, w))
+
+
+def _chunk(index: int, row0: int, row1: int, col0: int, col1: int, stride: int, margin: int) -> Chunk:
+    """The chunk of output window rows [row0, row1) × cols [col0, col1) and the global patches covering it."""
+    return Chunk(index=index, row0=row0, row1=row1, col0=col0, col1=col1,
+                 ky0=row0 // stride - 1 - margin, ky1=(row1 - 1) // stride + 1 + margin,
+                 kx0=col0 // stride - 1 - margin, kx1=(col1 - 1) // stride + 1 + margin, stride=stride)
 
 
 def model_chunk(chunk: Chunk, factor: int) -> Chunk:

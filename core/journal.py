@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__
 from .atomic import write_atomic
 from .errors import OutputError
+from .urls import redact
 
 FORMAT = 1
 SUFFIX = ".s2seg-journal"
@@ -74,7 +75,14 @@ def weights_signature(path: str) -> list[Any]:
     return [file_signature(p)]
 
 
-def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int) -> dict[str, Any]:
+def _public(signature: list[Any]) -> list[Any]:
+    """A signature without the secrets of a signed URL (its query string): the journal is a file on
+    disk, and a re-signed item is the same tile."""
+    return [redact(signature[0]), *signature[1:]]
+
+
+def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
+               aoi: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -83,17 +91,24 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
     uninterrupted GPU run by float rounding only.
     """
     t = bandset.transform
-    return {
+    fields = {
         "s2seg": __version__,
         "tile": {
             "name": bandset.name, "width": bandset.width, "height": bandset.height,
             "crs": bandset.crs.to_string(), "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
-            "bands": {b: file_signature(bandset.files[b].path, bandset.source) for b in card.bands},
+            "bands": {b: _public(file_signature(bandset.files[b].path, bandset.source)) for b in card.bands},
             "offsets": {b: bandset.offset(b) for b in card.bands},
         },
         "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
         "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
     }
+    stored = {b: [f.index, f.scale, f.nodata, f.dtype] for b in card.bands
+              if not (f := bandset.files[b]).stored_as_dn or f.index != 1}
+    if stored:  # a stack's band order and scale change the pixels (absent for products, whose key stays as it was)
+        fields["tile"]["stored"] = stored
+    if aoi is not None:  # only then: a whole-tile run's key is the same as before areas of interest existed
+        fields["aoi"] = aoi
+    return fields
 
 
 def _resolved_card(card) -> dict[str, Any]:

@@ -89,6 +89,20 @@ RESUME = Exclusive((
     Option(("--no-resume",), dict(dest="resume", action="store_const", const="never",
                                   help="discard the partial results of an interrupted run and start over"), "resume"),
 ))
+AOI = Option(("--aoi",), dict(default=_DEFAULTS.aoi, metavar="BBOX|FILE",
+                              help="area of interest: minx,miny,maxx,maxy in the tile's CRS (append ,EPSG:4326 for "
+                                   "another CRS) or a polygon file (GeoPackage, GeoJSON, Shapefile; "
+                                   "FILE|layername=NAME|subset=WHERE); only its chunks are computed and the products "
+                                   "cover its bounding box (pixels outside the polygons are nodata)"), "aoi")
+BANDS = Option(("--bands",), dict(default=_DEFAULTS.bands, metavar="IDS",
+                                  help="a stacked raster's band ids in file order, e.g. B02,B03,B04,B08 ('-' skips "
+                                       "a band); default: read from the band descriptions (B2/B02/blue …)"), "bands")
+SCALE = Option(("--scale",), dict(type=float, default=_DEFAULTS.scale, metavar="S",
+                                  help="reflectance = value × S + OFFSET (default: the file's metadata, else "
+                                       "detected: integers 0.0001, float reflectance 1)"), "scale")
+OFFSET = Option(("--offset",), dict(type=float, default=_DEFAULTS.offset, metavar="OFFSET",
+                                    help="reflectance offset (e.g. -0.1 for baseline 04.00+ DN without metadata)"),
+                "offset")
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 #: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
 #: the same as ``--model NAME@REVISION``.
@@ -97,7 +111,8 @@ REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
                                              "(default: main)"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE,
+                                                  RESUME, AOI, BANDS, SCALE, OFFSET)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 

@@ -37,12 +37,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import aoi as aoi_
 from .chunkwriter import STRIP_ROWS, ChunkWriter
 from .config import EngineConfig
 from .errors import Cancelled, OutputError, S2SegError
 from .feed import Normaliser, patches_with_data
-from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan
+from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan, plan_window
 from .inferer import ChunkInferer, Inferred
+from .inputs import discover_input
 from .journal import run_fields
 from .memory import cache_budget, gdal_cache_limit, release_freed_memory, user_cache_setting
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
@@ -51,7 +53,7 @@ from .preview import PreviewBuilder, preview_name
 from .reader import ChunkReader, input_cache_bytes
 from .report import ClassStat, SegmentResult, class_stats, report_name, sum_chunk_stats, write_report
 from .resume import Resume
-from .sentinel2 import BandSet, discover
+from .sentinel2 import BandSet
 from .stages import END, StageRunner
 from .writer import FLOAT_PRODUCTS, ProductWriter, check_output_folder, product_paths
 
@@ -86,7 +88,9 @@ def segment(
     cancel = cancel or threading.Event()
     output_dir = Path(output_dir).expanduser()
 
-    bandset = discover(tile)
+    bandset = discover_input(tile, config.bands, config.scale, config.offset)
+    for note in bandset.notes:
+        log(note)
     preloaded = model if isinstance(model, SegmentationModel) else None
     card = preloaded.card if preloaded is not None else resolve_card(model)
     bandset.require(card.bands, card.name)
@@ -95,8 +99,16 @@ def segment(
     device = preloaded.device if preloaded is not None else pick_device(config.device)
     if config.half and device.type != "cuda":
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
+    aoi = aoi_.resolve(config.aoi, bandset.width, bandset.height, bandset.transform, bandset.crs) if config.aoi else None
     chunk_size = _chunk_size(config, card, bandset, device, log)
-    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
+    if aoi is None:
+        grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
+    else:
+        w = aoi.window
+        grid = plan_window(bandset.height, bandset.width, card.patch_size, chunk_size,
+                           (w.row0, w.col0, w.height, w.width), card.pixel_factor)
+        log(f"area of interest: rows {w.row0}–{w.row1}, cols {w.col0}–{w.col1} of the tile ({w.width} × {w.height} px"
+            f"{', pixels outside its polygons nodata' if aoi.mask is not None else ''})")
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)
     paths = product_paths(output_dir, bandset.name, config.write_probs)
@@ -111,17 +123,20 @@ def segment(
             f"for resume every {rows} chunk row(s) only; a chunk size that is a multiple of "
             f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
-                        compress=config.compress, block=block)
+                        compress=config.compress, block=block, aoi=None if aoi is None else aoi.fields())
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
         resume.check_outputs([*paths.values(), preview_path, report_path], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file
         stages = ChunkStages(bandset, loaded, grid, config, batch_size, cancel, progress, log,
-                             asynchronous=_asynchronous(loaded.device))
+                             asynchronous=_asynchronous(loaded.device), mask=None if aoi is None else aoi.mask)
+        out_row0, out_col0, out_height, out_width = grid.output_window
         writer = resume.open_writer(
-            lambda reopen: ProductWriter(output_dir, bandset.name, width=bandset.width, height=bandset.height,
-                                         crs=bandset.crs, transform=bandset.transform, class_names=card.class_names,
+            lambda reopen: ProductWriter(output_dir, bandset.name, width=out_width, height=out_height,
+                                         crs=bandset.crs, transform=bandset.transform if aoi is None else aoi.transform,
+                                         class_names=card.class_names,
                                          class_colours=card.class_colours, write_probs=config.write_probs,
-                                         compress=config.compress, block=block, resume=reopen),
+                                         compress=config.compress, block=block, resume=reopen,
+                                         origin=(out_row0, out_col0)),
             stages.restore, stages.reset)
         resume.start()
         log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes, {card.resolution} m) on {device}; "
@@ -248,8 +263,10 @@ class ChunkStages:
 
     def __init__(self, bandset: BandSet, model: SegmentationModel, grid: GridPlan, config: EngineConfig, batch_size: int,
                  cancel: threading.Event, progress: ProgressCallback | None = None, log: LogCallback | None = None,
-                 *, asynchronous: bool | None = None):
+                 *, asynchronous: bool | None = None, mask: np.ndarray | None = None):
         self.bandset, self.card, self.grid, self.config = bandset, model.card, grid, config
+        #: ``grid.output_window``'s pixels to write (area of interest polygons); None: all of them
+        self.mask = mask
         self.log = log or (lambda message: None)
         self.runner = StageRunner(cancel)
         self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0, "sync": 0.0}
@@ -270,7 +287,8 @@ class ChunkStages:
 
     def reset(self) -> None:
         """Forget any resumed chunk: empty preview and statistics."""
-        self.preview = PreviewBuilder(self.bandset.width, self.bandset.height, self.config.preview_size)
+        row0, col0, height, width = self.grid.output_window
+        self.preview = PreviewBuilder(width, height, self.config.preview_size, origin=(row0, col0))
         #: chunk index → (3, C) float64 [pixel count, Σ maxprob, low-gap count] per class, for journaled chunks only
         self.chunk_stats: dict[int, np.ndarray] = {}
         self._chunks_done = 0
@@ -366,6 +384,9 @@ class ChunkStages:
             # The input region starts (1 + margin) strides above/left of the output window.
             top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
             valid = valid_region[top: top + chunk.height, left: left + chunk.width]
+            if self.mask is not None:  # outside the AOI polygons: written as nodata, computed all the same
+                oy, ox = self.grid.output_window[:2]
+                valid = valid & self.mask[chunk.row0 - oy: chunk.row1 - oy, chunk.col0 - ox: chunk.col1 - ox]
             pending.append((chunk.index, self.chunk_writer.write(chunk, valid, inferred)))
             if chunk.index in self.journal_points:
                 # In the files first (synced and journaled by the journal thread): a journaled chunk is

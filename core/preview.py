@@ -28,12 +28,14 @@ def preview_name(tile_name: str) -> str:
 class PreviewBuilder:
     """Collects every ``step``-th pixel of the class map as chunks arrive (no second pass over the file)."""
 
-    def __init__(self, width: int, height: int, max_size: int):
+    def __init__(self, width: int, height: int, max_size: int, origin: tuple[int, int] = (0, 0)):
+        self.origin = origin  # tile pixel (row, col) of the map's corner; add() takes tile coordinates
         self.step = max(1, math.ceil(max(width, height) / max_size))
         self.classes = np.full((math.ceil(height / self.step), math.ceil(width / self.step)), CLASS_NODATA, dtype=np.uint8)
 
     def add(self, classes: np.ndarray, row0: int, col0: int) -> None:
         step = self.step
+        row0, col0 = row0 - self.origin[0], col0 - self.origin[1]
         first_row = (-row0) % step  # first row of this window on the global sampling lattice
         first_col = (-col0) % step
         sample = classes[first_row::step, first_col::step]

@@ -25,6 +25,8 @@ from .errors import InputError
 from .grid import reflect_indices
 from .resample import block_mean
 from .sentinel2 import BandFile, BandSet
+from .stack import to_dn
+from .urls import redact
 
 
 @dataclass
@@ -113,7 +115,7 @@ class ChunkReader:
             try:
                 self._datasets[i] = rasterio.open(self.files[i].path)
             except RasterioIOError as exc:
-                raise InputError(f"cannot open band file {self.files[i].path}: {exc}") from None
+                raise InputError(f"cannot open band file {redact(self.files[i].path)}: {redact(str(exc))}") from None
         return self._datasets[i]
 
     def _read_band(self, i: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +132,12 @@ class ChunkReader:
         cols = _sampling((xs - t.c) / t.a, band.width)
         window = Window(cols.lo, rows.lo, cols.hi - cols.lo, rows.hi - rows.lo)
         try:
-            block = self._dataset(i).read(1, window=window)
+            block = self._dataset(i).read(band.index, window=window)
         except RasterioIOError as exc:
-            raise InputError(f"cannot read band {band.band.id} from {band.path} (window rows {rows.lo}–{rows.hi}, cols {cols.lo}–{cols.hi}): {exc}") from None
+            raise InputError(f"cannot read band {band.band.id} from {redact(band.path)} (window rows {rows.lo}–{rows.hi}, "
+                             f"cols {cols.lo}–{cols.hi}): {redact(str(exc))}") from None  # a signed URL's token stays out
+        if not band.stored_as_dn:  # a stack's reflectance, NaN or nodata value: DN, 0 = nodata
+            block = to_dn(block, band)
         nearest = block[np.ix_(rows.index, cols.index)]
         valid = nearest != 0
         if self.resampling == "nearest" or band.band.resolution == 10:

@@ -12,6 +12,7 @@ import torch
 from . import __version__
 from .atomic import write_atomic
 from .config import EngineConfig
+from .urls import redact
 from .models.card import ModelCard
 from .sentinel2 import BandSet
 
@@ -93,7 +94,7 @@ def write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig, 
         "s2seg_version": __version__,
         "tile": {"name": bandset.name, "source": str(bandset.source), "level": bandset.level, "baseline": bandset.baseline,
                  "width": bandset.width, "height": bandset.height, "crs": bandset.crs.to_string(),
-                 "offsets": bandset.offsets, "bands": {b: f.path for b, f in sorted(bandset.files.items())}},
+                 "offsets": bandset.offsets, "bands": {b: redact(f.path) for b, f in sorted(bandset.files.items())}},
         "model": result.card.to_dict(),
         "config": {**asdict(config), "chunk_size": result.chunk_size, "batch_size": batch_size},
         "device": result.device,

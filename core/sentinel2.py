@@ -38,6 +38,11 @@ _RESOLUTION_FOLDER = re.compile(r"^R(10|20|60)m$", re.IGNORECASE)
 MAX_METADATA_BYTES = 4 * 2**20
 _CRC_CHUNK = 4 * 2**20  # bytes per read while checking a zip member's CRC
 _CRC_THREADS = 8  # members checked at once (one thread checks ~1.5 GB/s of page-cached zip)
+#: Plausible processing-baseline offsets (BOA_ADD_OFFSET / RADIO_ADD_OFFSET, in DN): -1000 since
+#: baseline 04.00, 0 before; anything outside is a damaged or forged product.
+PLAUSIBLE_OFFSETS = (-2000.0, 0.0)
+#: The data type of a Sentinel-2 product's band files (digital numbers = reflectance × 10000 + offset).
+PRODUCT_DTYPE = "uint16"
 _T = TypeVar("_T")
 
 
@@ -53,6 +58,18 @@ class BandFile:
     crs: CRS
     block_shape: tuple[int, int]  # (rows, cols) of the blocks GDAL decodes and caches
     itemsize: int  # bytes per pixel of the stored data type
+    #: the band of the file that holds it (a stacked raster's bands share one file)
+    index: int = 1
+    #: digital numbers per stored unit (10000 for a stack of float reflectance), see :func:`.stack.to_dn`
+    scale: float = 1.0
+    #: the file's nodata value (0 always means nodata)
+    nodata: float | None = None
+    dtype: str = "uint16"
+
+    @property
+    def stored_as_dn(self) -> bool:
+        """Are the stored values the engine's uint16 digital numbers as they are (no conversion)?"""
+        return self.dtype == "uint16" and self.scale == 1.0 and self.nodata in (None, 0)
 
     @property
     def resolution(self) -> float:
@@ -78,6 +95,8 @@ class BandSet:
     #: the product metadata that gave level, baseline and offsets (``<zip>!<member>`` inside a zip);
     #: None when no metadata belongs to the product (then no offset is applied)
     metadata_path: str | None = None
+    #: what discovery learnt that the run's log should say (a stack's band identification and scale)
+    notes: tuple[str, ...] = ()
 
     @property
     def reference(self) -> BandFile:
@@ -360,12 +379,32 @@ def _open_band(band: Band, gdal_path: str) -> BandFile:
                 raise InputError(f"band file {gdal_path} holds no raster band")
             if ds.crs is None:
                 raise InputError(f"band file {gdal_path} has no coordinate reference system")
-            if ds.dtypes[0] not in ("uint16", "uint8", "int16", "uint32", "float32"):
-                raise InputError(f"band file {gdal_path} has data type {ds.dtypes[0]}; expected uint16 digital numbers")
+            _check_product_dtype(band, gdal_path, ds)
             return BandFile(band, gdal_path, ds.width, ds.height, ds.transform, ds.crs, tuple(ds.block_shapes[0]),
-                            np.dtype(ds.dtypes[0]).itemsize)
+                            np.dtype(ds.dtypes[0]).itemsize, dtype=ds.dtypes[0])
     except RasterioIOError as exc:
         raise InputError(f"cannot open band file {gdal_path}: {exc}") from None
+
+
+def _check_product_dtype(band: Band, gdal_path: str, ds) -> None:
+    """A band file of a product holds uint16 DN (int16 without negatives is read as such); anything
+    else would wrap around or be read as DN when it is reflectance: refused, naming band and type."""
+    dtype = ds.dtypes[0]
+    if dtype == "int16":
+        low = ds.statistics(1, approx=False).min  # a full read: only for this rare type
+        if low < 0:
+            raise InputError(f"band {band.id} ({gdal_path}) has data type int16 with negative values (minimum "
+                             f"{low:g}); expected {PRODUCT_DTYPE} digital numbers (0 = nodata)")
+        return
+    if dtype != PRODUCT_DTYPE:
+        hint = (" (float reflectance is read from a stacked raster: give one multi-band file)"
+                if dtype.startswith("float") else "")
+        raise InputError(f"band {band.id} ({gdal_path}) has data type {dtype}; expected {PRODUCT_DTYPE} "
+                         f"digital numbers{hint}")
+    scale, offset = ds.scales[0], ds.offsets[0]
+    if (scale, offset) != (1.0, 0.0):
+        raise InputError(f"band {band.id} ({gdal_path}) declares a scale of {scale:g} and an offset of {offset:g}; "
+                         f"expected {PRODUCT_DTYPE} digital numbers without scaling (give such bands as a stacked raster)")
 
 
 def _parse_metadata(metadata: tuple[str, bytes]) -> tuple[str | None, str | None, dict[str, float]]:
@@ -386,9 +425,14 @@ def _parse_metadata(metadata: tuple[str, bytes]) -> tuple[str | None, str | None
             baseline = text
         elif tag in _OFFSET_TAGS:
             try:
-                offsets[by_index[int(element.attrib["band_id"])]] = float(text)
+                band_id, value = by_index[int(element.attrib["band_id"])], float(text)
             except (KeyError, ValueError):
                 raise InputError(f"product metadata {name}: malformed {tag} element {ET.tostring(element, encoding='unicode').strip()!r}") from None
+            low, high = PLAUSIBLE_OFFSETS
+            if not low <= value <= high:  # NaN fails too
+                raise InputError(f"product metadata {name}: {tag} of band {band_id} is {text}; expected a value "
+                                 f"from {low:g} to {high:g} (baselines 04.00 and later use -1000)")
+            offsets[band_id] = value
     return level, baseline, offsets
 
 

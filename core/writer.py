@@ -133,12 +133,15 @@ class ProductWriter:
     ``block`` is the GeoTIFF block edge (see :func:`s2seg.core.grid.block_size`);
     ``resume=True`` reopens the ``.part`` files of an interrupted run instead of
     creating them (an :class:`OutputError` when they are missing or do not fit).
+    ``origin`` is the tile pixel ``(row, col)`` of the products' corner (an area of interest):
+    :meth:`write`, :meth:`read` and :meth:`flush` take tile pixel coordinates.
     """
 
     def __init__(self, output_dir: Path, tile_name: str, *, width: int, height: int, crs, transform,
                  class_names: Sequence[str], class_colours: Sequence[str], write_probs: bool, compress: str = "ZSTD",
-                 block: int = BLOCK, resume: bool = False):
+                 block: int = BLOCK, resume: bool = False, origin: tuple[int, int] = (0, 0)):
         self.output_dir = Path(output_dir)
+        self.origin = origin
         self.paths = product_paths(self.output_dir, tile_name, write_probs)
         self.class_names = list(class_names)
         self.class_colours = list(class_colours)
@@ -226,6 +229,7 @@ class ProductWriter:
     # --- writing --------------------------------------------------------------------------
     def write(self, key: str, array: np.ndarray, row0: int, col0: int) -> None:
         """Write ``array`` (2-D, or 3-D bands-first for probs) at global pixel (row0, col0)."""
+        row0, col0 = row0 - self.origin[0], col0 - self.origin[1]
         # No local reference to the dataset: a traceback must not keep it open (see release_frames).
         if array.ndim == 2:
             _checked(self.paths[key], lambda: self._datasets[key].GetRasterBand(1).WriteArray(array, xoff=col0, yoff=row0))
@@ -234,6 +238,7 @@ class ProductWriter:
 
     def read(self, key: str, row0: int, col0: int, height: int, width: int) -> np.ndarray:
         """Read back a window of a product (band 1) — used to rebuild the preview of resumed chunks."""
+        row0, col0 = row0 - self.origin[0], col0 - self.origin[1]
         array = _checked(self._partial(key), lambda: self._datasets[key].GetRasterBand(1).ReadAsArray(col0, row0, width, height))
         if array is None:  # a decoding error raised on one of GDAL's worker threads
             raise OutputError(f"cannot read back rows {row0}–{row0 + height}, cols {col0}–{col0 + width} of {self._partial(key)}")
@@ -248,6 +253,7 @@ class ProductWriter:
         newest blocks unreferenced on disk; the second call writes the directory again.
         Should a GDAL version still leave a block out, the files are closed and reopened.
         """
+        windows = [(r - self.origin[0], c - self.origin[1], h, w) for r, c, h, w in windows]
         for attempt in range(2):
             for _ in range(2):
                 for key in self._datasets:
