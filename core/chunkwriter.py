@@ -67,9 +67,9 @@ class ChunkWriter:
         writer = self.writer
         classes = conf.classes.cpu().numpy()
         writer.write("class", classes, row0, col0)
-        writer.write("maxprob", conf.maxprob.cpu().numpy(), row0, col0)
-        writer.write("entropy", conf.entropy.cpu().numpy(), row0, col0)
-        writer.write("gap", conf.gap.cpu().numpy(), row0, col0)
+        for key in FLOAT_PRODUCTS:  # the selected ones only: nothing else is copied to the host or encoded
+            if writer.wants(key):
+                writer.write(key, getattr(conf, key).cpu().numpy(), row0, col0)
         if self.write_probs:
             nan = torch.tensor(float("nan"), device=probs.device)
             writer.write("probs", torch.where(valid, probs, nan).cpu().numpy(), row0, col0)
@@ -86,7 +86,8 @@ class ChunkWriter:
         nan = np.full((h, w), np.nan, dtype=np.float32)
         self.writer.write("class", classes, chunk.row0, chunk.col0)
         for key in FLOAT_PRODUCTS:
-            self.writer.write(key, nan, chunk.row0, chunk.col0)
+            if self.writer.wants(key):
+                self.writer.write(key, nan, chunk.row0, chunk.col0)
         if self.write_probs:
             self.writer.write("probs", np.full((self.card.num_classes, h, w), np.nan, dtype=np.float32), chunk.row0, chunk.col0)
         self.preview.add(classes, chunk.row0, chunk.col0)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from .config import DEVICES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
+from .products import DEFAULT_PRODUCTS, all_products, parse_products
 
 _DEFAULTS = EngineConfig()
 
@@ -75,10 +76,23 @@ RESUME = Exclusive((
     Option(("--no-resume",), dict(dest="resume", action="store_const", const="never",
                                   help="discard the partial results of an interrupted run and start over"), "resume"),
 ))
+PRODUCTS = Option(("--products",), dict(type=lambda text: parse_products(text), default=_DEFAULTS.products,
+                                        metavar="LIST",
+                                        help=f"comma-separated products to write, among {','.join(all_products())} "
+                                             f"(default: {','.join(DEFAULT_PRODUCTS)}; class is always needed)"),
+                   "products")
+VECTOR = Option(("--vector",), dict(action="store_true", default=_DEFAULTS.vector,
+                                    help="also write the class map as polygons (<tile>_landcover.gpkg)"), "vector")
+MMU = Option(("--mmu",), dict(type=float, default=_DEFAULTS.mmu, metavar="HA",
+                              help=f"minimum mapping unit of the polygons in hectares: smaller patches join their "
+                                   f"largest neighbour (default {_DEFAULTS.mmu}; 0 = none)"), "mmu")
+COG = Option(("--cog",), dict(action="store_true", default=_DEFAULTS.cog,
+                              help="write every raster as a cloud-optimised GeoTIFF"), "cog")
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE, RESUME)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, PRODUCTS, VECTOR,
+                                                  MMU, COG, OVERWRITE, RESUME)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 
