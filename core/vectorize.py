@@ -206,7 +206,11 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
     srs = osr.SpatialReference()
     srs.ImportFromWkt(classes.GetProjection())
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # silence "extension should be gpkg": a temporary name
+    try:
+        out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    finally:
+        gdal.PopErrorHandler()
     if out is None:
         raise OutputError(f"cannot create {path}: {gdal.GetLastErrorMsg()}")
     layer = out.CreateLayer(LAYER, srs, ogr.wkbMultiPolygon, ["SPATIAL_INDEX=YES"])

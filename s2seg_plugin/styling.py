@@ -40,6 +40,7 @@ from qgis.core import (
     QgsRasterShader,
     QgsSingleBandGrayRenderer,
     QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor
@@ -49,7 +50,7 @@ from ..core.styles import CONFIDENT, UNCERTAIN, Ramp, max_entropy, product_ramp
 #: Order of the products in the layer tree group, top first. The confidence layers lie *above* the
 #: opaque class map, unchecked: ticking one shows it at once over the land cover, unticking brings the
 #: land cover back (below it, a ticked layer would stay hidden under the class map).
-PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "class")
+PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "vector", "class")
 #: Layer-tree custom property that remembers a node's product, to keep the group ordered.
 RANK_PROPERTY = "s2seg/product"
 #: Group custom property identifying the run that created it: a second run of the same tile gets its own group.
@@ -280,7 +281,14 @@ class ProductStyler(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(  # noqa: N802 - QGIS API
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> None:
-        if not style_layer(layer, self.product, self.legend):
+        if self.product == "vector":
+            # Processing loads vector outputs without their default style: the GeoPackage holds the class
+            # colours as its default style (core/vectorize.py); shown unchecked, like the confidence layers.
+            if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+                return
+            layer.loadDefaultStyle()
+            layer.triggerRepaint()
+        elif not style_layer(layer, self.product, self.legend):
             return
         project = (context.project() if context is not None else None) or QgsProject.instance()
         if self.group_name:
