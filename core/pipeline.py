@@ -49,7 +49,7 @@ from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_c
 from .models.base import SegmentationModel
 from .poststeps import derived_outputs, write_stac
 from .preview import PreviewBuilder, preview_name
-from .products import Selection, effective_config, stac_path, vector_path
+from .products import Selection, effective_config, select, stac_path, vector_path
 from .reader import ChunkReader, input_cache_bytes
 from .report import ClassStat, SegmentResult, class_stats, report_name, sum_chunk_stats, write_report
 from .resume import Resume
@@ -303,7 +303,7 @@ class ChunkStages:
         todo = [chunk for chunk in self.grid.chunks if chunk.index not in done]
         self._position = {chunk.index: len(done) + i for i, chunk in enumerate(todo)}
         self.chunk_writer = ChunkWriter(writer, self.card, self.preview, self.config.write_probs, self.runner.check,
-                                        self.write_stream)
+                                        self.write_stream, products=select(self.config).rasters)
         read_q: queue.Queue = queue.Queue(self.config.queue_size)
         infer_q: queue.Queue = queue.Queue(self.config.queue_size)
         sync_q: queue.Queue = queue.Queue()  # lists of chunk statistics: tiny

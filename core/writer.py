@@ -227,10 +227,6 @@ class ProductWriter:
         return [self._partial(key) for key in self.paths]
 
     # --- writing --------------------------------------------------------------------------
-    def wants(self, key: str) -> bool:
-        """Is product ``key`` written (selected) by this writer?"""
-        return key in self.paths
-
     def write(self, key: str, array: np.ndarray, row0: int, col0: int) -> None:
         """Write ``array`` (2-D, or 3-D bands-first for probs) at global pixel (row0, col0)."""
         # No local reference to the dataset: a traceback must not keep it open (see release_frames).
