@@ -2,17 +2,18 @@
 
 1. Minimum mapping unit: GDAL's sieve filter (4-connected, like the polygons) gives every patch
    smaller than the MMU to its largest neighbour; nodata is masked, never merged into.
-2. The (sieved) class raster is read in strips of :data:`STRIP_ROWS` rows. In a strip, each
-   4-connected region of one class gets a label (``scipy.ndimage.label``, per class) and GDAL
-   polygonises the labels; the maxprob and gap rasters give each label its pixel sums (``bincount``).
-3. A region crossing a strip border is several pieces: pieces of the same class that touch across
-   the border (the last row of one strip against the first of the next) are joined (union-find),
-   and a group is written, as the union of its pieces' geometries and the sum of their pixel
-   statistics, once no piece of it touches the latest strip's last row. Only open groups are held,
-   so memory is a strip plus the polygons that cross its lower edge.
+2. Pass 1, in strips of :data:`STRIP_ROWS` rows: in a strip each 4-connected piece of one class
+   gets an id (``scipy.ndimage.label``, per class), and the maxprob and gap rasters give each piece
+   its pixel sums (``bincount``). A region crossing strip borders is several pieces: pieces of one
+   class that touch across a border (the last row of a strip against the first of the next) are
+   joined (union-find), and the region's statistics are the sums over its pieces.
+3. Pass 2, in strips again: the region id of every pixel goes into a temporary raster, which GDAL
+   polygonises in one call (GDAL's polygoniser streams by rows and holds only the polygons still
+   open): one polygon per region, exact pixel edges, no geometry union (unioning the pieces of
+   regions spanning many strips cost more than everything else). Each polygon then gets its
+   region's attributes.
 
-Strip geotransforms are the raster's with the origin moved by whole rows; for a transform of
-whole metres (every Sentinel-2 grid) the pieces' shared edges are bit-identical and dissolve.
+Memory: a strip, the statistics of every piece (48 bytes each) and GDAL's open polygons.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ STRIP_ROWS = 512
 LAYER = "landcover"
 #: Attribute fields, in order.
 FIELDS = ("class_id", "class_name", "area_ha", "mean_maxprob", "mean_gap")
-#: Features written per GeoPackage transaction.
+#: Features updated per GeoPackage transaction.
 TRANSACTION = 20000
 
 
@@ -125,13 +126,11 @@ def _sieve(source, path: Path, threshold: int, check: Callable[[], None]):
     return ds
 
 
-class _Groups:
-    """Union-find over piece ids, with each open piece's geometry and statistics."""
+class _UnionFind:
+    """Union-find over region piece ids (only pieces that touch a strip border are ever joined)."""
 
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
-        self.geometry: dict[int, object] = {}
-        self.stats: dict[int, np.ndarray] = {}  # [class, count, Σmaxprob, n maxprob, Σgap, n gap]
 
     def find(self, x: int) -> int:
         root = x
@@ -145,22 +144,6 @@ class _Groups:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
-
-    def close(self, open_roots: set[int]) -> list[tuple[list[object], np.ndarray]]:
-        """Remove and return (geometries, summed statistics) of every group not in ``open_roots``."""
-        by_root: dict[int, list[int]] = {}
-        for piece in self.geometry:
-            by_root.setdefault(self.find(piece), []).append(piece)
-        closed = []
-        for root, pieces in by_root.items():
-            if root in open_roots:
-                continue
-            stats = np.sum([self.stats.pop(p) for p in pieces], axis=0)
-            stats[0] /= len(pieces)  # every piece has the same class
-            closed.append(([self.geometry.pop(p) for p in pieces], stats))
-            for p in pieces:
-                self.parent.pop(p, None)
-        return closed
 
 
 def _label(classes: np.ndarray) -> tuple[np.ndarray, int]:
@@ -196,119 +179,132 @@ def _sums(labels: np.ndarray, n: int, ds, row0: int, rows: int) -> tuple[np.ndar
             np.bincount(flat, weights=finite.ravel(), minlength=n + 1))
 
 
-def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str], strip_rows: int,
-                check: Callable[[], None], maxprob, gap) -> int:
-    from osgeo import gdal, ogr, osr
-
-    width, height = classes.RasterXSize, classes.RasterYSize
-    gt = classes.GetGeoTransform()
-    pixel_ha = abs(gt[1] * gt[5]) / 1e4
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(classes.GetProjection())
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    gdal.PushErrorHandler("CPLQuietErrorHandler")  # silence "extension should be gpkg": a temporary name
-    try:
-        out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    finally:
-        gdal.PopErrorHandler()
-    if out is None:
-        raise OutputError(f"cannot create {path}: {gdal.GetLastErrorMsg()}")
-    layer = out.CreateLayer(LAYER, srs, ogr.wkbMultiPolygon, ["SPATIAL_INDEX=YES"])
-    for name, kind in zip(FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTReal, ogr.OFTReal, ogr.OFTReal)):
-        layer.CreateField(ogr.FieldDefn(name, kind))
-    definition = layer.GetLayerDefn()
-    written = 0
-
-    def emit(geometries: list, stats: np.ndarray) -> None:
-        nonlocal written
-        if len(geometries) == 1:
-            geometry = geometries[0]
-        else:
-            union = ogr.Geometry(ogr.wkbMultiPolygon)
-            for g in geometries:
-                union.AddGeometry(g)
-            geometry = union.UnionCascaded()
-        feature = ogr.Feature(definition)
-        feature.SetGeometry(ogr.ForceToMultiPolygon(geometry))
-        cls = int(stats[0])
-        feature.SetField("class_id", cls)
-        feature.SetField("class_name", names[cls] if cls < len(names) else str(cls))
-        feature.SetField("area_ha", float(stats[1]) * pixel_ha)
-        if stats[3]:
-            feature.SetField("mean_maxprob", float(stats[2] / stats[3]))
-        if stats[5]:
-            feature.SetField("mean_gap", float(stats[4] / stats[5]))
-        if layer.CreateFeature(feature) != 0:
-            raise OutputError(f"cannot write polygon {written + 1} to {path}: {gdal.GetLastErrorMsg()}")
-        written += 1
-        if written % TRANSACTION == 0:
-            layer.CommitTransaction()
-            layer.StartTransaction()
-
-    groups = _Groups()
-    mem_raster = gdal.GetDriverByName("MEM")
-    mem_vector = ogr.GetDriverByName("Memory")
-    previous_bottom: np.ndarray | None = None  # global ids of the last row of the previous strip
-    previous_bottom_class: np.ndarray | None = None
+def _strips(classes, strip_rows: int, check: Callable[[], None]):
+    """``(row0, rows, strip, labels, n, base)`` for every strip: pieces numbered ``base + 1 … base + n``
+    over the raster (deterministic: both passes see the same ids)."""
     base = 0
-    layer.StartTransaction()
-    for row0 in range(0, height, strip_rows):
+    for row0 in range(0, classes.RasterYSize, strip_rows):
         check()
-        rows = min(strip_rows, height - row0)
+        rows = min(strip_rows, classes.RasterYSize - row0)
         strip = _read(classes, row0, rows, "the class raster")
         labels, n = _label(strip)
+        yield row0, rows, strip, labels, n, base
+        base += n
+
+
+def _regions(classes, strip_rows: int, check: Callable[[], None], maxprob, gap) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: every piece's statistics and the region (root piece) it belongs to.
+    Returns ``root_of`` (piece id → region id, 0 → 0) and per region id the statistics
+    ``[class, count, Σmaxprob, n maxprob, Σgap, n gap]`` (rows of non-root ids are zero)."""
+    pieces = _UnionFind()
+    stats_parts = [np.zeros((1, 6))]  # piece 0: nodata
+    previous: tuple[np.ndarray, np.ndarray] | None = None  # global ids and classes of the previous strip's last row
+    for row0, rows, strip, labels, n, base in _strips(classes, strip_rows, check):
         counts = np.bincount(labels.ravel(), minlength=n + 1)
         maxprob_sum, maxprob_n = _sums(labels, n, maxprob, row0, rows)
         gap_sum, gap_n = _sums(labels, n, gap, row0, rows)
-        class_of = np.zeros(n + 1, dtype=np.int64)
+        class_of = np.zeros(n + 1, dtype=np.float64)
         class_of[labels.ravel()] = strip.ravel()
-        stats = np.stack([class_of, counts, maxprob_sum, maxprob_n, gap_sum, gap_n], axis=1).astype(np.float64)
+        stats_parts.append(np.stack([class_of, counts, maxprob_sum, maxprob_n, gap_sum, gap_n], axis=1)[1:])
+        top = np.where(labels[0] > 0, labels[0].astype(np.int64) + base, 0)
+        if previous is not None:  # pieces of one class that touch across the border are one region
+            above, above_class = previous
+            joined = (above > 0) & (top > 0) & (above_class == strip[0])
+            for a, b in np.unique(np.stack([above[joined], top[joined]]), axis=1).T.tolist():
+                pieces.union(a, b)
+        previous = (np.where(labels[-1] > 0, labels[-1].astype(np.int64) + base, 0), strip[-1])
+    stats = np.concatenate(stats_parts)
+    root_of = np.arange(len(stats), dtype=np.int64)
+    joined_ids = np.fromiter(pieces.parent, dtype=np.int64, count=len(pieces.parent))
+    root_of[joined_ids] = [pieces.find(int(x)) for x in joined_ids]
+    regions = np.zeros_like(stats)
+    np.add.at(regions, root_of, stats)  # sums over a region's pieces …
+    regions[:, 0] = stats[:, 0]  # … but the class is its root piece's (every piece of a region has it)
+    return root_of, regions
 
-        # Pieces touching this strip's top (joined to the strip above) or bottom (may join the next).
-        top, bottom = labels[0], labels[-1]
-        touching = np.zeros(n + 1, dtype=bool)
-        touching[top] = True
-        if row0 + rows < height:
-            touching[bottom] = True
-        touching[0] = False
 
-        # GDAL polygonises the labels: one polygon per label (4-connected, like the labels).
-        ds = mem_raster.Create("", width, rows, 1, gdal.GDT_Int32)
-        ds.SetGeoTransform((gt[0], gt[1], gt[2], gt[3] + row0 * gt[5], gt[4], gt[5]))
-        ds.GetRasterBand(1).WriteArray(labels)
-        mask = mem_raster.Create("", width, rows, 1, gdal.GDT_Byte)
-        mask.GetRasterBand(1).WriteArray((labels > 0).view(np.uint8))
-        pieces = mem_vector.CreateDataSource("")
-        piece_layer = pieces.CreateLayer("pieces", None, ogr.wkbPolygon)
-        piece_layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
-        if gdal.Polygonize(ds.GetRasterBand(1), mask.GetRasterBand(1), piece_layer, 0, []) != 0:
-            raise OutputError(f"cannot polygonise rows {row0}–{row0 + rows}: {gdal.GetLastErrorMsg()}")
-        ds = mask = None
-        for feature in piece_layer:
-            label = feature.GetField(0)
-            if touching[label]:
-                gid = base + label
-                groups.geometry[gid] = feature.GetGeometryRef().Clone()
-                groups.stats[gid] = stats[label]
-            else:
-                emit([feature.GetGeometryRef().Clone()], stats[label])
-        pieces = piece_layer = None
+def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str], strip_rows: int,
+                check: Callable[[], None], maxprob, gap) -> int:
+    """Pass 1 (:func:`_regions`), then pass 2: a temporary raster of region ids, strip by strip, that
+    GDAL polygonises in one call (one polygon per region: no geometry is ever unioned), and each
+    polygon's attributes from its region's statistics."""
+    from osgeo import gdal, ogr, osr
 
-        if previous_bottom is not None:  # join pieces of one class that touch across the border
-            joined = (previous_bottom > 0) & (top > 0) & (previous_bottom_class == strip[0])
-            pairs = np.unique(np.stack([previous_bottom[joined], top[joined].astype(np.int64) + base]), axis=1)
-            for a, b in pairs.T.tolist():
-                groups.union(a, b)
-        bottom_ids = np.where(bottom > 0, bottom.astype(np.int64) + base, 0)
-        open_roots = {groups.find(g) for g in np.unique(bottom_ids[bottom_ids > 0]).tolist()} \
-            if row0 + rows < height else set()
-        for geometries, group_stats in groups.close(open_roots):
-            emit(geometries, group_stats)
-        previous_bottom, previous_bottom_class = bottom_ids, strip[-1]
-        base += n
-    layer.CommitTransaction()
-    _add_default_style(out, names, colours)
-    out = None  # closes (and finalises) the GeoPackage
+    root_of, regions = _regions(classes, strip_rows, check, maxprob, gap)
+    if len(root_of) > np.iinfo(np.int32).max:
+        raise OutputError(f"too many regions ({len(root_of)}) to polygonise in {path}")
+    width, height = classes.RasterXSize, classes.RasterYSize
+    gt = classes.GetGeoTransform()
+    pixel_ha = abs(gt[1] * gt[5]) / 1e4
+    ids_path = path.with_name(f"{path.name}.ids.tif")
+    ids = gdal.GetDriverByName("GTiff").Create(str(ids_path), width, height, 1, gdal.GDT_Int32,
+                                               ["TILED=YES", "COMPRESS=ZSTD", "ZSTD_LEVEL=1", "BIGTIFF=IF_SAFER"])
+    if ids is None:
+        raise OutputError(f"cannot create the temporary file {ids_path}: {gdal.GetLastErrorMsg()}")
+    try:
+        ids.SetGeoTransform(gt)
+        ids.SetProjection(classes.GetProjection())
+        band = ids.GetRasterBand(1)
+        band.SetNoDataValue(0)  # nodata: not polygonised
+        for row0, rows, strip, labels, n, base in _strips(classes, strip_rows, check):
+            band.WriteArray(np.where(labels > 0, root_of[labels + base], 0).astype(np.int32), 0, row0)
+        ids.FlushCache()
+
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(classes.GetProjection())
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        gdal.PushErrorHandler("CPLQuietErrorHandler")  # silence "extension should be gpkg": a temporary name
+        try:
+            out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+        finally:
+            gdal.PopErrorHandler()
+        if out is None:
+            raise OutputError(f"cannot create {path}: {gdal.GetLastErrorMsg()}")
+        layer = out.CreateLayer(LAYER, srs, ogr.wkbPolygon, ["SPATIAL_INDEX=YES"])
+        for name, kind in zip(FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTReal, ogr.OFTReal, ogr.OFTReal)):
+            layer.CreateField(ogr.FieldDefn(name, kind))
+
+        def progress(fraction, message, data) -> int:
+            try:
+                check()
+            except BaseException:
+                return 0
+            return 1
+
+        # The region id goes into class_id for now; the loop below puts the attributes in its place.
+        layer.StartTransaction()
+        if gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=progress) != 0:
+            check()
+            raise OutputError(f"cannot polygonise {ids_path}: {gdal.GetLastErrorMsg()}")
+        layer.CommitTransaction()
+        check()
+        written = 0
+        layer.StartTransaction()
+        layer.ResetReading()
+        for feature in layer:
+            region = regions[feature.GetField(0)]
+            cls = int(region[0])
+            feature.SetField("class_id", cls)
+            feature.SetField("class_name", names[cls] if cls < len(names) else str(cls))
+            feature.SetField("area_ha", float(region[1]) * pixel_ha)
+            if region[3]:
+                feature.SetField("mean_maxprob", float(region[2] / region[3]))
+            if region[5]:
+                feature.SetField("mean_gap", float(region[4] / region[5]))
+            if layer.SetFeature(feature) != 0:
+                raise OutputError(f"cannot write polygon {written + 1} to {path}: {gdal.GetLastErrorMsg()}")
+            written += 1
+            if written % TRANSACTION == 0:
+                check()
+                layer.CommitTransaction()
+                layer.StartTransaction()
+        layer.CommitTransaction()
+        _add_default_style(out, names, colours)
+        layer = None
+        out = None  # closes (and finalises) the GeoPackage
+    finally:
+        band = ids = None
+        ids_path.unlink(missing_ok=True)
     if not os.path.exists(path):
         raise OutputError(f"cannot write {path}")
     return written
