@@ -156,9 +156,11 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
             raise Cancelled("cancelled while finishing the outputs")
 
     stages.report(0.97, "building overviews")
+    t0 = time.perf_counter()
     products = writer.commit(check)
+    finishing = {"commit": time.perf_counter() - t0}
     outputs = derived_outputs(products, selection, config, bandset, card, preview_path.parent, check, stages.report,
-                              stages.log)
+                              stages.log, finishing)
     stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     per_class = class_stats(card, stats, pixel_area)
@@ -171,14 +173,16 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
     result = SegmentResult(
         tile_name=bandset.name, output_dir=preview_path.parent, products=products, preview=preview_path,
         report=report_path, device=str(device), model_name=card.name, card=card, chunk_size=stages.grid.chunk_size,
-        n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, "total": seconds},
+        n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, **finishing, "total": seconds},
         valid_pixels=int(stats["count"].sum()), pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=resumed,
         batch_size_final=stages.inferer.batch_size, outputs=outputs,
     )
     check()
+    t0 = time.perf_counter()
     stac = write_stac(products, outputs, preview_path, config, bandset, card, preview_path.parent, stages.log)
     if stac is not None:
         outputs["stac"] = stac
+        result.timings["stac"] = time.perf_counter() - t0
     check()
     try:
         write_report(result, bandset, config, batch_size)

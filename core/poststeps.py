@@ -8,6 +8,7 @@ name and renamed when complete, so none looks finished before it is.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,11 +27,16 @@ Report = Callable[[float, str], None]
 
 def derived_outputs(products: dict[str, Path], selection: Selection, config: EngineConfig, bandset: BandSet,
                     card: ModelCard, output_dir: Path, check: Callable[[], None], report: Report,
-                    log: Callable[[str], None]) -> dict[str, Path]:
+                    log: Callable[[str], None], timings: dict[str, float] | None = None) -> dict[str, Path]:
     """Style files beside every raster, the polygons (when selected), then the COG copies (with
-    ``config.cog``); returns output key → file (``"vector"``, ``"class.qml"``, …)."""
+    ``config.cog``); returns output key → file (``"vector"``, ``"class.qml"``, …). The seconds each
+    step took go into ``timings`` (``styles``, ``vector``, ``cog``)."""
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
     outputs: dict[str, Path] = dict(write_style_sidecars(products, card.class_names, card.class_colours))
+    timings["styles"] = time.perf_counter() - t0
     if selection.vector:
+        t0 = time.perf_counter()
         check()
         report(0.975, "writing polygons")
         summary = vectorize(products["class"], vector_path(output_dir, bandset.name), card.class_names,
@@ -39,10 +45,13 @@ def derived_outputs(products: dict[str, Path], selection: Selection, config: Eng
         log(f"polygons: {summary.polygons} in {summary.path.name}"
             + (f" (patches under {summary.sieve_pixels} px merged into a neighbour)" if summary.sieve_pixels else ""))
         outputs["vector"] = summary.path
+        timings["vector"] = time.perf_counter() - t0
     if config.cog:
+        t0 = time.perf_counter()
         report(0.98, "writing cloud-optimised GeoTIFFs")
         for key, path in products.items():
             to_cog(path, config.compress, categorical=key == "class", check=check)
+        timings["cog"] = time.perf_counter() - t0
     return outputs
 
 

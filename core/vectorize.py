@@ -11,7 +11,7 @@
    polygonises in one call (GDAL's polygoniser streams by rows and holds only the polygons still
    open): one polygon per region, exact pixel edges, no geometry union (unioning the pieces of
    regions spanning many strips cost more than everything else). Each polygon then gets its
-   region's attributes.
+   region's attributes (one SQL update).
 
 Memory: a strip, the statistics of every piece (48 bytes each) and GDAL's open polygons.
 """
@@ -34,8 +34,6 @@ STRIP_ROWS = 512
 LAYER = "landcover"
 #: Attribute fields, in order.
 FIELDS = ("class_id", "class_name", "area_ha", "mean_maxprob", "mean_gap")
-#: Features updated per GeoPackage transaction.
-TRANSACTION = 20000
 
 
 @dataclass(frozen=True)
@@ -271,33 +269,11 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
                 return 0
             return 1
 
-        # The region id goes into class_id for now; the loop below puts the attributes in its place.
+        # The region id goes into class_id for now; _set_attributes puts the attributes in its place.
         layer.StartTransaction()
         if gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=progress) != 0:
             check()
             raise OutputError(f"cannot polygonise {ids_path}: {gdal.GetLastErrorMsg()}")
-        layer.CommitTransaction()
-        check()
-        written = 0
-        layer.StartTransaction()
-        layer.ResetReading()
-        for feature in layer:
-            region = regions[feature.GetField(0)]
-            cls = int(region[0])
-            feature.SetField("class_id", cls)
-            feature.SetField("class_name", names[cls] if cls < len(names) else str(cls))
-            feature.SetField("area_ha", float(region[1]) * pixel_ha)
-            if region[3]:
-                feature.SetField("mean_maxprob", float(region[2] / region[3]))
-            if region[5]:
-                feature.SetField("mean_gap", float(region[4] / region[5]))
-            if layer.SetFeature(feature) != 0:
-                raise OutputError(f"cannot write polygon {written + 1} to {path}: {gdal.GetLastErrorMsg()}")
-            written += 1
-            if written % TRANSACTION == 0:
-                check()
-                layer.CommitTransaction()
-                layer.StartTransaction()
         layer.CommitTransaction()
         _add_default_style(out, names, colours)
         layer = None
@@ -305,9 +281,57 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
     finally:
         band = ids = None
         ids_path.unlink(missing_ok=True)
+    check()
     if not os.path.exists(path):
         raise OutputError(f"cannot write {path}")
-    return written
+    return _set_attributes(path, regions, names, pixel_ha)
+
+
+def _set_attributes(path: Path, regions: np.ndarray, names: Sequence[str], pixel_ha: float) -> int:
+    """Replace each polygon's region id (in ``class_id``) by its attributes, in one SQL ``UPDATE … FROM``
+    joined with a temporary table of the regions (filled by ``executemany``): a loop over the features
+    through OGR took 60 % of the time with a million polygons. Returns the number of polygons."""
+    import sqlite3
+
+    roots = np.flatnonzero(regions[:, 1] > 0)  # the regions (root pieces) that have pixels
+    stats = regions[roots]
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 → NaN, which SQLite stores as NULL
+        maxprob, gap = stats[:, 2] / stats[:, 3], stats[:, 4] / stats[:, 5]
+    rows = zip(roots.tolist(), stats[:, 0].astype(np.int64).tolist(), (stats[:, 1] * pixel_ha).tolist(),
+               maxprob.tolist(), gap.tolist())
+    # The tables go in with sqlite3's executemany (fast); the UPDATE runs through GDAL, whose GeoPackage
+    # driver provides the SQL functions (ST_IsEmpty …) that the GeoPackage's R-tree triggers call.
+    try:
+        con = sqlite3.connect(path)
+        try:
+            with con:
+                con.execute("CREATE TABLE s2seg_classes (id INTEGER PRIMARY KEY, name TEXT)")
+                con.executemany("INSERT INTO s2seg_classes VALUES (?, ?)", enumerate(names))
+                con.execute("CREATE TABLE s2seg_regions (id INTEGER PRIMARY KEY, class_id INTEGER, area_ha REAL, "
+                            "mean_maxprob REAL, mean_gap REAL)")
+                con.executemany("INSERT INTO s2seg_regions VALUES (?, ?, ?, ?, ?)", rows)
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise OutputError(f"cannot write the polygon attributes to {path}: {exc}") from None
+    from osgeo import gdal
+
+    from .writer import _checked
+
+    ds = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE))
+    if ds is None:
+        raise OutputError(f"cannot reopen {path}")
+    try:
+        for sql in (f'UPDATE "{LAYER}" SET class_id = r.class_id, class_name = COALESCE(c.name, CAST(r.class_id AS TEXT)), '
+                    f'area_ha = r.area_ha, mean_maxprob = r.mean_maxprob, mean_gap = r.mean_gap '
+                    f'FROM s2seg_regions AS r LEFT JOIN s2seg_classes AS c ON c.id = r.class_id '
+                    f'WHERE "{LAYER}".class_id = r.id',
+                    "DROP TABLE s2seg_regions", "DROP TABLE s2seg_classes"):
+            _checked(path, lambda: ds.ExecuteSQL(sql))
+        count = ds.GetLayerByName(LAYER).GetFeatureCount()
+    finally:
+        ds = None
+    return int(count)
 
 
 def _add_default_style(ds, names: Sequence[str], colours: Sequence[str]) -> None:

@@ -128,3 +128,16 @@ def test_a_crash_in_the_post_steps_is_finished_by_a_rerun(small_tile, everything
         assert is_cog(path)[0], key
         assert np.array_equal(read(path), read(everything.products[key]), equal_nan=True)
     assert result.outputs["vector"].exists()
+
+
+def test_a_journal_of_other_products_is_not_resumed(small_tile, tmp_path):
+    """The chosen rasters are part of the journal's key: a run stopped while writing the class raster
+    only is not continued by a run that writes every product (its files lack them)."""
+    with pytest.raises(Exception, match="saved"):
+        segment(small_tile, tmp_path, model=SpectralPatchModel(patch_size=32, fail_on_call=12),
+                config=EngineConfig(chunk_size=CHUNK, products=("class",)))
+    assert journal_path(tmp_path, "T32UNU_20240612T103031").exists()
+    messages = []
+    result = segment(small_tile, tmp_path, model=model(), config=EngineConfig(chunk_size=CHUNK), log=messages.append)
+    assert result.resumed_chunks == 0 and set(result.products) == {"class", "maxprob", "entropy", "gap"}
+    assert any("not resuming" in m and "products" in m for m in messages), messages
