@@ -322,8 +322,9 @@ def _set_attributes(path: Path, regions: np.ndarray, names: Sequence[str], pixel
     if ds is None:
         raise OutputError(f"cannot reopen {path}")
     try:
-        for sql in (f'UPDATE "{LAYER}" SET class_id = r.class_id, class_name = COALESCE(c.name, CAST(r.class_id AS TEXT)), '
-                    f'area_ha = r.area_ha, mean_maxprob = r.mean_maxprob, mean_gap = r.mean_gap '
+        for sql in (f'UPDATE "{LAYER}" SET class_id = r.class_id, '
+                    f'class_name = COALESCE(c.name, CAST(r.class_id AS TEXT)), area_ha = r.area_ha, '
+                    f'mean_maxprob = r.mean_maxprob, mean_gap = r.mean_gap '
                     f'FROM s2seg_regions AS r LEFT JOIN s2seg_classes AS c ON c.id = r.class_id '
                     f'WHERE "{LAYER}".class_id = r.id',
                     "DROP TABLE s2seg_regions", "DROP TABLE s2seg_classes"):
