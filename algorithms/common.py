@@ -37,6 +37,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
 from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
+from ..core.products import DEFAULT_PRODUCTS, RASTER_PRODUCTS  # plain Python too
 from ..s2seg_plugin import ICON_PATH
 from ..s2seg_plugin.dependencies import missing_dependencies_message
 
@@ -155,6 +156,10 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     WRITE_PROBS = "WRITE_PROBS"
+    PRODUCTS = "PRODUCTS"
+    VECTOR = "VECTOR"
+    MMU = "MMU"
+    COG = "COG"
     RESUME = "RESUME"
     OVERWRITE = "OVERWRITE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
@@ -223,6 +228,34 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterBoolean(
                 self.WRITE_PROBS, self.tr("Write class probabilities (one band per class)"), defaultValue=False
             )
+        )
+
+    def add_output_parameters(self) -> None:
+        """PRODUCTS (a checkbox per raster product), VECTOR ("Also write polygons"), MMU (advanced) and COG.
+        All optional: graphical models saved before they existed still run, with the engine's defaults."""
+        products = QgsProcessingParameterEnum(self.PRODUCTS, self.tr("Raster products to write (the land cover "
+                                              "is always written)"), options=list(RASTER_PRODUCTS),
+                                              allowMultiple=True, defaultValue=list(DEFAULT_PRODUCTS), optional=True)
+        products.setUsesStaticStrings(True)
+        self.addParameter(products)
+        self.addParameter(QgsProcessingParameterBoolean(self.VECTOR, self.tr("Also write polygons (GeoPackage)"),
+                                                        defaultValue=False, optional=True))
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.MMU, self.tr("Minimum mapping unit of the polygons (hectares; 0 = none)"),
+            type=QgsProcessingParameterNumber.Double, defaultValue=EngineConfig.mmu, minValue=0.0, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.COG, self.tr("Write cloud-optimised GeoTIFFs (for web maps and object storage)"), defaultValue=False,
+            optional=True))
+
+    def output_parameters_help(self) -> str:
+        """The help paragraphs of :meth:`add_output_parameters`."""
+        return self.tr(
+            "<p><b>Raster products to write</b>: untick what you do not need (the land cover is always "
+            "written); fewer products write faster and take less space.</p>"
+            "<p><b>Also write polygons</b>: the land cover as polygons (&lt;tile&gt;_landcover.gpkg) with class, "
+            "area (ha), mean max probability and mean gap of each polygon; patches smaller than the "
+            "<b>minimum mapping unit</b> (Advanced) are merged into their largest neighbour first.</p>"
+            "<p><b>Write cloud-optimised GeoTIFFs</b>: every raster in GDAL's COG layout (takes longer).</p>"
         )
 
     def add_count_parameter(self, name: str, label: str) -> None:
@@ -409,6 +442,13 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         }
         if self.parameterDefinition(self.RESUME) is not None:
             values["resume"] = self.enum_string(parameters, self.RESUME, context) or DEFAULT_RESUME
+        if self.parameterDefinition(self.PRODUCTS) is not None:
+            chosen = self.parameterAsEnumStrings(parameters, self.PRODUCTS, context)
+            values["products"] = tuple(dict.fromkeys(["class", *chosen])) if chosen else ()
+            values["vector"] = self.parameterAsBoolean(parameters, self.VECTOR, context)
+            values["cog"] = self.parameterAsBoolean(parameters, self.COG, context)
+            if parameters.get(self.MMU) is not None:
+                values["mmu"] = self.parameterAsDouble(parameters, self.MMU, context)
         try:
             return EngineConfig(**values, **fixed)
         except S2SegError as exc:

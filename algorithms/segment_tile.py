@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterVectorLayer,
@@ -89,6 +90,8 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
     PROBS = "PROBS"
     PREVIEW = "PREVIEW"
     REPORT = "REPORT"
+    VECTOR_OUTPUT = "POLYGONS"
+    STAC = "STAC"
 
     #: Output name → engine product key.
     RASTER_OUTPUTS = {CLASS: "class", MAXPROB: "maxprob", ENTROPY: "entropy", GAP: "gap", PROBS: "probs"}
@@ -123,7 +126,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "or a polygon layer (any CRS). Only that part of the tile is computed; the rasters cover its "
             "bounding box on the tile's 10 m grid, pixels outside the polygons are no data, and every pixel "
             "has the value a whole-tile run gives it.</p>"
-        ) + self.engine_parameters_help() + self.resume_help() + self.tr(
+        ) + self.engine_parameters_help() + self.output_parameters_help() + self.resume_help() + self.tr(
             "<p><b>Overwrite existing outputs</b>: replace the finished products of the same tile found in the "
             "output folder; unticked, the run stops and keeps them.</p>"
             "<p><b>Output folder</b>: where the files below are written, named after the tile. Several tiles "
@@ -141,6 +144,10 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "about 0.1 the pixel sits on a decision boundary between two classes: the map may as well have said "
             "the runner-up. Check these areas first.</p>"
             "<p><b>Class probabilities</b> (…_probs.tif, optional): one band per class, band names = class names.</p>"
+            "<p><b>Land cover polygons</b> (…_landcover.gpkg, optional): see <i>Also write polygons</i>; it opens "
+            "in the class colours.</p>"
+            "<p><b>STAC item</b> (…_stac.json): the products described for catalogues and stackstac/odc-stac "
+            "(footprint, sensing time, projection, classes, sizes and checksums).</p>"
             "<p><b>Preview</b> (…_preview.png): a quick-look of the map with its legend.</p>"
             "<p><b>Report</b> (…_report.html, opens from the Results Viewer): per class its area in km², its share "
             "of the valid area, its mean max probability and the share of its pixels with a gap below 0.1; "
@@ -174,6 +181,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.add_model_parameters()
         self.add_engine_parameters()
+        self.add_output_parameters()
         self.add_resume_parameter()
         self.add_overwrite_parameter(self.tr("Overwrite existing outputs"))
         self.add_output_folder_parameter()
@@ -183,6 +191,8 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         self.addOutput(QgsProcessingOutputRasterLayer(self.ENTROPY, self.tr("Entropy (bits)")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.GAP, self.tr("Gap top-1 − top-2")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.PROBS, self.tr("Class probabilities")))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.VECTOR_OUTPUT, self.tr("Land cover polygons")))
+        self.addOutput(QgsProcessingOutputFile(self.STAC, self.tr("STAC item")))
         self.addOutput(QgsProcessingOutputFile(self.PREVIEW, self.tr("Preview image")))
         self.addOutput(QgsProcessingOutputHtml(self.REPORT, self.tr("Segmentation report")))
 
@@ -267,6 +277,9 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         for output, product in self.RASTER_OUTPUTS.items():
             if product in products:
                 results[output] = str(products[product])
+        for output, key in ((self.VECTOR_OUTPUT, "vector"), (self.STAC, "stac")):
+            if key in result.outputs:
+                results[output] = str(result.outputs[key])
         self._load_on_completion(context, results, result.tile_name, result.model_name, legend)
         return results
 
@@ -317,3 +330,10 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             report = str(results.get(self.REPORT, "")) if product == "class" else ""
             details.setPostProcessor(make_styler(product, legend, tile_name, run_id, report))
             context.addLayerToLoadOnCompletion(path, details)
+        polygons = results.get(self.VECTOR_OUTPUT)
+        if polygons:  # styled by the class colours stored in the GeoPackage as its default style (vectorize.py)
+            details = QgsProcessingContext.LayerDetails(self.tr("Land cover polygons"), project,
+                                                        self.VECTOR_OUTPUT, QgsProcessingUtils.LayerHint.Vector)
+            details.forceName = True
+            details.setPostProcessor(make_styler("vector", legend, tile_name, run_id))
+            context.addLayerToLoadOnCompletion(polygons, details)

@@ -8,7 +8,7 @@ back waits for that chunk only, not for the batches queued after it.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -29,8 +29,11 @@ class ChunkWriter:
     low-gap count] per class over its valid pixels."""
 
     def __init__(self, writer: ProductWriter, card: ModelCard, preview: PreviewBuilder, write_probs: bool,
-                 check: Callable[[], None] | None = None, write_stream: "torch.cuda.Stream | None" = None):
+                 check: Callable[[], None] | None = None, write_stream: "torch.cuda.Stream | None" = None,
+                 products: Collection[str] | None = None):
         self.writer, self.card, self.preview, self.write_probs = writer, card, preview, write_probs
+        #: the float products written (the selection; None: every one)
+        self.floats = tuple(k for k in FLOAT_PRODUCTS if products is None or k in products)
         self.check = check or (lambda: None)
         self.write_stream = write_stream
 
@@ -67,9 +70,8 @@ class ChunkWriter:
         writer = self.writer
         classes = conf.classes.cpu().numpy()
         writer.write("class", classes, row0, col0)
-        writer.write("maxprob", conf.maxprob.cpu().numpy(), row0, col0)
-        writer.write("entropy", conf.entropy.cpu().numpy(), row0, col0)
-        writer.write("gap", conf.gap.cpu().numpy(), row0, col0)
+        for key in self.floats:  # the selected ones only: nothing else is copied to the host or encoded
+            writer.write(key, getattr(conf, key).cpu().numpy(), row0, col0)
         if self.write_probs:
             nan = torch.tensor(float("nan"), device=probs.device)
             writer.write("probs", torch.where(valid, probs, nan).cpu().numpy(), row0, col0)
@@ -85,7 +87,7 @@ class ChunkWriter:
         classes = np.full((h, w), CLASS_NODATA, dtype=np.uint8)
         nan = np.full((h, w), np.nan, dtype=np.float32)
         self.writer.write("class", classes, chunk.row0, chunk.col0)
-        for key in FLOAT_PRODUCTS:
+        for key in self.floats:
             self.writer.write(key, nan, chunk.row0, chunk.col0)
         if self.write_probs:
             self.writer.write("probs", np.full((self.card.num_classes, h, w), np.nan, dtype=np.float32), chunk.row0, chunk.col0)

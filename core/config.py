@@ -70,10 +70,21 @@ class EngineConfig:
     #: reflectance = stored value × scale + offset; None: from the file or product metadata, or detected
     scale: float | None = None
     offset: float | None = None
+    #: products to write (:mod:`.products`: raster keys of writer.RASTER_PRODUCTS, and ``vector``);
+    #: empty: the default rasters (class, maxprob, entropy, gap), plus probs with ``write_probs``
+    products: tuple[str, ...] = ()
+    #: also write the class map as polygons (``<tile>_landcover.gpkg``, :mod:`.vectorize`)
+    vector: bool = False
+    #: minimum mapping unit of the polygons in hectares: smaller patches join a neighbour (GDAL sieve); 0 = none
+    mmu: float = 0.5
+    #: write every raster product as a cloud-optimised GeoTIFF (:mod:`.cog`)
+    cog: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):
             object.__setattr__(self, "resume", "auto" if self.resume else "never")
+        if isinstance(self.products, (list, set, frozenset)):
+            object.__setattr__(self, "products", tuple(self.products))  # hashable, and a stable order
         self.validate()
 
     def validate(self) -> None:
@@ -102,6 +113,10 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(self.products, str) or not all(isinstance(p, str) for p in self.products):
+            raise ConfigError(f"products must be a sequence of product names, got {self.products!r}")
+        if isinstance(self.mmu, bool) or not isinstance(self.mmu, (int, float)) or not self.mmu >= 0:
+            raise ConfigError(f"minimum mapping unit must be 0 or more hectares, got {self.mmu!r}")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
 

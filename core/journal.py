@@ -10,7 +10,7 @@ the first a header, then one line per chunk written *and flushed to disk*::
 * The key is a SHA-256 of everything that decides the output pixels (see
   :func:`run_fields`): the tile (band files with size and modification time,
   offsets, grid), the model card and the size/mtime of its weights, the s2seg
-  version and the pixel-changing settings (chunk size, write_probs, compress).
+  version and the pixel-changing settings (chunk size, write_probs, compress, the products written).
   A journal with another key is never used; :func:`differences` says why.
 * Lines are appended and ``fsync``\\ ed; a line torn by a crash is ignored when
   the journal is read (that chunk is simply computed again).
@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def _public(signature: list[Any]) -> list[Any]:
 
 
 def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
-               aoi: dict[str, Any] | None = None) -> dict[str, Any]:
+               products: Sequence[str] | None = None, aoi: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -100,7 +100,8 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
             "offsets": {b: bandset.offset(b) for b in card.bands},
         },
         "model": {"card": _resolved_card(card), "weights": weights_signature(card.path)},
-        "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block},
+        "settings": {"chunk_size": chunk_size, "write_probs": write_probs, "compress": compress, "block": block,
+                     "products": list(products) if products is not None else None},
     }
     stored = {b: [f.index, f.scale, f.nodata, f.dtype] for b in card.bands
               if not (f := bandset.files[b]).stored_as_dn or f.index != 1}

@@ -18,6 +18,7 @@ from .config import DEVICES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
 from .models.zoo import ModelNotAvailable
+from .products import DEFAULT_PRODUCTS, all_products, parse_products
 
 _DEFAULTS = EngineConfig()
 
@@ -103,6 +104,18 @@ SCALE = Option(("--scale",), dict(type=float, default=_DEFAULTS.scale, metavar="
 OFFSET = Option(("--offset",), dict(type=float, default=_DEFAULTS.offset, metavar="OFFSET",
                                     help="reflectance offset (e.g. -0.1 for baseline 04.00+ DN without metadata)"),
                 "offset")
+PRODUCTS = Option(("--products",), dict(type=lambda text: parse_products(text), default=_DEFAULTS.products,
+                                        metavar="LIST",
+                                        help=f"comma-separated products to write, among {','.join(all_products())} "
+                                             f"(default: {','.join(DEFAULT_PRODUCTS)}; class is always needed)"),
+                   "products")
+VECTOR = Option(("--vector",), dict(action="store_true", default=_DEFAULTS.vector,
+                                    help="also write the class map as polygons (<tile>_landcover.gpkg)"), "vector")
+MMU = Option(("--mmu",), dict(type=float, default=_DEFAULTS.mmu, metavar="HA",
+                              help=f"minimum mapping unit of the polygons in hectares: smaller patches join their "
+                                   f"largest neighbour (default {_DEFAULTS.mmu}; 0 = none)"), "mmu")
+COG = Option(("--cog",), dict(action="store_true", default=_DEFAULTS.cog,
+                              help="write every raster as a cloud-optimised GeoTIFF"), "cog")
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 #: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
 #: the same as ``--model NAME@REVISION``.
@@ -111,8 +124,8 @@ REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
                                              "(default: main)"))
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
-ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, OVERWRITE,
-                                                  RESUME, AOI, BANDS, SCALE, OFFSET)
+ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, PRODUCTS,
+                                                  VECTOR, MMU, COG, OVERWRITE, RESUME, AOI, BANDS, SCALE, OFFSET)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 

@@ -49,7 +49,9 @@ from .journal import run_fields
 from .memory import cache_budget, gdal_cache_limit, release_freed_memory, user_cache_setting
 from .models import DEFAULT_MODEL, ModelCard, load_model, pick_device, resolve_card
 from .models.base import SegmentationModel
+from .poststeps import derived_outputs, write_stac
 from .preview import PreviewBuilder, preview_name
+from .products import Selection, effective_config, select, stac_path, vector_path
 from .reader import ChunkReader, input_cache_bytes
 from .report import ClassStat, SegmentResult, class_stats, report_name, sum_chunk_stats, write_report
 from .resume import Resume
@@ -83,7 +85,7 @@ def segment(
     with a note naming the stage and what happened to the partial outputs.
     """
     started = time.perf_counter()
-    config = config or EngineConfig()
+    config, selection = effective_config(config or EngineConfig())  # write_probs and vector follow the selection
     log = log or (lambda message: None)
     cancel = cancel or threading.Event()
     output_dir = Path(output_dir).expanduser()
@@ -111,7 +113,8 @@ def segment(
             f"{', pixels outside its polygons nodata' if aoi.mask is not None else ''})")
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)
-    paths = product_paths(output_dir, bandset.name, config.write_probs)
+    paths = product_paths(output_dir, bandset.name, config.write_probs, selection.rasters)
+    derived = [vector_path(output_dir, bandset.name)] * selection.vector + [stac_path(output_dir, bandset.name)]
     preview_path = output_dir / preview_name(bandset.name)
     report_path = output_dir / report_name(bandset.name)
     check_output_folder(output_dir)
@@ -123,9 +126,10 @@ def segment(
             f"for resume every {rows} chunk row(s) only; a chunk size that is a multiple of "
             f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
-                        compress=config.compress, block=block, aoi=None if aoi is None else aoi.fields())
+                        compress=config.compress, block=block, products=selection.rasters,
+                        aoi=None if aoi is None else aoi.fields())
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
-        resume.check_outputs([*paths.values(), preview_path, report_path], config.overwrite)
+        resume.check_outputs([*paths.values(), preview_path, report_path, *derived], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file
         stages = ChunkStages(bandset, loaded, grid, config, batch_size, cancel, progress, log,
                              asynchronous=_asynchronous(loaded.device), mask=None if aoi is None else aoi.mask)
@@ -136,7 +140,7 @@ def segment(
                                          class_names=card.class_names,
                                          class_colours=card.class_colours, write_probs=config.write_probs,
                                          compress=config.compress, block=block, resume=reopen,
-                                         origin=(out_row0, out_col0)),
+                                         origin=(out_row0, out_col0), products=selection.rasters),
             stages.restore, stages.reset)
         resume.start()
         log(f"model {card.name} ({card.format}, {card.output_kind}-level, {card.num_classes} classes, {card.resolution} m) on {device}; "
@@ -150,7 +154,7 @@ def segment(
                 f"the device ran out of memory")
 
         result = _finish(stages, writer, cancel, bandset, card, config, batch_size, device, started,
-                         preview_path, report_path, resumed=len(resume.done))
+                         preview_path, report_path, resumed=len(resume.done), selection=selection)
         resume.finish()  # last: until the report is written a re-run finishes the outputs
     stages.report(1.0, "done")
     return result
@@ -158,15 +162,20 @@ def segment(
 
 def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Event, bandset: BandSet, card: ModelCard,
             config: EngineConfig, batch_size: int, device: torch.device, started: float, preview_path: Path,
-            report_path: Path, resumed: int) -> SegmentResult:
-    """The finishing steps once every chunk is journaled: overviews and renames, preview, report.
+            report_path: Path, resumed: int, selection: Selection) -> SegmentResult:
+    """The finishing steps once every chunk is journaled: overviews and renames, the derived outputs
+    (styles, polygons, COGs: :mod:`.poststeps`), preview, STAC item, report.
     Whatever stops them (an error, a cancel, checked between steps) leaves the run resumable."""
     def check() -> None:
         if cancel.is_set():
             raise Cancelled("cancelled while finishing the outputs")
 
     stages.report(0.97, "building overviews")
+    t0 = time.perf_counter()
     products = writer.commit(check)
+    finishing = {"commit": time.perf_counter() - t0}
+    outputs = derived_outputs(products, selection, config, bandset, card, preview_path.parent, check, stages.report,
+                              stages.log, finishing)
     stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     per_class = class_stats(card, stats, pixel_area)
@@ -179,10 +188,16 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
     result = SegmentResult(
         tile_name=bandset.name, output_dir=preview_path.parent, products=products, preview=preview_path,
         report=report_path, device=str(device), model_name=card.name, card=card, chunk_size=stages.grid.chunk_size,
-        n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, "total": seconds},
+        n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, **finishing, "total": seconds},
         valid_pixels=int(stats["count"].sum()), pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=resumed,
-        batch_size_final=stages.inferer.batch_size,
+        batch_size_final=stages.inferer.batch_size, outputs=outputs,
     )
+    check()
+    t0 = time.perf_counter()
+    stac = write_stac(products, outputs, preview_path, config, bandset, card, preview_path.parent, stages.log)
+    if stac is not None:
+        outputs["stac"] = stac
+        result.timings["stac"] = time.perf_counter() - t0
     check()
     try:
         write_report(result, bandset, config, batch_size)
@@ -310,7 +325,7 @@ class ChunkStages:
         todo = [chunk for chunk in self.grid.chunks if chunk.index not in done]
         self._position = {chunk.index: len(done) + i for i, chunk in enumerate(todo)}
         self.chunk_writer = ChunkWriter(writer, self.card, self.preview, self.config.write_probs, self.runner.check,
-                                        self.write_stream)
+                                        self.write_stream, products=select(self.config).rasters)
         read_q: queue.Queue = queue.Queue(self.config.queue_size)
         infer_q: queue.Queue = queue.Queue(self.config.queue_size)
         sync_q: queue.Queue = queue.Queue()  # lists of chunk statistics: tiny

@@ -55,6 +55,9 @@ class SegmentResult:
     #: patches per forward pass at the end of the run: smaller than the initial batch size
     #: when the device ran out of memory (the batch is halved and retried)
     batch_size_final: int = 0
+    #: outputs made from the finished rasters: ``vector`` (GeoPackage), ``stac`` (item), style files
+    #: (``"<product>.qml"``/``".sld"``)
+    outputs: dict[str, Path] = field(default_factory=dict)
 
 
 def report_name(tile_name: str) -> str:
@@ -105,6 +108,7 @@ def write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig, 
         "valid_pixels": result.valid_pixels,
         "classes": [asdict(s) for s in result.class_stats if s.pixels],
         "products": {k: str(v) for k, v in result.products.items()} | {"preview": str(result.preview)},
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "rasterio": rasterio.__version__, "gdal": gdal.__version__},
     }

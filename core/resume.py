@@ -149,7 +149,8 @@ class Resume:
 
     def _product_paths(self) -> list[Path]:
         settings = self.fields["settings"]
-        return list(product_paths(self.output_dir, self.fields["tile"]["name"], settings["write_probs"]).values())
+        return list(product_paths(self.output_dir, self.fields["tile"]["name"], settings["write_probs"],
+                                  settings.get("products")).values())
 
     def start(self) -> None:
         """Write the journal of this run (atomically), carrying the resumed chunks over."""

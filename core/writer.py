@@ -31,6 +31,7 @@ import numpy as np
 from .atomic import exclusive_file, fsync_folder
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
+from .products import DEFAULT_PRODUCTS, RASTER_PRODUCTS
 from .uncertainty import CLASS_NODATA
 
 PARTIAL_SUFFIX = ".part"
@@ -52,10 +53,12 @@ class ProductSpec:
     nodata: float
 
 
-def product_paths(output_dir: Path, tile_name: str, write_probs: bool) -> dict[str, Path]:
-    """Final paths of every raster product of a tile."""
-    keys = ["class", *FLOAT_PRODUCTS] + (["probs"] if write_probs else [])
-    return {key: output_dir / f"{tile_name}_{key}.tif" for key in keys}
+def product_paths(output_dir: Path, tile_name: str, write_probs: bool, keys: Sequence[str] | None = None) -> dict[str, Path]:
+    """Final paths of the raster products of a tile: ``keys`` (of :data:`RASTER_PRODUCTS`), or by
+    default :data:`DEFAULT_PRODUCTS` plus ``probs`` with ``write_probs``."""
+    if keys is None:
+        keys = [*DEFAULT_PRODUCTS] + (["probs"] if write_probs else [])
+    return {key: output_dir / f"{tile_name}_{key}.tif" for key in RASTER_PRODUCTS if key in keys}
 
 
 def partial_path(path: Path) -> Path:
@@ -139,17 +142,18 @@ class ProductWriter:
 
     def __init__(self, output_dir: Path, tile_name: str, *, width: int, height: int, crs, transform,
                  class_names: Sequence[str], class_colours: Sequence[str], write_probs: bool, compress: str = "ZSTD",
-                 block: int = BLOCK, resume: bool = False, origin: tuple[int, int] = (0, 0)):
+                 block: int = BLOCK, resume: bool = False, origin: tuple[int, int] = (0, 0),
+                 products: Sequence[str] | None = None):
         self.output_dir = Path(output_dir)
         self.origin = origin
-        self.paths = product_paths(self.output_dir, tile_name, write_probs)
+        self.paths = product_paths(self.output_dir, tile_name, write_probs, products)
         self.class_names = list(class_names)
         self.class_colours = list(class_colours)
         self.width, self.height = width, height
         self._datasets: dict[str, Any] = {}
         specs = [ProductSpec("class", 1, "uint8", CLASS_NODATA)] + [ProductSpec(k, 1, "float32", math.nan) for k in FLOAT_PRODUCTS]
-        if write_probs:
-            specs.append(ProductSpec("probs", len(self.class_names), "float32", math.nan))
+        specs.append(ProductSpec("probs", len(self.class_names), "float32", math.nan))
+        specs = [spec for spec in specs if spec.key in self.paths]  # the selected products only
         self.specs = {spec.key: spec for spec in specs}
         try:
             for spec in specs:

@@ -16,7 +16,6 @@ red (log₂ C bits).
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +40,17 @@ from qgis.core import (
     QgsRasterShader,
     QgsSingleBandGrayRenderer,
     QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor
 
+from ..core.styles import CONFIDENT, UNCERTAIN, Ramp, max_entropy, product_ramp
+
 #: Order of the products in the layer tree group, top first. The confidence layers lie *above* the
 #: opaque class map, unchecked: ticking one shows it at once over the land cover, unticking brings the
 #: land cover back (below it, a ticked layer would stay hidden under the class map).
-PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "class")
+PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "vector", "class")
 #: Layer-tree custom property that remembers a node's product, to keep the group ordered.
 RANK_PROPERTY = "s2seg/product"
 #: Group custom property identifying the run that created it: a second run of the same tile gets its own group.
@@ -56,8 +58,6 @@ RUN_PROPERTY = "s2seg/run"
 #: Products shown when loaded; the confidence layers start unchecked so the map shows land cover.
 VISIBLE_PRODUCTS = frozenset({"class"})
 
-#: ColorBrewer RdYlGn (5 classes): red = doubt, green = confidence.
-_RED_TO_GREEN: tuple[str, ...] = ("#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641")
 
 
 def tr(text: str) -> str:
@@ -83,7 +83,7 @@ class Legend:
     @property
     def max_entropy(self) -> float:
         """Upper bound of the entropy product in bits: log₂ C."""
-        return math.log2(self.num_classes) if self.num_classes > 1 else 1.0
+        return max_entropy(self.num_classes)
 
 
 def product_layer_names() -> dict[str, str]:
@@ -117,35 +117,29 @@ def ramp_renderer(
     high_label: str = "",
     band: int = 1,
 ) -> QgsSingleBandPseudoColorRenderer:
-    """Red→green (or green→red with ``invert``) interpolated ramp on fixed ``minimum``…``maximum``.
+    """Red→green (or green→red with ``invert``) interpolated ramp on fixed ``minimum``…``maximum``
+    (:class:`s2seg.core.styles.Ramp`, the one definition the style files use too)."""
+    return ramp_layer_renderer(provider, Ramp(minimum, maximum, invert, low_label, high_label), band)
 
-    Fixed bounds, not the layer's statistics, so two tiles or two models are
-    comparable at a glance and the legend reads in the product's own units.
-    """
-    colours = [QColor(c) for c in (reversed(_RED_TO_GREEN) if invert else _RED_TO_GREEN)]
-    ramp = QgsGradientColorRamp(
+
+def ramp_layer_renderer(provider: QgsRasterDataProvider, ramp: Ramp, band: int = 1) -> QgsSingleBandPseudoColorRenderer:
+    """The QGIS renderer of ``ramp``: its colours and labelled stops."""
+    colours = [QColor(c) for c in ramp.colours]
+    gradient = QgsGradientColorRamp(
         colours[0],
         colours[-1],
         False,
         [QgsGradientStop(i / (len(colours) - 1), c) for i, c in enumerate(colours[1:-1], start=1)],
     )
-    items = []
-    for i, colour in enumerate(colours):
-        value = minimum + (maximum - minimum) * i / (len(colours) - 1)
-        label = f"{value:.2f}"
-        if i == 0 and low_label:
-            label += f" {low_label}"
-        elif i == len(colours) - 1 and high_label:
-            label += f" {high_label}"
-        items.append(QgsColorRampShader.ColorRampItem(value, colour, label))
-    function = QgsColorRampShader(minimum, maximum, ramp, QgsColorRampShader.Interpolated)
+    items = [QgsColorRampShader.ColorRampItem(value, QColor(colour), label) for value, colour, label in ramp.stops()]
+    function = QgsColorRampShader(ramp.minimum, ramp.maximum, gradient, QgsColorRampShader.Interpolated)
     function.setColorRampItemList(items)
     function.setClip(False)
-    shader = QgsRasterShader(minimum, maximum)
+    shader = QgsRasterShader(ramp.minimum, ramp.maximum)
     shader.setRasterShaderFunction(function)
     renderer = QgsSingleBandPseudoColorRenderer(provider, band, shader)
-    renderer.setClassificationMin(minimum)
-    renderer.setClassificationMax(maximum)
+    renderer.setClassificationMin(ramp.minimum)
+    renderer.setClassificationMax(ramp.maximum)
     return renderer
 
 
@@ -165,12 +159,11 @@ def product_renderer(product: str, provider: QgsRasterDataProvider, legend: Lege
     """The renderer of one product (``None`` for an unknown product: keep QGIS's default)."""
     if product == "class":
         return class_renderer(provider, legend)
-    if product in ("maxprob", "gap"):
-        return ramp_renderer(provider, 0.0, 1.0, low_label=tr("(uncertain)"), high_label=tr("(confident)"))
-    if product == "entropy":
-        return ramp_renderer(
-            provider, 0.0, legend.max_entropy, invert=True, low_label=tr("(confident)"), high_label=tr("(uncertain)")
-        )
+    ramp = product_ramp(product, legend.num_classes)
+    if ramp is not None:  # the end labels translated
+        labels = {UNCERTAIN: tr("(uncertain)"), CONFIDENT: tr("(confident)")}
+        return ramp_renderer(provider, ramp.minimum, ramp.maximum, invert=ramp.invert,
+                             low_label=labels[ramp.low_label], high_label=labels[ramp.high_label])
     if product == "probs":
         return probs_renderer(provider)
     return None
@@ -288,7 +281,14 @@ class ProductStyler(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(  # noqa: N802 - QGIS API
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> None:
-        if not style_layer(layer, self.product, self.legend):
+        if self.product == "vector":
+            # Processing loads vector outputs without their default style: the GeoPackage holds the class
+            # colours as its default style (core/vectorize.py); shown unchecked, like the confidence layers.
+            if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+                return
+            layer.loadDefaultStyle()
+            layer.triggerRepaint()
+        elif not style_layer(layer, self.product, self.legend):
             return
         project = (context.project() if context is not None else None) or QgsProject.instance()
         if self.group_name:

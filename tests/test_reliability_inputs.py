@@ -310,8 +310,10 @@ def test_existing_outputs_need_overwrite(tile, tmp_path, model_file, capsys):
     assert cli(capsys, "segment", tile, out, "--model", model_file, "--quiet")[0] == 0
     code, err = cli(capsys, "segment", tile, out, "--model", model_file, "--quiet")
     assert code == 1
+    stac = f", {TILE_NAME}_stac.json" if (out / f"{TILE_NAME}_stac.json").exists() else ""  # with pystac installed
     assert (f"s2seg: error: outputs already exist ({TILE_NAME}_class.tif, {TILE_NAME}_maxprob.tif, {TILE_NAME}_entropy.tif, "
-            f"{TILE_NAME}_gap.tif, {TILE_NAME}_preview.png, {TILE_NAME}_report.json) in {out}; use --overwrite to replace them") in err
+            f"{TILE_NAME}_gap.tif, {TILE_NAME}_preview.png, {TILE_NAME}_report.json{stac}) in {out}; "
+            f"use --overwrite to replace them") in err
     assert cli(capsys, "segment", tile, out, "--model", model_file, "--quiet", "--overwrite")[0] == 0
 
 
