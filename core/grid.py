@@ -249,3 +249,49 @@ def reflect_indices(start: int, stop: int, n: int) -> "np.ndarray":
     period = 2 * n
     idx = np.mod(idx, period)
     return np.where(idx >= n, period - 1 - idx, idx)
+
+
+@dataclass(frozen=True)
+class OnePassChunk(Chunk):
+    """A chunk of a one-pass model (a card with a ``receptive_field``): no patches; the model sees the
+    output window plus a halo of the receptive field on each side, clipped to the tile, once."""
+
+    #: 10 m rows and columns read for this chunk: the window grown by the halo, inside the tile
+    in_rows: tuple[int, int] = (0, 0)
+    in_cols: tuple[int, int] = (0, 0)
+
+    @property
+    def input_rows(self) -> tuple[int, int]:
+        return self.in_rows
+
+    @property
+    def input_cols(self) -> tuple[int, int]:
+        return self.in_cols
+
+
+def plan_one_pass(height: int, width: int, chunk_size: int, halo: int, unit: int = 1) -> GridPlan:
+    """Cut the tile into chunks for a per-pixel / fully convolutional model whose output at a pixel depends
+    on the pixels within ``halo`` 10 m pixels (its receptive field's radius).
+
+    Every chunk is read with that halo, clipped to the tile (so at the tile's edges the model sees the
+    same image edge as in one pass over the whole tile), and each pixel is computed once: the outputs
+    equal those of one pass over the whole tile, whatever the chunk size. ``unit``: chunk sizes must be
+    multiples of it (the pipeline's chunk unit, so that ``--chunk-size`` means the same for every model).
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"the tile must have at least one pixel, got {width} × {height} px")
+    if halo < 0:
+        raise ConfigError(f"the halo must be at least 0 pixels, got {halo}")
+    if chunk_size <= 0 or chunk_size % unit:
+        lower = max(unit, (chunk_size // unit) * unit)
+        raise ConfigError(f"chunk size {chunk_size} must be a positive multiple of {unit}; nearest valid: {lower} or {lower + unit}")
+    chunks = []
+    for row0 in range(0, height, chunk_size):
+        row1 = min(row0 + chunk_size, height)
+        for col0 in range(0, width, chunk_size):
+            col1 = min(col0 + chunk_size, width)
+            chunks.append(OnePassChunk(
+                index=len(chunks), row0=row0, row1=row1, col0=col0, col1=col1, ky0=0, ky1=1, kx0=0, kx1=1, stride=1,
+                in_rows=(max(0, row0 - halo), min(height, row1 + halo)),
+                in_cols=(max(0, col0 - halo), min(width, col1 + halo))))
+    return GridPlan(height, width, 2, chunk_size, tuple(chunks))

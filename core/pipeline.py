@@ -41,7 +41,7 @@ from .chunkwriter import STRIP_ROWS, ChunkWriter
 from .config import EngineConfig
 from .errors import Cancelled, OutputError, S2SegError
 from .feed import Normaliser, patches_with_data
-from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan
+from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan, plan_one_pass
 from .inferer import ChunkInferer, Inferred
 from .journal import run_fields
 from .memory import cache_budget, gdal_cache_limit, release_freed_memory, user_cache_setting
@@ -96,7 +96,8 @@ def segment(
     if config.half and device.type != "cuda":
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     chunk_size = _chunk_size(config, card, bandset, device, log)
-    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
+    grid = (plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, chunk_unit(card.footprint))
+            if card.receptive_field else plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor))
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)
     paths = product_paths(output_dir, bandset.name, config.write_probs)

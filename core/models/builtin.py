@@ -16,13 +16,11 @@ water around a pixel, not by salinity.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..nomenclature import BIGEARTHNET19_NAMES, class_index
 from .base import apply_activation
-from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS  # noqa: F401 - the card belongs to this model
+from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS, OPEN_WATER_RADIUS  # noqa: F401 - the card belongs to this model
 from .card import ModelCard
 from .runlog import Log
 
@@ -52,7 +50,6 @@ _PROTOTYPES = (
     ("Land principally occupied by agriculture, with significant areas of natural vegetation", (0.55, -0.38, -0.20, 0.05, 0.25, 0.0), -1.0),
     ("Permanent crops", (0.50, -0.35, -0.10, 0.06, 0.25, 0.0), -1.5),
 )
-_OPEN_WATER_WINDOW = 31  # pixels (310 m): extent over which "open water" is measured
 
 
 
@@ -112,8 +109,7 @@ class SpectralPrototypeNet(torch.nn.Module):
         torch.add(green, red, out=visible).mul_(0.5)
         near.copy_(nir)
         water = torch.sigmoid((mndwi - 0.2) / 0.05)
-        # Box mean over k × k with replicate padding, separable: B_h · water · B_wᵀ (two small matrix products).
-        open_water.copy_(_box_matrix(h, x.device, x.dtype) @ water @ _box_matrix(w, x.device, x.dtype).T)
+        open_water.copy_(box_mean(water, OPEN_WATER_RADIUS))
         ones.fill_(1.0)
         return out.flatten(2)
 
@@ -133,15 +129,16 @@ class SpectralPrototypeNet(torch.nn.Module):
         return torch.log(self.probabilities(x).clamp_min(1e-30))
 
 
-@functools.lru_cache(maxsize=8)
-def _box_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, n)`` matrix of the 1-D box mean over ``_OPEN_WATER_WINDOW`` pixels with replicate padding:
-    row ``i`` averages pixels ``clip(i - k//2 … i + k//2, 0, n - 1)``."""
-    k = _OPEN_WATER_WINDOW
-    taps = torch.arange(n)[:, None] + torch.arange(k)[None, :] - k // 2  # (n, k)
-    matrix = torch.zeros(n, n, dtype=torch.float64)
-    matrix.scatter_add_(1, taps.clamp(0, n - 1), torch.full((n, k), 1.0 / k, dtype=torch.float64))
-    return matrix.to(device=device, dtype=dtype)
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of ``x`` (N, H, W) over the (2r + 1)² square around each pixel, the image's edge pixels
+    repeated beyond it. Separable, and each output sums its own window in a fixed order: the value at a
+    pixel depends only on the pixels within ``radius``, bit for bit, wherever the image starts (what
+    the card's receptive field promises; a running sum would carry rounding from the image's start)."""
+    k = 2 * radius + 1
+    rows = torch.nn.functional.pad(x[:, None], (radius, radius, 0, 0), mode="replicate")
+    rows = torch.nn.functional.avg_pool2d(rows, (1, k), stride=1)
+    cols = torch.nn.functional.pad(rows, (0, 0, radius, radius), mode="replicate")
+    return torch.nn.functional.avg_pool2d(cols, (k, 1), stride=1)[:, 0]
 
 
 class BuiltinModel:
