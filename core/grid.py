@@ -194,13 +194,7 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
     footprint = patch_size * factor
     # A tile smaller than one patch needs nothing special: the grid still puts every pixel under two
     # patches per axis, and the reader fills whatever they cover beyond the tile by reflection.
-    unit = chunk_unit(footprint)
-    if chunk_size <= 0 or chunk_size % unit:
-        lower = max(unit, (chunk_size // unit) * unit)
-        raise ConfigError(
-            f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
-            f"the patch stride {footprint // 2}); nearest valid: {lower} or {lower + unit}"
-        )
+    _check_chunk_size(chunk_size, footprint)
     stride = footprint // 2
     margin = 1 if factor > 1 else 0
     chunks = []
@@ -217,6 +211,16 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
                 )
             )
     return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor)
+
+
+def _check_chunk_size(chunk_size: int, footprint: int) -> None:
+    unit = chunk_unit(footprint)
+    if chunk_size <= 0 or chunk_size % unit:
+        lower = max(unit, (chunk_size // unit) * unit)
+        raise ConfigError(
+            f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
+            f"the patch stride {footprint // 2}); nearest valid: {lower} or {lower + unit}"
+        )
 
 
 def model_chunk(chunk: Chunk, factor: int) -> Chunk:
@@ -269,22 +273,21 @@ class OnePassChunk(Chunk):
         return self.in_cols
 
 
-def plan_one_pass(height: int, width: int, chunk_size: int, halo: int, unit: int = 1) -> GridPlan:
+def plan_one_pass(height: int, width: int, chunk_size: int, halo: int, footprint: int) -> GridPlan:
     """Cut the tile into chunks for a per-pixel / fully convolutional model whose output at a pixel depends
     on the pixels within ``halo`` 10 m pixels (its receptive field's radius).
 
     Every chunk is read with that halo, clipped to the tile (so at the tile's edges the model sees the
     same image edge as in one pass over the whole tile), and each pixel is computed once: the outputs
-    equal those of one pass over the whole tile, whatever the chunk size. ``unit``: chunk sizes must be
-    multiples of it (the pipeline's chunk unit, so that ``--chunk-size`` means the same for every model).
+    equal those of one pass over the whole tile, whatever the chunk size. Chunk sizes follow the same
+    rule as :func:`plan` for the card's patch ``footprint``, so ``--chunk-size`` means the same for
+    every model.
     """
     if height < 1 or width < 1:
         raise ConfigError(f"the tile must have at least one pixel, got {width} × {height} px")
     if halo < 0:
         raise ConfigError(f"the halo must be at least 0 pixels, got {halo}")
-    if chunk_size <= 0 or chunk_size % unit:
-        lower = max(unit, (chunk_size // unit) * unit)
-        raise ConfigError(f"chunk size {chunk_size} must be a positive multiple of {unit}; nearest valid: {lower} or {lower + unit}")
+    _check_chunk_size(chunk_size, footprint)
     chunks = []
     for row0 in range(0, height, chunk_size):
         row1 = min(row0 + chunk_size, height)

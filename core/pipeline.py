@@ -96,7 +96,7 @@ def segment(
     if config.half and device.type != "cuda":
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     chunk_size = _chunk_size(config, card, bandset, device, log)
-    grid = (plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, chunk_unit(card.footprint))
+    grid = (plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, card.footprint)
             if card.receptive_field else plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor))
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)

@@ -100,15 +100,16 @@ def test_a_dense_model_without_the_field_keeps_the_blended_patches(tile, tmp_pat
 
 
 def test_plan_one_pass_reads_the_halo_inside_the_tile():
-    grid = plan_one_pass(100, 130, 60, 15, unit=6)
+    grid = plan_one_pass(100, 130, 60, 15, footprint=12)  # chunk unit lcm(6, 6) = 6
     assert [(c.row0, c.row1, c.col0, c.col1) for c in grid.chunks][:3] == [(0, 60, 0, 60), (0, 60, 60, 120), (0, 60, 120, 130)]
     first, middle, last = grid.chunks[0], grid.chunks[1], grid.chunks[-1]
     assert all(isinstance(c, OnePassChunk) for c in grid.chunks)
     assert (first.input_rows, first.input_cols) == ((0, 75), (0, 75))
     assert middle.input_cols == (45, 130)
     assert (last.input_rows, last.input_cols) == ((45, 100), (105, 130))
-    with pytest.raises(ConfigError, match="chunk size 50 must be a positive multiple of 6; nearest valid: 48 or 54"):
-        plan_one_pass(100, 100, 50, 15, unit=6)
+    with pytest.raises(ConfigError, match=r"chunk size 50 must be a positive multiple of 6 \(lcm of the 60 m band "
+                                          r"scale 6 and the patch stride 6\); nearest valid: 48 or 54"):
+        plan_one_pass(100, 100, 50, 15, footprint=12)
 
 
 BASE = dict(BUILTIN_CARD.to_dict())
