@@ -62,7 +62,7 @@ def _pip(*args: str) -> None:
     command = [sys.executable, "-m", "pip", *args, "-q", "--disable-pip-version-check"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        raise DataUnavailable(f"{' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        raise DataUnavailable(f"{' '.join(command)} failed: {(done.stderr.strip().splitlines() or [f'exit code {done.returncode}'])[-1]}")
 
 
 def wheel(cache: Path, name: str) -> Path:
