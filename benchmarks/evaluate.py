@@ -1,4 +1,4 @@
-"""Score a model on real labelled BigEarthNet patches: ``make evaluate`` (``python -m s2seg.benchmarks.evaluate``).
+"""Score a model on 60 real labelled BigEarthNet patches: ``make evaluate`` (``python -m s2seg.benchmarks.evaluate``).
 
 Each patch (a band folder, :mod:`.evaluation_data`) goes through the real engine path,
 :func:`s2seg.core.pipeline.segment`, and its class raster is scored against the patch's reference
@@ -24,7 +24,7 @@ import numpy as np
 
 from s2seg.core.nomenclature import LABEL_GROUPS, group_of
 
-from .evaluation_data import DEFAULT_CACHE, DataUnavailable, EvalPatch, benv2_patches, geotiff_patches
+from .evaluation_data import DEFAULT_CACHE, DataUnavailable, EvalPatch, benv1_lmdb_patches, benv2_patches, geotiff_patches
 
 #: A labelled group counts as found when it covers at least this share of the patch's valid pixels.
 RECALL_MIN_SHARE = 0.05
@@ -156,14 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="builtin", help="model name, card or folder (default: builtin)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"data cache (default: {DEFAULT_CACHE})")
     parser.add_argument("--geotiff-only", action="store_true", help="only the six BEN v1 GeoTIFF patches (no lmdb/pyarrow)")
+    parser.add_argument("--source", action="append", help="only patches of this source (repeatable), e.g. 'BEN v1 LMDB'")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        patches = geotiff_patches(args.cache) + ([] if args.geotiff_only else benv2_patches(args.cache))
+        patches = geotiff_patches(args.cache)
+        if not args.geotiff_only:
+            patches += benv2_patches(args.cache) + benv1_lmdb_patches(args.cache)
     except DataUnavailable as exc:
         print(f"evaluate: the evaluation data could not be fetched: {exc}", file=sys.stderr)
         return 1
+    if args.source:
+        patches = [p for p in patches if p.source in args.source]
     scores = score_patches(patches, args.model)
     text = tables(scores, f"Model `{args.model}` on {len(scores)} real BigEarthNet patches")
     print(text)

@@ -12,7 +12,11 @@ Two sources, both real BigEarthNet pixels with reference labels:
   into the cache (never into the environment), and each patch is written out as a band folder of
   GeoTIFFs so that it goes through the engine like any tile.
 
-The BEN v1 LMDB of configilm (pickled objects) is deliberately not read: unpickling runs code.
+* ``configilm==0.7.1`` also ships 30 BEN v1 patches (several countries, all four seasons, snow) in an
+  LMDB of pickled ``bigearthnet_patch_interface`` objects with their 19-class labels. They are read with
+  a restricted unpickler (:class:`_PatchUnpickler`): the package's classes become plain attribute
+  holders, numpy may rebuild arrays, anything else is refused, so no code from the data runs. These
+  patches were not looked at while the built-in model's prototypes were set: they are its held-out set.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import bz2
 import csv
 import io
 import json
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -36,6 +41,7 @@ DATA_PACKAGES = {"bigearthnet-common": "2.8.0", "configilm": "0.7.1", "earthlib"
 READER_PACKAGES = ("lmdb==1.6.2", "pyarrow==17.0.0")
 DEFAULT_CACHE = Path("data") / "eval" / "cache"
 _BENV2 = "configilm/extra/mock_data/BENv2/"
+_BENV1 = "configilm/extra/mock_data/BENv1/"
 _SEASONS = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
             6: "summer", 7: "summer", 8: "summer", 9: "fall", 10: "fall", 11: "fall"}
 
@@ -189,6 +195,70 @@ def benv2_patches(cache: Path = DEFAULT_CACHE) -> list[EvalPatch]:
                 month = int(patch_id.split("_")[2][4:6])
                 patches.append(EvalPatch(patch_id, folder, "BEN v2 LMDB", row["country"], _season(month), "L2A",
                                          bool(row["contains_seasonal_snow"]), tuple(sorted(row["labels"]))))
+    finally:
+        env.close()
+    return patches
+
+
+class _Record:
+    """Stands in for every class of ``bigearthnet_patch_interface``: keeps the pickled state, runs nothing."""
+
+    def __setstate__(self, state: object) -> None:
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+class _PatchUnpickler(pickle.Unpickler):
+    """Unpickles BEN v1 patch objects without importing or running any of their code."""
+
+    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str) -> type:
+        if module.startswith("bigearthnet_patch_interface."):
+            return type(name, (_Record,), {})
+        if (module, name) in self.NUMPY:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} from the BEN v1 LMDB")
+
+
+def _write_band_folder(folder: Path, name: str, bands: dict[str, np.ndarray], epsg: int) -> None:
+    """One GeoTIFF per band (a 1200 m patch: 10, 20 or 60 m pixels), then a ``.done`` marker."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for band, values in bands.items():
+        pixel = 1200 // values.shape[0]
+        profile = dict(driver="GTiff", width=values.shape[1], height=values.shape[0], count=1, dtype="uint16",
+                       crs=f"EPSG:{epsg}", transform=from_origin(500000, 5000000, pixel, pixel))
+        with rasterio.open(folder / f"{name}_{band}.tif", "w", **profile) as dst:
+            dst.write(np.asarray(values, dtype=np.uint16), 1)
+    (folder / ".done").touch()
+
+
+def benv1_lmdb_patches(cache: Path = DEFAULT_CACHE) -> list[EvalPatch]:
+    """The 30 BEN v1 patches of ``configilm``'s LMDB, each written once as a band folder under ``cache``."""
+    common = _extract(wheel(cache, "bigearthnet-common"), "bigearthnet_common/", cache / "bigearthnet-common")
+    country = {row[1]: row[2] for row in _bz2_csv(common / "s1_s2_name_country_season.csv.bz2")[1:]}
+    snowy = {row[0] for row in _bz2_csv(common / "patches_with_seasonal_snow.csv.bz2")}
+    root = _extract(wheel(cache, "configilm"), _BENV1, cache / "configilm")
+    _readers(cache)
+    import lmdb
+
+    out = cache / "benv1-bands"
+    patches = []
+    env = lmdb.open(str(root / "BigEarthNetEncoded.lmdb"), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            for key, blob in txn.cursor():
+                name = key.decode()
+                patch = _PatchUnpickler(io.BytesIO(blob)).load()
+                folder = out / name
+                if not (folder / ".done").exists():
+                    bands = {b.__dict__["__dict__"]["name"]: b.__dict__["__dict__"]["data"] for b in patch.s2_patch.bands}
+                    _write_band_folder(folder, name, bands, 32600)  # the patch's zone is not stored; any UTM grid will do
+                month = int(name.split("_")[2][4:6])
+                patches.append(EvalPatch(name, folder, "BEN v1 LMDB", country.get(name, "?"), _season(month), "L2A",
+                                         name in snowy, tuple(sorted(patch.new_labels))))
     finally:
         env.close()
     return patches

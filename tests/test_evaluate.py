@@ -78,3 +78,17 @@ def test_snow_is_not_water_with_confidence(builtin_scores: list[PatchScore]) -> 
     assert snowy
     for s in snowy:
         assert s.shares[GROUPS.index("water")] < 0.05, tables([s], "snow")
+
+
+def test_ben_v1_pickles_are_read_without_running_code():
+    """The BEN v1 LMDB holds pickles: only numpy arrays and stand-ins for the patch classes are rebuilt."""
+    import io
+    import os
+    import pickle
+
+    from s2seg.benchmarks.evaluation_data import _PatchUnpickler
+
+    with pytest.raises(pickle.UnpicklingError, match=r"refused to load posix\.system"):
+        _PatchUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
+    array = np.arange(6, dtype=np.uint16).reshape(2, 3)
+    np.testing.assert_array_equal(_PatchUnpickler(io.BytesIO(pickle.dumps(array))).load(), array)

@@ -10,9 +10,8 @@ but bright in the NIR, unlike water) shows what pokes through it (forest under s
 is forest, open snow is fields, meadows, bogs or frozen lakes, none likely); clouds
 (bright and white up to the SWIR) are nearly uniform; leafless winter broad-leaved
 forest is told from bare fields by its dark SWIR. Prototypes come from published
-spectral behaviour and from the k-means centres of the 24 BigEarthNet v2 patches
-(Austria, Finland); the six BEN v1 GeoTIFF patches (Ireland, Portugal, Finland in
-February, Austria) are the held-out check (``benchmarks/evaluate.py``, docs/models.md).
+spectral behaviour and from the k-means centres of 30 BigEarthNet patches; 30 others
+(BEN v1 LMDB) are the held-out check (``benchmarks/evaluate.py``, docs/models.md).
 
 Limits: no texture or context beyond 150 m (the receptive field), so classes defined
 by land use rather than spectra (agro-forestry, permanent crops, complex
