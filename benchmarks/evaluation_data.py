@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 #: (distribution, version) of every package the evaluation reads data from.
-DATA_PACKAGES = {"bigearthnet-common": "2.8.0", "configilm": "0.7.1", "earthlib": "1.1.0"}
+DATA_PACKAGES = {"bigearthnet-common": "2.8.0", "configilm": "0.7.1"}
 #: Readers of the configilm files, installed into ``<cache>/lib`` only.
 READER_PACKAGES = ("lmdb==1.6.2", "pyarrow==17.0.0")
 DEFAULT_CACHE = Path("data") / "eval" / "cache"
