@@ -21,7 +21,8 @@ BUILTIN_CARD = ModelCard(
     input_scale="reflectance",
     resampling="bilinear",
     levels=("L1C", "L2A"),
-    description="Spectral-index prototype classifier (NDVI, MNDWI, NDBI, brightness, open-water extent); no weights needed.",
+    description=("Spectral prototype classifier (NDVI, MNDWI/NDSI, NDBI, brightness, NIR, open-water extent) whose "
+                 "prototypes spread their probability where spectra cannot decide (snow, cloud); no weights needed."),
     licence="GPL-2.0-or-later (part of s2seg)",
     source="s2seg built-in",
     receptive_field=OPEN_WATER_RADIUS,
