@@ -141,3 +141,26 @@ def test_receptive_field_round_trips_through_a_card_file(tmp_path):
     undeclared = {k: v for k, v in BASE.items() if k != "receptive_field"}
     path.write_text(json.dumps(undeclared))
     assert ModelCard.load(path).receptive_field == 0  # not declared: the blended path
+
+
+def test_the_accelerator_path_gives_the_same_probabilities(tile):
+    """On an accelerator the chunk is normalised on the device once and its extremes are checked per chunk;
+    run here on the CPU (``asynchronous=True``), it must give what the host path gives."""
+    from s2seg.core.inferer import ChunkInferer
+
+    bandset = discover(tile)
+    card = BUILTIN_CARD
+    grid = plan_one_pass(bandset.height, bandset.width, 120, card.receptive_field, card.footprint)
+    chunk = grid.chunks[1]  # an inner edge on each side: halo on the left, the tile's edge above
+    model = BuiltinModel(card, torch.device("cpu"))
+    with ChunkReader(bandset, card.bands, card.name, card.resampling) as reader:
+        pixels = reader.read(chunk.input_rows, chunk.input_cols)
+    results = []
+    for asynchronous in (False, True):
+        inferer = ChunkInferer(model, Normaliser(card, bandset, torch.device("cpu")), 4, asynchronous=asynchronous)
+        inferred = inferer.infer(chunk, pixels)
+        assert (inferred.extremes is not None) == asynchronous
+        inferred.raise_if_bad(card)
+        results.append(inferred.probabilities.probs)
+    assert results[0].shape == (card.num_classes, chunk.height, chunk.width)
+    torch.testing.assert_close(results[0], results[1])
