@@ -203,13 +203,7 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
     footprint = patch_size * factor
     # A tile smaller than one patch needs nothing special: the grid still puts every pixel under two
     # patches per axis, and the reader fills whatever they cover beyond the tile by reflection.
-    unit = chunk_unit(footprint)
-    if chunk_size <= 0 or chunk_size % unit:
-        lower = max(unit, (chunk_size // unit) * unit)
-        raise ConfigError(
-            f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
-            f"the patch stride {footprint // 2}); nearest valid: {lower} or {lower + unit}"
-        )
+    _check_chunk_size(chunk_size, footprint)
     stride = footprint // 2
     margin = 1 if factor > 1 else 0
     chunks = []
@@ -249,6 +243,16 @@ def _chunk(index: int, row0: int, row1: int, col0: int, col1: int, stride: int, 
                  kx0=col0 // stride - 1 - margin, kx1=(col1 - 1) // stride + 1 + margin, stride=stride)
 
 
+def _check_chunk_size(chunk_size: int, footprint: int) -> None:
+    unit = chunk_unit(footprint)
+    if chunk_size <= 0 or chunk_size % unit:
+        lower = max(unit, (chunk_size // unit) * unit)
+        raise ConfigError(
+            f"chunk size {chunk_size} must be a positive multiple of {unit} (lcm of the 60 m band scale 6 and "
+            f"the patch stride {footprint // 2}); nearest valid: {lower} or {lower + unit}"
+        )
+
+
 def model_chunk(chunk: Chunk, factor: int) -> Chunk:
     """``chunk`` in model pixels, for a model whose pixel is ``factor × factor`` 10 m pixels.
 
@@ -279,3 +283,54 @@ def reflect_indices(start: int, stop: int, n: int) -> "np.ndarray":
     period = 2 * n
     idx = np.mod(idx, period)
     return np.where(idx >= n, period - 1 - idx, idx)
+
+
+@dataclass(frozen=True)
+class OnePassChunk(Chunk):
+    """A chunk of a one-pass model (a card with a ``receptive_field``): no patches; the model sees the
+    output window plus a halo of the receptive field on each side, clipped to the tile, once."""
+
+    #: 10 m rows and columns read for this chunk: the window grown by the halo, inside the tile
+    in_rows: tuple[int, int] = (0, 0)
+    in_cols: tuple[int, int] = (0, 0)
+
+    @property
+    def input_rows(self) -> tuple[int, int]:
+        return self.in_rows
+
+    @property
+    def input_cols(self) -> tuple[int, int]:
+        return self.in_cols
+
+
+def plan_one_pass(height: int, width: int, chunk_size: int, halo: int, footprint: int,
+                  window: tuple[int, int, int, int] | None = None) -> GridPlan:
+    """Cut the tile into chunks for a per-pixel / fully convolutional model whose output at a pixel depends
+    on the pixels within ``halo`` 10 m pixels (its receptive field's radius).
+
+    Every chunk is read with that halo, clipped to the tile (so at the tile's edges the model sees the
+    same image edge as in one pass over the whole tile), and each pixel is computed once: the outputs
+    equal those of one pass over the whole tile, whatever the chunk size. Chunk sizes follow the same
+    rule as :func:`plan` for the card's patch ``footprint``, so ``--chunk-size`` means the same for
+    every model. ``window`` = ``(row0, col0, height, width)`` restricts the chunks to an area of
+    interest, as in :func:`plan_window` (the halo still reaches outside it, within the tile).
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"the tile must have at least one pixel, got {width} × {height} px")
+    if halo < 0:
+        raise ConfigError(f"the halo must be at least 0 pixels, got {halo}")
+    _check_chunk_size(chunk_size, footprint)
+    top, left, rows, cols = window or (0, 0, height, width)
+    if rows < 1 or cols < 1 or top < 0 or left < 0 or top + rows > height or left + cols > width:
+        raise ConfigError(f"window rows {top}–{top + rows}, cols {left}–{left + cols} is not inside the "
+                          f"{width} × {height} px tile")
+    chunks = []
+    for row0 in range(top, top + rows, chunk_size):
+        row1 = min(row0 + chunk_size, top + rows)
+        for col0 in range(left, left + cols, chunk_size):
+            col1 = min(col0 + chunk_size, left + cols)
+            chunks.append(OnePassChunk(
+                index=len(chunks), row0=row0, row1=row1, col0=col0, col1=col1, ky0=0, ky1=1, kx0=0, kx1=1, stride=1,
+                in_rows=(max(0, row0 - halo), min(height, row1 + halo)),
+                in_cols=(max(0, col0 - halo), min(width, col1 + halo))))
+    return GridPlan(height, width, 2, chunk_size, tuple(chunks), window=window)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .errors import ModelError, S2SegError
-from .feed import Normaliser, PatchFeed, patches_with_data
+from .feed import Normaliser, PatchFeed, patches_with_data, to_device, widen
 from .grid import Chunk
-from .merger import ChunkProbabilities, merger_for
+from .merger import ChunkProbabilities, OnePassMerger, merger_for
 from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
 from .models.card import ModelCard
 from .reader import ChunkPixels
@@ -77,6 +77,8 @@ class ChunkInferer:
 
     def infer(self, chunk: Chunk, pixels: ChunkPixels) -> Inferred | None:
         """The merged outputs of ``chunk``; None when no patch holds data."""
+        if self.card.receptive_field:
+            return self._infer_one_pass(chunk, pixels)
         p, s = self.card.patch_size, self.card.stride
         todo = np.argwhere(patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s))
         if len(todo) == 0:  # nodata-only patches cost nothing
@@ -89,7 +91,7 @@ class ChunkInferer:
         while start < feed.count:
             self.check()
             stop = min(start + self.batch_size, feed.count)
-            out = self._predict(chunk, feed, start, stop)
+            out = self._predict(chunk, lambda: feed.batch(start, stop))
             if out is None:  # out of memory: the same patches again, in a batch half as large
                 continue
             if not self.asynchronous:
@@ -110,13 +112,63 @@ class ChunkInferer:
             ready.record()
         return Inferred(merger.result(), span, ready)
 
-    def _predict(self, chunk: Chunk, feed: PatchFeed, start: int, stop: int) -> torch.Tensor | None:
-        """The model's output for patches ``start:stop`` of ``feed``, or None after halving
-        ``self.batch_size`` because the device ran out of memory (the caller retries the same patches)."""
+    def _infer_one_pass(self, chunk: Chunk, pixels: ChunkPixels) -> Inferred | None:
+        """A one-pass model (card ``receptive_field`` R): the chunk's input region (the window plus a halo of R,
+        see :func:`.grid.plan_one_pass`) through the model in row strips, each strip with R rows of context
+        above and below, so every output pixel is computed once. The strip holds about ``batch_size``
+        patches' worth of pixels (at least 16 R rows, so the recomputed context stays small); halved on
+        out-of-memory errors like the batch."""
+        if not pixels.valid.any():
+            return None
+        card, device, halo = self.card, self.model.device, self.card.receptive_field
+        top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
+        data = pixels.data
+        rows_in = data.shape[1]
+        resident = self.normaliser(widen(to_device(data, device))[None]) if self.asynchronous else None
+        merger = OnePassMerger(chunk, card, device, self.write_probs)
+        span = None
+        row, b = 0, 0
+        while row < chunk.height:
+            self.check()
+            strip = max(16 * halo, -(-self.batch_size * card.patch_size**2 // data.shape[2]))
+            end = min(row + strip, chunk.height)
+            a, z = max(0, top + row - halo), min(rows_in, top + end + halo)
+
+            def batch() -> torch.Tensor:
+                if resident is not None:
+                    return resident[:, :, a:z]
+                return self.normaliser(torch.from_numpy(np.ascontiguousarray(data[None, :, a:z])))
+
+            out = self._predict(chunk, batch)
+            if out is None:  # out of memory: the same rows again, in a strip half as high
+                continue
+            expected = (1, card.num_classes, z - a, data.shape[2])
+            if tuple(out.shape) != expected:
+                raise ModelError(f"model {card.name!r} returned shape {tuple(out.shape)} for an input of "
+                                 f"{z - a} × {data.shape[2]} px, expected {expected}: a card with a receptive_field "
+                                 f"declares a model with one output per input pixel")
+            pair = extremes(out)
+            if not self.asynchronous:
+                check_extremes(card, pair)
+            else:
+                span = pair if span is None else torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
+            merger.add_rows(row, out[0, :, top + row - a: top + end - a, left: left + chunk.width].float())
+            row, b = end, b + 1
+            if self.on_batch is not None:
+                self.on_batch(chunk, row, chunk.height, b, b + math.ceil((chunk.height - row) / strip))
+        ready = None
+        if self.record_ready:
+            ready = torch.cuda.Event()
+            ready.record()
+        return Inferred(merger.result(), span, ready)
+
+    def _predict(self, chunk: Chunk, make_batch: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """The model's output for the batch ``make_batch()`` gives, or None after halving
+        ``self.batch_size`` because the device ran out of memory (the caller retries the same input)."""
         device = self.model.device
         batch = None
         try:
-            batch = feed.batch(start, stop)
+            batch = make_batch()
             precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
             with torch.inference_mode(), precision:
                 return self.model.predict(batch)

@@ -115,6 +115,22 @@ class PatchMerger:
         return _PatchGrid(self.grid, self.chunk, self.card, self.write_probs)
 
 
+class OnePassMerger:
+    """A one-pass model's outputs (a card with a ``receptive_field``), row strip by row strip, into the chunk's
+    ``(C, h, w)`` probabilities: every pixel is written once, nothing overlaps, nothing is blended."""
+
+    def __init__(self, chunk: Chunk, card: ModelCard, device: torch.device, write_probs: bool):
+        self.chunk, self.write_probs = chunk, write_probs
+        self.probs = torch.empty((card.num_classes, chunk.height, chunk.width), dtype=torch.float32, device=device)
+
+    def add_rows(self, row: int, outputs: torch.Tensor) -> None:
+        """``outputs`` ``(C, rows, w)``: the chunk's rows from ``row`` (chunk-relative) on."""
+        self.probs[:, row: row + outputs.shape[1]] = outputs
+
+    def result(self) -> ChunkProbabilities:
+        return _Resampled(self.probs, self.chunk, self.chunk, 1, self.write_probs)
+
+
 def merger_for(chunk: Chunk, card: ModelCard, device: torch.device, write_probs: bool) -> Merger:
     """The merger of ``card``'s output kind for one chunk."""
     kind = DenseMerger if card.output_kind == "dense" else PatchMerger

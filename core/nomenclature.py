@@ -86,3 +86,26 @@ def class_index(name: str) -> int:
         return BIGEARTHNET19_NAMES.index(name)
     except ValueError:
         raise KeyError(f"{name!r} is not a BigEarthNet-19 class") from None
+
+
+#: Label groups of BigEarthNet-19: what a spectral model can be judged on (the evaluation in
+#: ``benchmarks/evaluate.py`` scores models by group; the README's limits speak of groups).
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "water": ("Marine waters", "Inland waters"),
+    "forest": ("Broad-leaved forest", "Coniferous forest", "Mixed forest", "Transitional woodland, shrub"),
+    "agriculture": ("Arable land", "Pastures", "Permanent crops", "Complex cultivation patterns",
+                    "Land principally occupied by agriculture, with significant areas of natural vegetation",
+                    "Agro-forestry areas"),
+    "urban": ("Urban fabric", "Industrial or commercial units"),
+    "wetland": ("Inland wetlands", "Coastal wetlands"),
+    "open land": ("Beaches, dunes, sands", "Natural grassland and sparsely vegetated areas",
+                  "Moors, heathland and sclerophyllous vegetation"),
+}
+
+
+def group_of(name: str) -> str:
+    """The label group of a BigEarthNet-19 class (see :data:`LABEL_GROUPS`)."""
+    for group, names in LABEL_GROUPS.items():
+        if name in names:
+            return group
+    raise KeyError(f"{name!r} is not a BigEarthNet-19 class")

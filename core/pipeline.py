@@ -42,7 +42,8 @@ from .chunkwriter import STRIP_ROWS, ChunkWriter
 from .config import EngineConfig
 from .errors import Cancelled, OutputError, S2SegError
 from .feed import Normaliser, patches_with_data
-from .grid import Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan, plan_window
+from .grid import (Chunk, GridPlan, block_size, choose_chunk_size, chunk_unit, journal_points, plan, plan_one_pass,
+                   plan_window)
 from .inferer import ChunkInferer, Inferred
 from .inputs import discover_input
 from .journal import run_fields
@@ -103,12 +104,15 @@ def segment(
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     aoi = aoi_.resolve(config.aoi, bandset.width, bandset.height, bandset.transform, bandset.crs) if config.aoi else None
     chunk_size = _chunk_size(config, card, bandset, device, log)
-    if aoi is None:
+    window = None if aoi is None else (aoi.window.row0, aoi.window.col0, aoi.window.height, aoi.window.width)
+    if card.receptive_field:
+        grid = plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, card.footprint, window)
+    elif window is None:
         grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
     else:
+        grid = plan_window(bandset.height, bandset.width, card.patch_size, chunk_size, window, card.pixel_factor)
+    if aoi is not None:
         w = aoi.window
-        grid = plan_window(bandset.height, bandset.width, card.patch_size, chunk_size,
-                           (w.row0, w.col0, w.height, w.width), card.pixel_factor)
         log(f"area of interest: rows {w.row0}–{w.row1}, cols {w.col0}–{w.col1} of the tile ({w.width} × {w.height} px"
             f"{', pixels outside its polygons nodata' if aoi.mask is not None else ''})")
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)

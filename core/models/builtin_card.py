@@ -5,6 +5,10 @@ from __future__ import annotations
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .card import ModelCard
 
+#: 10 m pixels: "open water" is measured over the 31 × 31 px (310 m) square around a pixel, the widest
+#: context the built-in model uses, so this is its receptive field (one pass per pixel, no blending)
+OPEN_WATER_RADIUS = 15
+
 BUILTIN_CARD = ModelCard(
     name="builtin",
     format="builtin",
@@ -17,8 +21,10 @@ BUILTIN_CARD = ModelCard(
     input_scale="reflectance",
     resampling="bilinear",
     levels=("L1C", "L2A"),
-    description="Spectral-index prototype classifier (NDVI, MNDWI, NDBI, brightness, open-water extent); no weights needed.",
+    description=("Spectral prototype classifier (NDVI, MNDWI/NDSI, NDBI, brightness, NIR, open-water extent) whose "
+                 "prototypes spread their probability where spectra cannot decide (snow, cloud); no weights needed."),
     licence="GPL-2.0-or-later (part of s2seg)",
     source="s2seg built-in",
+    receptive_field=OPEN_WATER_RADIUS,
 )
 BUILTIN_CARDS = {BUILTIN_CARD.name: BUILTIN_CARD}

@@ -138,6 +138,17 @@ def _levels(name: str, value: Any) -> str | None:
     return f"{name} must be a non-empty subset of {LEVELS}, got {shown!r}"
 
 
+#: Largest receptive field radius accepted (10 m pixels): a halo of this much around every chunk.
+MAX_RECEPTIVE_FIELD = 512
+
+
+def _receptive_field(name: str, value: Any) -> str | None:
+    if _is_int(value) and 0 <= value <= MAX_RECEPTIVE_FIELD:
+        return None
+    return (f"{name} must be a whole number of 10 m pixels from 0 (not declared: overlapping patches, blended) "
+            f"to {MAX_RECEPTIVE_FIELD}, got {value!r}")
+
+
 def _mapping(name: str, value: Any) -> str | None:
     return None if isinstance(value, dict) else f"{name} must be a JSON object, got {value!r}"
 
@@ -163,6 +174,7 @@ FIELD_CHECKS: dict[str, FieldCheck] = {
     "licence": _text,
     "source": _text,
     "extra": _mapping,
+    "receptive_field": _receptive_field,
 }
 
 
@@ -192,6 +204,10 @@ class ModelCard:
     licence: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Per-pixel / fully convolutional models: the radius (10 m pixels) of the neighbourhood an output
+    #: pixel depends on. The engine then runs each chunk plus this halo once, without overlapping
+    #: patches or blending (any input size; ``patch_size`` is ignored). 0: not declared.
+    receptive_field: int = 0
 
     def __post_init__(self) -> None:
         # Types first, on the values as given: a band list written as the string "B02" would
@@ -232,6 +248,9 @@ class ModelCard:
                 raise ModelError(f"{who}: {name} has {len(values)} values for {len(self.bands)} bands")
         if bool(self.mean) != bool(self.std):
             raise ModelError(f"{who}: give both mean and std, or neither")
+        if self.receptive_field and (self.output_kind != "dense" or self.resolution != BASE_RESOLUTION):
+            raise ModelError(f"{who}: receptive_field is for dense models at {BASE_RESOLUTION} m (one output per "
+                             f"input pixel), but output_kind is {self.output_kind!r} and resolution {self.resolution} m")
 
     # --- derived ----------------------------------------------------------------
     @property

@@ -1,0 +1,71 @@
+"""The built-in model on single spectra: right where the spectrum is clear, honest where it is not."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s2seg.core.models.builtin import BuiltinModel, box_mean
+from s2seg.core.models.builtin_card import BUILTIN_CARD
+from s2seg.core.nomenclature import BIGEARTHNET19_NAMES, LABEL_GROUPS, group_of
+
+#: Reflectances (B03 green, B04 red, B08 NIR, B11 SWIR) of real BigEarthNet pixels (k-means centres of the
+#: evaluation patches, docs/models.md), and the group the model must give them.
+CLEAR = {
+    "conifer forest, Austria June": ((0.036, 0.023, 0.231, 0.115), "forest"),
+    "meadow, Ireland June": ((0.076, 0.031, 0.583, 0.202), "agriculture"),
+    "bare field, Austria June": ((0.168, 0.198, 0.336, 0.361), "agriculture"),
+    "alpine lake, Austria June": ((0.090, 0.060, 0.050, 0.040), "water"),
+}
+#: Snow (Finland, November and February) and a cumulus over Austria: no land cover can be seen.
+OPEN_SNOW = [(0.154, 0.143, 0.203, 0.023), (0.423, 0.422, 0.508, 0.058), (0.761, 0.789, 0.855, 0.067)]
+CLOUD = [(0.308, 0.307, 0.488, 0.372), (0.638, 0.636, 0.769, 0.666)]
+
+
+def probabilities(spectra: list[tuple[float, ...]]) -> torch.Tensor:
+    """``(n, 19)``: each spectrum as a uniform 40 × 40 px image (the open-water context is its own)."""
+    model = BuiltinModel(BUILTIN_CARD, torch.device("cpu"))
+    x = torch.tensor(spectra, dtype=torch.float32)[:, :, None, None].expand(-1, -1, 40, 40).contiguous()
+    return model.predict(x)[:, :, 20, 20]
+
+
+def group_probabilities(p: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {g: sum(p[:, BIGEARTHNET19_NAMES.index(n)] for n in names) for g, names in LABEL_GROUPS.items()}
+
+
+@pytest.mark.parametrize("name", CLEAR)
+def test_clear_spectra_get_their_group(name):
+    spectrum, group = CLEAR[name]
+    p = probabilities([spectrum])
+    assert group_of(BIGEARTHNET19_NAMES[int(p.argmax())]) == group
+    assert group_probabilities(p)[group].item() > 0.6
+
+
+def test_snow_is_neither_water_nor_confident():
+    """Snow has the MNDWI of water (it is the NDSI): the seed model called it water at maxprob 0.9."""
+    p = probabilities(OPEN_SNOW)
+    groups = group_probabilities(p)
+    assert (groups["water"] < 0.15).all() and (groups["wetland"] < 0.15).all()
+    assert (p.max(dim=1).values < 0.35).all()
+
+
+def test_clouds_say_nothing_about_the_ground():
+    p = probabilities(CLOUD)
+    assert (p.max(dim=1).values < 0.15).all()
+    entropy = -(p * p.clamp_min(1e-12).log2()).sum(dim=1)
+    assert (entropy > 3.5).all()  # log2(19) = 4.25 is no idea at all
+
+
+def test_probabilities_are_a_distribution():
+    p = probabilities([s for s, _ in CLEAR.values()] + OPEN_SNOW + CLOUD)
+    assert ((p >= 0) & (p <= 1)).all()
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(len(p)))
+
+
+def test_box_mean_depends_only_on_the_window():
+    """What the card's receptive field promises: the same pixels around a pixel, the same mean, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((1, 90, 100), generator=g)
+    whole = box_mean(x, 15)
+    part = box_mean(x[:, 20:80, 25:90], 15)
+    assert torch.equal(whole[:, 35:65, 40:75], part[:, 15:45, 15:50])
+    assert torch.allclose(whole[0, 45, 50], x[0, 30:61, 35:66].mean())
