@@ -155,3 +155,18 @@ def test_fresh_profile_uses_the_configured_environment_and_passes_the_self_test(
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = "\n".join(json.loads(proc.stdout)["log"]["info"])
     assert f"torch loaded from: {sys.prefix}" in log and "Self-test · Result: passed" in log
+
+
+@pytest.mark.slow
+def test_install_from_the_package_registry_into_a_fresh_environment(s2seg_provider, untouched_settings, tmp_path):
+    """The real path: pip with the machine's own configuration and package registry (no INDEX_URL), a real
+    wheel (safetensors, small, not in QGIS's Python). torch itself is left out: from the registry it is the
+    CUDA build with several GB of dependencies; the CPU index it comes from in the plugin is not reachable here."""
+    env = tmp_path / "env"
+    results = processing.run("s2seg:setup", {"ENVIRONMENT": str(env), "PACKAGES": "safetensors==0.8.0"})
+    python = results["PYTHON"]
+    probe = "import safetensors, numpy; print(safetensors.__version__, numpy.__file__)"
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out[0] == "0.8.0"
+    assert out[1].startswith("/usr/lib/python3/")  # QGIS's numpy stays in charge: nothing shadowed it
+    assert settings.load().environment == str(env)
