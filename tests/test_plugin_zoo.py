@@ -69,7 +69,10 @@ def test_download_in_the_algorithm_cancels_then_completes(hub):
 
 def test_qgis_proxy_reaches_the_hub_client(monkeypatch):
     for key in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: a plain delenv of an absent variable records nothing, and the proxy set below
+        # would outlive the test (every later download in the session going to proxy.example).
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     manager = QgsNetworkAccessManager.instance()
     previous = manager.fallbackProxy(), manager.excludeList(), manager.noProxyList()
     try:
