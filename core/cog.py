@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import OutputError
+from .gdalprogress import cancellable
 from .writer import BLOCK, _checked, creation_options
 
 AUX = ".aux.xml"
@@ -47,12 +48,7 @@ def to_cog(path: Path, compress: str, categorical: bool, check: Callable[[], Non
     dtype = "uint8" if band.DataType == gdal.GDT_Byte else "float32"
     block = band.GetBlockSize()[0]
 
-    def progress(fraction, message, data) -> int:
-        try:
-            check()
-        except BaseException:
-            return 0
-        return 1
+    progress = cancellable(check)
 
     options = cog_options(dtype, compress, categorical, block)
     try:

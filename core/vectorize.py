@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import OutputError
+from .gdalprogress import cancellable
 from .styles import vector_qml
 from .uncertainty import CLASS_NODATA
 
@@ -108,12 +109,7 @@ def _sieve(source, path: Path, threshold: int, check: Callable[[], None]):
     out = ds.GetRasterBand(1)
     out.SetNoDataValue(CLASS_NODATA)
 
-    def progress(fraction, message, data) -> int:
-        try:
-            check()
-        except BaseException:
-            return 0  # GDAL stops; the cancel is raised below
-        return 1
+    progress = cancellable(check)
 
     # The mask (nodata = 255) keeps nodata out: never merged into, never growing into it.
     result = gdal.SieveFilter(band, band.GetMaskBand(), out, threshold, 4, callback=progress)
@@ -262,12 +258,7 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
         for name, kind in zip(FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTReal, ogr.OFTReal, ogr.OFTReal)):
             layer.CreateField(ogr.FieldDefn(name, kind))
 
-        def progress(fraction, message, data) -> int:
-            try:
-                check()
-            except BaseException:
-                return 0
-            return 1
+        progress = cancellable(check)
 
         # The region id goes into class_id for now; _set_attributes puts the attributes in its place.
         layer.StartTransaction()

@@ -20,20 +20,9 @@ from s2seg.s2seg_plugin.styling import (
     write_qml_sidecars,
 )
 
+from rasters import write_raster
+
 LEGEND = Legend(tuple(c.name for c in BIGEARTHNET19), tuple(c.colour for c in BIGEARTHNET19))
-
-
-def write_raster(path: Path, dtype: int = gdal.GDT_Float32, bands: int = 1) -> Path:
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, bands, dtype)
-    ds.SetGeoTransform((500000, 10, 0, 5300000, 0, -10))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for b in range(1, bands + 1):
-        ds.GetRasterBand(b).WriteArray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
-    ds.FlushCache()
-    ds = None
-    return path
 
 
 def test_legend_from_card_and_entropy_bound():

@@ -13,17 +13,12 @@ from test_pipeline import ConvDenseModel, SpectralPatchModel
 from s2seg.core.config import EngineConfig
 from s2seg.core.models import csmask
 from s2seg.core.pipeline import segment
+from s2seg.core.products import DEFAULT_PRODUCTS
 from s2seg.core.sample import CLASSES, truth_window, write_sample_tile
 
-PRODUCTS = ("class", "maxprob", "entropy", "gap")
+from rasters import read_products
 
-
-def read(result) -> dict[str, np.ndarray]:
-    out = {}
-    for key in PRODUCTS:
-        with rasterio.open(result.products[key]) as ds:
-            out[key] = ds.read(1)
-    return out
+PRODUCTS = DEFAULT_PRODUCTS
 
 
 def assert_same_products(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -42,7 +37,7 @@ def test_a_crop_smaller_than_one_patch_runs_and_does_not_depend_on_the_chunk_siz
     for chunk_size in chunk_sizes:
         result = segment(tile, tmp_path / str(chunk_size), model=make_model(), config=EngineConfig(chunk_size=chunk_size))
         assert result.n_chunks == (-(-size // chunk_size)) ** 2
-        products = read(result)
+        products = read_products(result)
         assert all(values.shape == (size, size) for values in products.values())
         assert (products["class"] != 255).all() and np.isfinite(products["maxprob"]).all()  # no nodata: the crop is full
         runs.append(products)
@@ -56,7 +51,7 @@ def test_the_cloud_unet_runs_on_a_720px_tile(tmp_path):
     chunk whose 5 × 5 patches reach past the tile; products on the tile's 10 m grid."""
     tile = write_sample_tile(tmp_path / "tile", size=720, seed=3, level="L2A")
     result = segment(tile, tmp_path / "out", model="s2-cloud-l2a", config=EngineConfig(device="cpu"))
-    products = read(result)
+    products = read_products(result)
     assert result.n_chunks == 1
     assert all(values.shape == (720, 720) for values in products.values())
     assert np.isfinite(products["entropy"]).all() and (products["maxprob"] >= 1 / 3 - 1e-6).all()

@@ -18,10 +18,13 @@ from s2seg.core.config import EngineConfig
 from s2seg.core.errors import InputError
 from s2seg.core.inputs import discover_input
 from s2seg.core.pipeline import segment
+from s2seg.core.products import DEFAULT_PRODUCTS
 from s2seg.core.sample import ORIGIN, write_sample_tile
 
+from rasters import read_products
+
 SIZE = 960
-PRODUCTS = ("class", "maxprob", "entropy", "gap")
+PRODUCTS = DEFAULT_PRODUCTS
 #: Earth Search asset names of the bands SpectralPatchModel reads, and a few others
 EARTH_SEARCH = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11"}
 SECRET = "sig=Zm9vYmFyc2VjcmV0"
@@ -136,14 +139,6 @@ def earth_search_item(base: str, folder: Path, name: str = "item.json", query: s
     return path
 
 
-def read(result) -> dict[str, np.ndarray]:
-    out = {}
-    for key in PRODUCTS:
-        with rasterio.open(result.products[key]) as ds:
-            out[key] = ds.read(1)
-    return out
-
-
 def test_an_earth_search_item_gives_the_products_of_the_safe_fetching_only_the_ranges_needed(product, server, cogs,
                                                                                                tmp_path):
     base, root, sent = server
@@ -151,12 +146,12 @@ def test_an_earth_search_item_gives_the_products_of_the_safe_fetching_only_the_r
     bandset = discover_input(item)
     assert set(bandset.files) == set(EARTH_SEARCH.values()) and bandset.offsets["B02"] == -1000
     assert bandset.level == "L2A" and bandset.name == "S2B_32UNU_20240612_0_L2A"
-    reference = read(segment(product, tmp_path / "product", model=SpectralPatchModel()))
+    reference = read_products(segment(product, tmp_path / "product", model=SpectralPatchModel()))
 
     sent.clear()
     log: list[str] = []
     aoi = f"{ORIGIN[0] + 2000},{ORIGIN[1] - 2600},{ORIGIN[0] + 2600},{ORIGIN[1] - 2000}"  # 60² px of 960²
-    part = read(segment(item, tmp_path / "aoi", model=SpectralPatchModel(), config=EngineConfig(aoi=aoi),
+    part = read_products(segment(item, tmp_path / "aoi", model=SpectralPatchModel(), config=EngineConfig(aoi=aoi),
                         log=log.append))
     sizes = {p.name: p.stat().st_size for p in root.glob("*.tif")}
     read_bands = {f"{b}.tif" for b in ("B02", "B04", "B08", "B11")}
@@ -170,7 +165,7 @@ def test_an_earth_search_item_gives_the_products_of_the_safe_fetching_only_the_r
     assert any("assets blue, red, nir, swir16" in line or "as bands" in line for line in log)
 
     sent.clear()
-    whole = read(segment(item, tmp_path / "whole", model=SpectralPatchModel(), config=EngineConfig(chunk_size=240)))
+    whole = read_products(segment(item, tmp_path / "whole", model=SpectralPatchModel(), config=EngineConfig(chunk_size=240)))
     fetched = sum(sent.values())
     print(f"whole tile: {fetched} bytes fetched of {total}")
     assert fetched < 1.3 * total + 200_000  # each block about once: no whole-file downloads on top

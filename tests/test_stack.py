@@ -15,12 +15,15 @@ from s2seg.core.config import EngineConfig
 from s2seg.core.errors import ConfigError, InputError
 from s2seg.core.inputs import discover_input
 from s2seg.core.pipeline import segment
+from s2seg.core.products import DEFAULT_PRODUCTS
 from s2seg.core.sample import write_sample_tile
 from s2seg.core.stack import band_id_of_name, discover_stack
 
+from rasters import read_products
+
 SIZE = 120
 MODEL_BANDS = ("B02", "B04", "B08", "B11")  # SpectralPatchModel's
-PRODUCTS = ("class", "maxprob", "entropy", "gap")
+PRODUCTS = DEFAULT_PRODUCTS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def safe(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def product_run(safe, tmp_path_factory):
-    return read(segment(safe, tmp_path_factory.mktemp("product"), model=SpectralPatchModel()))
+    return read_products(segment(safe, tmp_path_factory.mktemp("product"), model=SpectralPatchModel()))
 
 
 def harmonised_dn(safe: Path, band_ids=MODEL_BANDS) -> tuple[np.ndarray, dict]:
@@ -58,18 +61,10 @@ def write_stack(path: Path, values: np.ndarray, profile: dict, dtype: str, descr
     return path
 
 
-def read(result) -> dict[str, np.ndarray]:
-    out = {}
-    for key in PRODUCTS:
-        with rasterio.open(result.products[key]) as ds:
-            out[key] = ds.read(1)
-    return out
-
-
 def run(stack: Path, out: Path, **config):
     log: list[str] = []
     result = segment(stack, out, model=SpectralPatchModel(), config=EngineConfig(**config), log=log.append)
-    return read(result), log
+    return read_products(result), log
 
 
 def assert_same(a: dict, b: dict) -> None:

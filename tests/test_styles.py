@@ -23,27 +23,17 @@ from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from s2seg.core.styles import RED_TO_GREEN, product_ramp, raster_sld, vector_qml, write_style_sidecars
 from s2seg.s2seg_plugin.styling import Legend, product_renderer
 
+from rasters import write_raster
+
 NAMES, COLOURS = list(BIGEARTHNET19_NAMES), list(BIGEARTHNET19_COLOURS)
 SLD = "{http://www.opengis.net/sld}"
 
 
-def _raster(path: Path, dtype=gdal.GDT_Float32, bands: int = 1) -> Path:
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, bands, dtype)
-    ds.SetGeoTransform((500000, 10, 0, 5300000, 0, -10))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for b in range(1, bands + 1):
-        ds.GetRasterBand(b).WriteArray(np.zeros((8, 8)))
-    ds = None
-    return path
-
-
 @pytest.fixture()
 def styled(tmp_path):
-    products = {"class": _raster(tmp_path / "T_class.tif", gdal.GDT_Byte), "maxprob": _raster(tmp_path / "T_maxprob.tif"),
-                "entropy": _raster(tmp_path / "T_entropy.tif"), "gap": _raster(tmp_path / "T_gap.tif"),
-                "probs": _raster(tmp_path / "T_probs.tif", bands=3)}
+    products = {"class": write_raster(tmp_path / "T_class.tif", gdal.GDT_Byte), "maxprob": write_raster(tmp_path / "T_maxprob.tif"),
+                "entropy": write_raster(tmp_path / "T_entropy.tif"), "gap": write_raster(tmp_path / "T_gap.tif"),
+                "probs": write_raster(tmp_path / "T_probs.tif", bands=3)}
     return products, write_style_sidecars(products, NAMES, COLOURS)
 
 
