@@ -56,6 +56,19 @@ def _session_cores() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """torch's thread count as before each test. A batch worker running in this process (a
+    ``processes=False`` cluster) sets it for its tiles; float sums depend on it, so a later test
+    comparing products byte for byte with a reference computed earlier would see other last bits."""
+    torch = sys.modules.get("torch")  # never imported here: some tests check what a module imports
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 # --- QGIS Processing ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def s2seg_registered(qgis_processing: None) -> Iterator[None]:

@@ -42,6 +42,24 @@ class SpectralPatchModel:
         return apply_activation(batch.mean(dim=(2, 3)) @ self.weights, "softmax")
 
 
+class ConvDenseModel:
+    """A dense model: a fixed random 3 × 3 convolution and a softmax, at any resolution."""
+
+    def __init__(self, resolution=30, patch_size=20, classes=4):
+        self.card = ModelCard(name=f"dense-{resolution}m", format="builtin", bands=("B02", "B04", "B08", "B11"),
+                              patch_size=patch_size, class_names=BIGEARTHNET19_NAMES[:classes],
+                              class_colours=BIGEARTHNET19_COLOURS[:classes], output_kind="dense", activation="softmax",
+                              input_scale="reflectance", mean=(0.05,) * 4, std=(0.03,) * 4, resolution=resolution)
+        self.device = torch.device("cpu")
+        generator = torch.Generator().manual_seed(1)
+        self.weights = torch.randn((classes, 4, 3, 3), generator=generator)
+        self.inputs = []
+
+    def predict(self, batch):
+        self.inputs.append(batch.clone())
+        return apply_activation(torch.nn.functional.conv2d(batch, self.weights, padding=1), "softmax")
+
+
 # --- TorchScript ---------------------------------------------------------------------------------
 #: Patch size of the TorchScript doubles' cards.
 TORCHSCRIPT_PATCH = 16

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.warp import transform_bounds
-from test_pipeline import ConvDenseModel
+from doubles import ConvDenseModel
 
 from doubles import SpectralPatchModel
 from s2seg.core import aoi as aoi_

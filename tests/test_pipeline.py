@@ -10,11 +10,10 @@ import rasterio
 import torch
 from osgeo import gdal
 
-from doubles import SpectralPatchModel
+from doubles import ConvDenseModel, SpectralPatchModel
 
 from s2seg.core.config import EngineConfig
 from s2seg.core.errors import Cancelled, ConfigError, ModelError, OutputError, OutputsExist
-from s2seg.core.models.base import apply_activation
 from s2seg.core.models.card import ModelCard
 from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from s2seg.core import pipeline
@@ -23,24 +22,6 @@ from s2seg.core.sample import write_sample_tile
 from s2seg.core.sentinel2 import discover
 
 FLOATS = ("maxprob", "entropy", "gap")
-
-
-class ConvDenseModel:
-    """A dense model: a fixed random 3 × 3 convolution and a softmax, at any resolution."""
-
-    def __init__(self, resolution=30, patch_size=20, classes=4):
-        self.card = ModelCard(name=f"dense-{resolution}m", format="builtin", bands=("B02", "B04", "B08", "B11"),
-                              patch_size=patch_size, class_names=BIGEARTHNET19_NAMES[:classes],
-                              class_colours=BIGEARTHNET19_COLOURS[:classes], output_kind="dense", activation="softmax",
-                              input_scale="reflectance", mean=(0.05,) * 4, std=(0.03,) * 4, resolution=resolution)
-        self.device = torch.device("cpu")
-        generator = torch.Generator().manual_seed(1)
-        self.weights = torch.randn((classes, 4, 3, 3), generator=generator)
-        self.inputs = []
-
-    def predict(self, batch):
-        self.inputs.append(batch.clone())
-        return apply_activation(torch.nn.functional.conv2d(batch, self.weights, padding=1), "softmax")
 
 
 @pytest.fixture(scope="module")

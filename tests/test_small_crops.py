@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from test_pipeline import ConvDenseModel, SpectralPatchModel
+from doubles import ConvDenseModel, SpectralPatchModel
 
 from s2seg.core.config import EngineConfig
 from s2seg.core.models import csmask

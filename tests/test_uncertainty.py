@@ -188,7 +188,7 @@ def test_a_run_gives_the_same_products_with_1_2_and_16_cores_and_leaves_no_threa
     confidence rows really split over workers with 16, and no ``s2seg-*`` thread alive afterwards."""
     import numpy as np
     import rasterio
-    from test_pipeline import SpectralPatchModel
+    from doubles import SpectralPatchModel
 
     from s2seg.core import uncertainty
     from s2seg.core.config import EngineConfig
