@@ -27,6 +27,7 @@ discards it).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from . import aoi as aoi_
+from . import mask as mask_
 from .chunkwriter import STRIP_ROWS, ChunkWriter
 from .config import EngineConfig
 from .errors import Cancelled, OutputError, S2SegError
@@ -93,6 +95,10 @@ def segment(
     bandset = discover_input(tile, config.bands, config.scale, config.offset)
     for note in bandset.notes:
         log(note)
+    mask_source, mask_note = mask_.resolve_mode(config.mask, bandset)
+    if mask_source != config.mask:  # auto resolved: the selection, journal key and report say which source
+        config, selection = effective_config(config.with_(mask=mask_source))
+    log(mask_note)
     preloaded = model if isinstance(model, SegmentationModel) else None
     card = preloaded.card if preloaded is not None else resolve_card(model)
     bandset.require(card.bands, card.name)
@@ -127,7 +133,7 @@ def segment(
             f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
                         compress=config.compress, block=block, products=selection.rasters,
-                        aoi=None if aoi is None else aoi.fields())
+                        aoi=None if aoi is None else aoi.fields(), mask=config.mask, keep_masked=config.keep_masked)
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
         resume.check_outputs([*paths.values(), preview_path, report_path, *derived], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file
@@ -179,9 +185,13 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
     stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     per_class = class_stats(card, stats, pixel_area)
+    mask = None
+    if "mask" in products:  # counted from the file: a resumed run counts like an uninterrupted one
+        mask = mask_.summarise(products["mask"], config.mask, config.keep_masked)
     check()
     try:
-        stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class])
+        stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class],
+                            masked_share=None if mask is None or mask.kept else mask.masked_share)
     except OSError as exc:
         raise _os_output_error(preview_path, exc) from None
     seconds = time.perf_counter() - started
@@ -190,7 +200,7 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
         report=report_path, device=str(device), model_name=card.name, card=card, chunk_size=stages.grid.chunk_size,
         n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, **finishing, "total": seconds},
         valid_pixels=int(stats["count"].sum()), pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=resumed,
-        batch_size_final=stages.inferer.batch_size, outputs=outputs,
+        batch_size_final=stages.inferer.batch_size, outputs=outputs, mask=None if mask is None else mask.to_dict(),
     )
     check()
     t0 = time.perf_counter()
@@ -352,12 +362,16 @@ class ChunkStages:
 
     # --- stages -----------------------------------------------------------------------
     def _read_stage(self, todo: list[Chunk], out_q: queue.Queue) -> None:
+        masking = self.config.mask != "none"
         with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads,
-                         self.card.pixel_factor) as reader:
+                         self.card.pixel_factor) as reader, \
+                (mask_.ChunkMasker(self.bandset, self.config.mask) if masking else contextlib.nullcontext()) as masker:
             for chunk in todo:  # journaled chunks are not even read
                 self.runner.check()
                 t0 = time.perf_counter()
                 pixels = reader.read(chunk.input_rows, chunk.input_cols)
+                if masker is not None:  # per pixel: the output window only
+                    pixels.mask = masker.read((chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
                 self.busy["read"] += time.perf_counter() - t0
                 self.runner.put(out_q, (chunk, pixels))
                 del pixels  # see _infer_stage
@@ -369,12 +383,12 @@ class ChunkStages:
             t0 = time.perf_counter()
             inferred = self.inferer.infer(chunk, pixels)
             self.busy["inference"] += time.perf_counter() - t0
-            valid = pixels.output_valid
+            valid, codes = pixels.output_valid, pixels.mask
             # The chunk's band values are done with: hold no reference to them (nor, below, to what
             # was passed on) while waiting for the queues, or every stage holds one chunk more.
             del item, pixels
-            self.runner.put(out_q, (chunk, valid, inferred))
-            del inferred, valid
+            self.runner.put(out_q, (chunk, valid, inferred, codes))
+            del inferred, valid, codes
         self.runner.put(out_q, END)
 
     def _batch_done(self, chunk: Chunk, done: int, count: int, batches: int, expected: int) -> None:
@@ -394,7 +408,7 @@ class ChunkStages:
         n_chunks = len(self.grid.chunks)
         pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
         while (item := self.runner.get(in_q)) is not END:
-            chunk, valid_region, inferred = item
+            chunk, valid_region, inferred, codes = item
             t0 = time.perf_counter()
             # The input region starts (1 + margin) strides above/left of the output window.
             top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
@@ -402,6 +416,11 @@ class ChunkStages:
             if self.mask is not None:  # outside the AOI polygons: written as nodata, computed all the same
                 oy, ox = self.grid.output_window[:2]
                 valid = valid & self.mask[chunk.row0 - oy: chunk.row1 - oy, chunk.col0 - ox: chunk.col1 - ox]
+            if codes is not None:  # the cloud/shadow/snow mask: written, and the land cover hidden under it
+                codes = np.where(valid, codes, np.uint8(mask_.MASK_NODATA))
+                writer.write("mask", codes, chunk.row0, chunk.col0)
+                if not self.config.keep_masked:
+                    valid = valid & ~mask_.hidden(codes)
             pending.append((chunk.index, self.chunk_writer.write(chunk, valid, inferred)))
             if chunk.index in self.journal_points:
                 # In the files first (synced and journaled by the journal thread): a journaled chunk is
@@ -412,7 +431,7 @@ class ChunkStages:
                 sync_q.put(pending)
                 pending = []
                 self.busy["flush"] += time.perf_counter() - t1
-            del item, inferred, valid_region, valid  # see _infer_stage
+            del item, inferred, valid_region, valid, codes  # see _infer_stage
             # Once per chunk (the writer finishes it last): trimming in every stage measured no lower.
             release_freed_memory()  # the chunk's buffers, freed on the heap, go back to the OS (memory.py)
             self.busy["write"] += time.perf_counter() - t0
