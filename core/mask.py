@@ -27,27 +27,14 @@ from .config import MASK_MODES
 from .errors import ConfigError, InputError
 from .grid import reflect_indices
 from .reader import ChunkReader, read_nearest
+from .scl import (CIRRUS, CLEAR, CLOUD, HIDDEN, MASK_CLASSES, MASK_COLOURS, MASK_NODATA,  # noqa: F401 (re-exported)
+                  SCL_CODES, SHADOW, SNOW)
 from .sentinel2 import BandSet
 from .urls import redact
 
-#: Mask codes (``<tile>_mask.tif``), in this order; :data:`MASK_NODATA` where the input has no data.
-CLEAR, CLOUD, CIRRUS, SHADOW, SNOW = range(5)
-MASK_CLASSES = ("clear", "cloud", "thin cirrus", "cloud shadow", "snow/ice")
-MASK_COLOURS = ("#c8e6a0", "#ffffff", "#9ecae1", "#3c3c3c", "#00e5ff")
-MASK_NODATA = 255
-#: Classes under which the land cover is set to nodata. Thin cirrus is flagged only: the ground
-#: shows through it and land-cover models still see it.
-HIDDEN = (CLOUD, SHADOW, SNOW, MASK_NODATA)
-
-#: ESA Scene Classification (SCL) code → mask code: 0 no data and 1 saturated/defective → nodata,
-#: 3 cloud shadow, 8/9 cloud medium/high probability, 10 thin cirrus, 11 snow/ice; the rest
-#: (2 dark area, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified) clear.
+#: ESA Scene Classification (SCL) code → mask code (:data:`.scl.SCL_CODES`; other codes are clear).
 SCL_TO_MASK = np.full(256, CLEAR, dtype=np.uint8)
-SCL_TO_MASK[[0, 1]] = MASK_NODATA
-SCL_TO_MASK[3] = SHADOW
-SCL_TO_MASK[[8, 9]] = CLOUD
-SCL_TO_MASK[10] = CIRRUS
-SCL_TO_MASK[11] = SNOW
+SCL_TO_MASK[list(SCL_CODES)] = list(SCL_CODES.values())
 _HIDDEN_LUT = np.zeros(256, dtype=bool)
 _HIDDEN_LUT[list(HIDDEN)] = True
 

@@ -31,7 +31,7 @@ import numpy as np
 from .atomic import exclusive_file, fsync_folder
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
-from .mask import MASK_CLASSES, MASK_COLOURS, MASK_NODATA
+from .scl import MASK_CLASSES, MASK_COLOURS, MASK_NODATA
 from .products import DEFAULT_PRODUCTS, RASTER_PRODUCTS
 from .uncertainty import CLASS_NODATA
 
