@@ -191,7 +191,7 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
     check()
     try:
         stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class],
-                            masked_share=None if mask is None or mask.kept else mask.masked_share)
+                            None if mask is None or mask.kept else mask.masked_share)  # the masked share
     except OSError as exc:
         raise _os_output_error(preview_path, exc) from None
     seconds = time.perf_counter() - started
