@@ -20,8 +20,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: state and start over (CLI ``--no-resume``). ``True``/``False`` mean ``auto``/``never``.
 RESUME_MODES = ("auto", "require", "never")
 #: Cloud/shadow/snow mask sources (:mod:`.mask`): ``auto`` = the scene classification when the tile
-#: has one, else the spectral test; ``none`` = no mask.
-MASK_MODES = ("auto", "scl", "spectral", "none")
+#: has one, else the cloud model of its level when installed, else the spectral test; ``none`` = no mask.
+MASK_MODES = ("auto", "scl", "model", "spectral", "none")
 
 
 def usable_cores() -> int:
@@ -87,6 +87,8 @@ class EngineConfig:
     mask: str = "none"
     #: keep the land cover under the mask (the mask is still written)
     keep_masked: bool = False
+    #: the cloud model of mask ``model`` (a model name or path); None: s2-cloud-l1c/l2a after the tile's level
+    mask_model: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):

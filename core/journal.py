@@ -83,7 +83,7 @@ def _public(signature: list[Any]) -> list[Any]:
 
 def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
                products: Sequence[str] | None = None, aoi: dict[str, Any] | None = None,
-               mask: str = "none", keep_masked: bool = False) -> dict[str, Any]:
+               mask: str = "none", keep_masked: bool = False, mask_card=None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -114,6 +114,10 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
         inputs = ([bandset.layers["SCL"].path] if mask == "scl" else [])
         fields["mask"] = {"source": mask, "keep_masked": keep_masked,
                           "inputs": [_public(file_signature(p, bandset.source)) for p in inputs]}
+        if mask_card is not None:  # the cloud model and its weights, like the land-cover model's
+            fields["mask"]["model"] = {"card": _resolved_card(mask_card), "weights": weights_signature(mask_card.path)}
+            fields["mask"]["bands"] = {b: _public(file_signature(bandset.files[b].path, bandset.source))
+                                       for b in mask_card.bands}
     return fields
 
 

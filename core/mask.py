@@ -7,8 +7,12 @@ Sources, chosen by :func:`resolve_mode` from ``EngineConfig.mask`` (:data:`.conf
   :data:`SCL_TO_MASK`.
 - ``spectral``: a per-pixel reflectance test, for tiles without SCL (L1C) — see
   :func:`spectral_mask`. It finds thick clouds and snow; it does not find shadows or thin cirrus.
-- ``auto``: ``scl`` when the tile has an SCL, else ``spectral`` when the tile has its bands,
-  else no mask.
+- ``model``: a cloud / cloud-shadow model (``s2-cloud-l1c``/``s2-cloud-l2a``, the ukis-csmask
+  U-Nets at 30 m, or ``EngineConfig.mask_model``) run in the same pass as the land-cover model
+  (:class:`ModelMask`): on its own global patch grid, with the same chunks, so that its output
+  for a pixel does not depend on the chunk size either.
+- ``auto``: ``scl`` when the tile has an SCL, else ``model`` when the cloud model of the tile's
+  level is installed, else ``spectral`` when the tile has its bands, else no mask.
 
 The mask is computed on the chunk's output window only (every source is per pixel: no halo), in
 the reader thread, and travels with the chunk's pixels to the writer, which writes it and sets the
@@ -23,10 +27,17 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 
+import torch
+
+from .chunkwriter import STRIP_ROWS
 from .config import MASK_MODES
-from .errors import ConfigError, InputError
-from .grid import reflect_indices
-from .reader import ChunkReader, read_nearest
+from .errors import ConfigError, InputError, ModelError
+from .feed import Normaliser
+from .grid import GridPlan, plan, plan_window, reflect_indices
+from .inferer import ChunkInferer
+from .models import available_cards
+from .models.base import SegmentationModel
+from .reader import ChunkPixels, ChunkReader, read_nearest
 from .scl import (CIRRUS, CLEAR, CLOUD, HIDDEN, MASK_CLASSES, MASK_COLOURS, MASK_NODATA,  # noqa: F401 (re-exported)
                   SCL_CODES, SHADOW, SNOW)
 from .sentinel2 import BandSet
@@ -51,12 +62,22 @@ SPECTRAL_NAME = "spectral cloud test"
 _QUANTIFICATION = 10000.0  # DN per unit reflectance (after the baseline offset), as in feed.Normaliser
 
 
-def resolve_mode(mode: str, bandset: BandSet) -> tuple[str, str]:
-    """The concrete mask source (``scl``, ``spectral`` or ``none``) for ``mode`` on ``bandset``, and
-    a sentence for the log. Raises :class:`ConfigError` for an unknown mode and :class:`InputError`
-    when the tile lacks what an explicit mode needs."""
+def cloud_model_name(level: str | None) -> str:
+    """The cloud model matching a product level (L2A when the level is unknown)."""
+    return "s2-cloud-l1c" if level == "L1C" else "s2-cloud-l2a"
+
+
+def resolve_mode(mode: str, bandset: BandSet, mask_model: str | None = None) -> tuple[str, str]:
+    """The concrete mask source (``scl``, ``model``, ``spectral`` or ``none``) for ``mode`` on
+    ``bandset``, and a sentence for the log. ``mask_model``: the model of ``model`` (default: the
+    cloud model of the tile's level). Raises :class:`ConfigError` for an unknown mode and
+    :class:`InputError` when the tile lacks what an explicit mode needs."""
     if mode not in MASK_MODES:
         raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    if mode == "model" or (mode == "auto" and "SCL" not in bandset.layers
+                           and (mask_model is not None or cloud_model_name(bandset.level) in available_cards())):
+        name = mask_model or cloud_model_name(bandset.level)
+        return "model", f"cloud/shadow mask from model {name!r}, in the same pass"
     has_scl = "SCL" in bandset.layers
     has_bands = all(b in bandset.files for b in SPECTRAL_BANDS)
     if mode == "none":
@@ -143,6 +164,66 @@ class ChunkMasker:
         except RasterioIOError as exc:
             raise InputError(f"cannot read the scene classification {redact(layer.path)} (rows {rows[0]}–{rows[1]}, "
                              f"cols {cols[0]}–{cols[1]}): {redact(str(exc))}") from None
+
+
+#: Output class of a cloud model (ukis-csmask: background, cloud, cloud shadow) → mask code.
+MODEL_TO_MASK = np.array([CLEAR, CLOUD, SHADOW], dtype=np.uint8)
+
+
+class ModelMask:
+    """A cloud / cloud-shadow model run as the mask beside the land-cover model, in the same pass.
+
+    It has its own :class:`.grid.GridPlan` — the land-cover ``grid``'s chunks (same chunk size,
+    same corner, same area of interest) over the cloud model's own global patches, at its own
+    resolution — so a mask pixel is what a whole-tile run gives it, whatever the chunk size.
+    The reader thread reads a chunk's inputs with :meth:`reader` / :meth:`read`, the inference
+    thread turns them into mask codes with :meth:`codes`; nothing here starts a thread.
+    """
+
+    def __init__(self, model: SegmentationModel, bandset: BandSet, grid: GridPlan, batch_size: int, *,
+                 asynchronous: bool, check=None, log=None):
+        card = model.card
+        if card.num_classes != len(MODEL_TO_MASK):
+            raise ModelError(f"mask model {card.name!r} has {card.num_classes} classes; a cloud mask model gives "
+                             f"{len(MODEL_TO_MASK)}: clear, cloud and cloud shadow")
+        bandset.require(card.bands, card.name)
+        self.model, self.card, self.bandset = model, card, bandset
+        if grid.window is None:
+            self.grid = plan(grid.height, grid.width, card.patch_size, grid.chunk_size, card.pixel_factor)
+        else:
+            self.grid = plan_window(grid.height, grid.width, card.patch_size, grid.chunk_size, grid.window,
+                                    card.pixel_factor)
+        self.inferer = ChunkInferer(model, Normaliser(card, bandset, model.device), batch_size,
+                                    asynchronous=asynchronous, check=check, log=log)
+
+    def reader(self, threads: int) -> ChunkReader:
+        """A reader of the cloud model's bands onto its grid (close it, or use it with ``with``)."""
+        return ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, threads,
+                           self.card.pixel_factor)
+
+    def read(self, reader: ChunkReader, index: int) -> ChunkPixels:
+        """Chunk ``index``'s inputs for the cloud model (its halo is the cloud model's)."""
+        chunk = self.grid.chunks[index]
+        return reader.read(chunk.input_rows, chunk.input_cols)
+
+    def codes(self, index: int, pixels: ChunkPixels) -> np.ndarray:
+        """uint8 mask codes of chunk ``index``'s output window from the cloud model's inputs."""
+        chunk = self.grid.chunks[index]
+        top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
+        valid = pixels.output_valid[top: top + chunk.height, left: left + chunk.width]
+        codes = np.full((chunk.height, chunk.width), MASK_NODATA, dtype=np.uint8)
+        inferred = self.inferer.infer(chunk, pixels)
+        if inferred is None:  # no data under any of its patches
+            return codes
+        inferred.raise_if_bad(self.card)
+        for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
+            r1 = min(r0 + STRIP_ROWS, chunk.row1)
+            strip_valid = valid[r0 - chunk.row0: r1 - chunk.row0]
+            _, conf = inferred.probabilities.strip((r0, r1), torch.from_numpy(strip_valid).to(self.model.device))
+            classes = conf.classes.cpu().numpy()
+            codes[r0 - chunk.row0: r1 - chunk.row0] = np.where(
+                strip_valid, MODEL_TO_MASK[np.minimum(classes, len(MODEL_TO_MASK) - 1)], MASK_NODATA)
+        return codes
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,10 @@ MASK = Option(("--mask",), dict(choices=MASK_MODES, default=_DEFAULTS.mask,
                                      "under them): scl = the L2A scene classification, spectral = a reflectance "
                                      "test (clouds and snow only), auto = scl when the tile has it, else spectral"),
               "mask")
+MASK_MODEL = Option(("--mask-model",), dict(default=_DEFAULTS.mask_model, metavar="NAME|PATH",
+                                            help="the cloud model of --mask model (clear, cloud, cloud shadow), run "
+                                                 "in the same pass (default: s2-cloud-l1c/s2-cloud-l2a after the "
+                                                 "tile's level)"), "mask_model")
 KEEP_MASKED = Option(("--keep-masked",), dict(action="store_true", default=_DEFAULTS.keep_masked,
                                               help="keep the land cover under clouds, shadows and snow "
                                                    "(the mask is still written)"), "keep_masked")
@@ -134,7 +138,7 @@ REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
 ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, PRODUCTS,
                                                   VECTOR, MMU, COG, OVERWRITE, RESUME, AOI, BANDS, SCALE, OFFSET,
-                                                  MASK, KEEP_MASKED)
+                                                  MASK, MASK_MODEL, KEEP_MASKED)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 

@@ -76,11 +76,13 @@ def segment(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     log: LogCallback | None = None,
+    mask_model: SegmentationModel | None = None,
 ) -> SegmentResult:
     """Segment one Sentinel-2 tile into ``output_dir``; see DESIGN §2–§7.
 
     ``model`` is a model name, card file, model folder/file, a :class:`ModelCard`,
-    or an already loaded :class:`SegmentationModel` (then its device is used).
+    or an already loaded :class:`SegmentationModel` (then its device is used). ``mask_model``: an
+    already loaded cloud model for mask ``model`` (else ``config.mask_model`` or the level's is loaded).
     Raises :class:`S2SegError` subclasses naming the bad file or parameter, and
     :class:`Cancelled` when ``cancel`` is set; no finished-looking output is left
     behind in either case. Any other exception is a bug: it propagates as itself,
@@ -95,7 +97,8 @@ def segment(
     bandset = discover_input(tile, config.bands, config.scale, config.offset)
     for note in bandset.notes:
         log(note)
-    mask_source, mask_note = mask_.resolve_mode(config.mask, bandset)
+    mask_source, mask_note = mask_.resolve_mode(config.mask, bandset,
+                                                mask_model.card.name if mask_model is not None else config.mask_model)
     if mask_source != config.mask:  # auto resolved: the selection, journal key and report say which source
         config, selection = effective_config(config.with_(mask=mask_source))
     log(mask_note)
@@ -109,6 +112,14 @@ def segment(
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     aoi = aoi_.resolve(config.aoi, bandset.width, bandset.height, bandset.transform, bandset.crs) if config.aoi else None
     chunk_size = _chunk_size(config, card, bandset, device, log)
+    mask_card = None
+    if mask_source == "model":
+        mask_card = mask_model.card if mask_model is not None else resolve_card(
+            config.mask_model or mask_.cloud_model_name(bandset.level))
+        bandset.require(mask_card.bands, mask_card.name)
+        if not config.chunk_size:  # automatic: on both models' patch grids (a user's size is checked by plan)
+            unit = math.lcm(chunk_unit(card.footprint), chunk_unit(mask_card.footprint), 16)
+            chunk_size = max(unit, chunk_size // unit * unit)
     if aoi is None:
         grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size, card.pixel_factor)
     else:
@@ -133,12 +144,18 @@ def segment(
             f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
                         compress=config.compress, block=block, products=selection.rasters,
-                        aoi=None if aoi is None else aoi.fields(), mask=config.mask, keep_masked=config.keep_masked)
+                        aoi=None if aoi is None else aoi.fields(), mask=config.mask, keep_masked=config.keep_masked,
+                        mask_card=mask_card)
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
         resume.check_outputs([*paths.values(), preview_path, report_path, *derived], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file
         stages = ChunkStages(bandset, loaded, grid, config, batch_size, cancel, progress, log,
                              asynchronous=_asynchronous(loaded.device), mask=None if aoi is None else aoi.mask)
+        if mask_card is not None:  # the cloud model beside the land-cover one, on the same chunks
+            cloud = mask_model or load_model(mask_card, device, log=log)
+            stages.model_mask = mask_.ModelMask(
+                cloud, bandset, grid, config.batch_size or EngineConfig.default_batch_size(device.type, mask_card.patch_size),
+                asynchronous=_asynchronous(cloud.device), check=stages.runner.check, log=log)
         out_row0, out_col0, out_height, out_width = grid.output_window
         writer = resume.open_writer(
             lambda reopen: ProductWriter(output_dir, bandset.name, width=out_width, height=out_height,
@@ -295,6 +312,8 @@ class ChunkStages:
         self.log = log or (lambda message: None)
         self.runner = StageRunner(cancel)
         self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0, "sync": 0.0}
+        #: the cloud model run as the mask (mask source ``model``), set by :func:`segment`
+        self.model_mask: mask_.ModelMask | None = None
         self._progress = progress
         self._progress_lock = threading.Lock()
         device = model.device
@@ -362,16 +381,20 @@ class ChunkStages:
 
     # --- stages -----------------------------------------------------------------------
     def _read_stage(self, todo: list[Chunk], out_q: queue.Queue) -> None:
-        masking = self.config.mask != "none"
+        per_pixel = self.config.mask in ("scl", "spectral")
+        model_mask = self.model_mask
         with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads,
                          self.card.pixel_factor) as reader, \
-                (mask_.ChunkMasker(self.bandset, self.config.mask) if masking else contextlib.nullcontext()) as masker:
+                (mask_.ChunkMasker(self.bandset, self.config.mask) if per_pixel else contextlib.nullcontext()) as masker, \
+                (model_mask.reader(self.config.read_threads) if model_mask else contextlib.nullcontext()) as mask_reader:
             for chunk in todo:  # journaled chunks are not even read
                 self.runner.check()
                 t0 = time.perf_counter()
                 pixels = reader.read(chunk.input_rows, chunk.input_cols)
                 if masker is not None:  # per pixel: the output window only
                     pixels.mask = masker.read((chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
+                if mask_reader is not None:  # the cloud model's bands, halo and resolution
+                    pixels.mask_input = model_mask.read(mask_reader, chunk.index)
                 self.busy["read"] += time.perf_counter() - t0
                 self.runner.put(out_q, (chunk, pixels))
                 del pixels  # see _infer_stage
@@ -382,6 +405,8 @@ class ChunkStages:
             chunk, pixels = item
             t0 = time.perf_counter()
             inferred = self.inferer.infer(chunk, pixels)
+            if pixels.mask_input is not None:
+                pixels.mask = self.model_mask.codes(chunk.index, pixels.mask_input)
             self.busy["inference"] += time.perf_counter() - t0
             valid, codes = pixels.output_valid, pixels.mask
             # The chunk's band values are done with: hold no reference to them (nor, below, to what

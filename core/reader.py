@@ -45,6 +45,8 @@ class ChunkPixels:
     output_valid: np.ndarray | None = None
     #: the cloud / shadow / snow mask codes of the chunk's output window (:mod:`.mask`), when masking
     mask: np.ndarray | None = None
+    #: the cloud model's inputs of the same chunk (mask source ``model``), turned into ``mask`` by inference
+    mask_input: "ChunkPixels | None" = None
 
     def __post_init__(self) -> None:
         if self.output_valid is None:
