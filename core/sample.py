@@ -246,15 +246,16 @@ def truth_window(size: int, seed: int = 0, row_off: int = 0, height: int | None 
 
 
 def cloud_truth_window(size: int, seed: int = 0, row_off: int = 0, height: int | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Rendered clouds (more than half opaque) and cloud shadows (darkened by more than 30 %, not
-    under such a cloud) of 10 m rows ``row_off … row_off+height``, as two boolean arrays: what a
-    cloud mask of a sample tile is scored against."""
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a cloud mask of a sample tile is scored against, for 10 m rows ``row_off … row_off+height``:
+    rendered clouds (more than half opaque), rendered cloud shadows (darkened by more than 30 %, not
+    under such a cloud) and clear pixels (no cloud and no shadow rendered at all), as boolean arrays.
+    Pixels under a faint cloud edge or shadow edge are none of the three: not scored."""
     height = size - row_off if height is None else height
     scene = _Scene.make(size, seed)
     cloud, shadow = scene.cloud(np.arange(row_off, row_off + height) + 0.5, np.arange(size) + 0.5)
     clouds = cloud > 0.5
-    return clouds, (shadow > 0.5) & ~clouds
+    return clouds, (shadow > 0.5) & ~clouds, (cloud == 0) & (shadow == 0)
 
 
 # SCL codes the sample writes (ESA's Scene Classification: 0 nodata, 3 cloud shadow, 4 vegetation,

@@ -60,9 +60,9 @@ def test_mask_recall_on_the_sample(tmp_path, level, source):
     bandset = discover(write_sample_tile(tmp_path, size=800, seed=3, level=level))
     with mask_.ChunkMasker(bandset, source) as masker:
         hidden = mask_.hidden(masker.read((0, 800), (0, 800)))
-    clouds, shadows = cloud_truth_window(800, 3)
+    clouds, shadows, clear = cloud_truth_window(800, 3)
     assert hidden[clouds].mean() >= 0.95
-    assert hidden[~clouds & ~shadows].mean() <= 0.05
+    assert hidden[clear].mean() <= 0.05
     if source == "scl":
         assert hidden[shadows].mean() >= 0.80
 
@@ -75,13 +75,17 @@ def test_spectral_test_flags_snow_and_not_water():
     assert codes.tolist() == [[mask_.SNOW, mask_.CLOUD, mask_.CLEAR, MASK_NODATA]]
 
 
-def test_auto_picks_scl_then_spectral(tile, tmp_path):
+def test_auto_picks_scl_then_the_cloud_model_then_spectral(tile, tmp_path, monkeypatch):
     assert mask_.resolve_mode("auto", discover(tile))[0] == "scl"
     l1c = discover(write_sample_tile(tmp_path, size=60, level="L1C"))
+    assert mask_.resolve_mode("auto", l1c, "my-cloud-model")[0] == "model"
+    monkeypatch.setattr(mask_, "available_cards", lambda: {"s2-cloud-l1c": None})
+    assert mask_.resolve_mode("auto", l1c)[0] == "model"
+    monkeypatch.setattr(mask_, "available_cards", lambda: {})  # ukis-csmask not installed
     assert mask_.resolve_mode("auto", l1c)[0] == "spectral"
     with pytest.raises(InputError, match=r"tile .*L1C.* has no scene classification layer"):
         mask_.resolve_mode("scl", l1c)
-    with pytest.raises(ConfigError, match=r"mask must be one of auto, scl, spectral, none, got 'sky'"):
+    with pytest.raises(ConfigError, match=r"mask must be one of auto, scl, model, spectral, none, got 'sky'"):
         EngineConfig(mask="sky")
 
 
@@ -154,11 +158,11 @@ def test_chunk_size_invariance(tile, masked, tmp_path):
 def test_spectral_mask_on_l1c_through_the_engine(tmp_path):
     tile = write_sample_tile(tmp_path, size=SIZE, seed=3, level="L1C")
     messages: list[str] = []
-    result = segment(tile, tmp_path / "out", model=PatchModel(), config=EngineConfig(chunk_size=CHUNK, mask="auto"),
-                     log=messages.append)
+    result = segment(tile, tmp_path / "out", model=PatchModel(),
+                     config=EngineConfig(chunk_size=CHUNK, mask="spectral"), log=messages.append)
     assert result.mask["source"] == "spectral"
     assert any("spectral test" in m for m in messages)
-    clouds, _ = cloud_truth_window(SIZE, 3)
+    clouds = cloud_truth_window(SIZE, 3)[0]
     codes = read(result.products["mask"])
     assert (codes[clouds] == mask_.CLOUD).mean() >= 0.95
 
