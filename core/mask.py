@@ -14,9 +14,12 @@ Sources, chosen by :func:`resolve_mode` from ``EngineConfig.mask`` (:data:`.conf
 - ``auto``: ``scl`` when the tile has an SCL, else ``model`` when the cloud model of the tile's
   level is installed, else ``spectral`` when the tile has its bands, else no mask.
 
-The mask is computed on the chunk's output window only (every source is per pixel: no halo), in
-the reader thread, and travels with the chunk's pixels to the writer, which writes it and sets the
-land-cover products to nodata under :data:`HIDDEN` classes (unless ``keep_masked``).
+``scl`` and ``spectral`` are per pixel: the reader thread computes them on the chunk's output
+window only (:class:`ChunkMasker`). ``model`` reads the cloud model's own input region in the
+reader thread (a second read of the bands it shares with the land-cover model, from GDAL's block
+cache when it holds them) and infers in the inference thread, after the land cover. The codes
+travel with the chunk to the writer, which writes them and sets the land-cover products to nodata
+under :data:`HIDDEN` classes (unless ``keep_masked``).
 """
 from __future__ import annotations
 
@@ -25,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
-
 import torch
+from rasterio.errors import RasterioIOError
 
 from .chunkwriter import STRIP_ROWS
 from .config import MASK_MODES

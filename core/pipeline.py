@@ -153,9 +153,10 @@ def segment(
                              asynchronous=_asynchronous(loaded.device), mask=None if aoi is None else aoi.mask)
         if mask_card is not None:  # the cloud model beside the land-cover one, on the same chunks
             cloud = mask_model or load_model(mask_card, device, log=log)
-            stages.model_mask = mask_.ModelMask(
-                cloud, bandset, grid, config.batch_size or EngineConfig.default_batch_size(device.type, mask_card.patch_size),
-                asynchronous=_asynchronous(cloud.device), check=stages.runner.check, log=log)
+            cloud_batch = config.batch_size or EngineConfig.default_batch_size(device.type, mask_card.patch_size)
+            stages.model_mask = mask_.ModelMask(cloud, bandset, grid, cloud_batch,
+                                                asynchronous=_asynchronous(cloud.device), check=stages.runner.check,
+                                                log=log)
         out_row0, out_col0, out_height, out_width = grid.output_window
         writer = resume.open_writer(
             lambda reopen: ProductWriter(output_dir, bandset.name, width=out_width, height=out_height,
@@ -405,9 +406,11 @@ class ChunkStages:
             chunk, pixels = item
             t0 = time.perf_counter()
             inferred = self.inferer.infer(chunk, pixels)
-            if pixels.mask_input is not None:
-                pixels.mask = self.model_mask.codes(chunk.index, pixels.mask_input)
             self.busy["inference"] += time.perf_counter() - t0
+            if pixels.mask_input is not None:  # the cloud model, after the land cover (one device, one queue)
+                t0 = time.perf_counter()
+                pixels.mask = self.model_mask.codes(chunk.index, pixels.mask_input)
+                self.busy["mask model"] = self.busy.get("mask model", 0.0) + time.perf_counter() - t0
             valid, codes = pixels.output_valid, pixels.mask
             # The chunk's band values are done with: hold no reference to them (nor, below, to what
             # was passed on) while waiting for the queues, or every stage holds one chunk more.
