@@ -203,3 +203,18 @@ def test_cli_options_set_the_engine_config():
     assert engine_config(parser.parse_args([])).mask == EngineConfig().mask
     with pytest.raises(SystemExit):
         parser.parse_args(["--mask", "sky"])
+
+
+def test_preview_legend_gets_the_masked_share(tmp_path):
+    from PIL import Image
+
+    from s2seg.core.preview import PreviewBuilder
+    builder = PreviewBuilder(64, 64, 64)
+    builder.add(np.zeros((64, 64), np.uint8), 0, 0)
+    builder.save(tmp_path / "plain.png", ["forest"], ["#00a000"], [1.0])
+    builder.save(tmp_path / "masked.png", ["forest"], ["#00a000"], [1.0], 0.25)
+    plain, masked = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "masked.png")
+    assert masked.size[1] == plain.size[1] and masked.size[0] > plain.size[0]  # a longer legend line: wider
+    # the second entry's swatch (below forest's) is filled with the nodata colour, black
+    assert np.asarray(masked.convert("RGB"))[25, 75].tolist() == [0, 0, 0]
+    assert np.asarray(plain.convert("RGB"))[25, 75].tolist() == [255, 255, 255]

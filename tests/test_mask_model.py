@@ -1,9 +1,14 @@
 """``--mask model``: a cloud model in the same pass as the land-cover model (two models in one run):
-chunk-size invariance, resume after a cancel, cancel, threads, the journal key, the real cloud
-U-Nets on the issue's sample and on a crop smaller than their patch."""
+chunk-size invariance, resume after a cancel and after kill -9, cancel, threads, the journal key,
+the real cloud U-Nets on the issue's sample and on a crop smaller than their patch."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -173,3 +178,62 @@ def test_real_cloud_model_on_a_crop_smaller_than_its_patch(tmp_path):
     assert result.mask["source"] == "model"
     hidden = mask_.hidden(read(result.products["mask"]))
     assert hidden[cloud_truth_window(SIZE, 3)[0]].mean() >= 0.90
+
+
+# ------------------------------------------------------------------ kill -9 of the real command line
+class BrightCloudNet(torch.nn.Module):
+    """TorchScript twin of :class:`BrightCloudModel` (loadable by path, for the command line)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = x[:, 0:3].mean(1)
+        return torch.stack([torch.zeros_like(bright), 60 * (bright - 0.2), torch.full_like(bright, -10.0)], 1)
+
+
+class MeanClassifier(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3))) * 20
+
+
+def save_torchscript(module: torch.nn.Module, card: ModelCard, path) -> str:
+    torch.jit.script(module.eval()).save(str(path))
+    values = card.to_dict()
+    values.update(format="torchscript", activation="softmax")
+    del values["path"]  # the file beside the card
+    path.with_suffix(".card.json").write_text(json.dumps(values))
+    return str(path)
+
+
+def test_kill_9_mid_tile_then_resume_gives_identical_products(tile, tmp_path):
+    from s2seg.core.cli import main
+
+    torch.manual_seed(1)
+    land = save_torchscript(MeanClassifier(), LandCover().card, tmp_path / "land.pt")
+    cloud = save_torchscript(BrightCloudNet(), BrightCloudModel().card, tmp_path / "cloud.pt")
+    config = EngineConfig(chunk_size=CHUNK, mask="model", mask_model=cloud, device="cpu")
+    expected = segment(tile, tmp_path / "reference", model=land, config=config)
+    args = ["segment", str(tile), str(tmp_path / "out"), "--model", land, "--chunk-size", str(CHUNK), "--device", "cpu",
+            "--mask", "model", "--mask-model", cloud, "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "s2seg.core.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    journal = journal_path(tmp_path / "out", expected.tile_name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # freeze it once two chunks are journaled, then kill it
+        assert proc.poll() is None, proc.stderr.read()
+        if journal.exists() and len([ln for ln in journal.read_bytes().split(b"\n")[1:] if ln.strip()]) >= 2:
+            proc.send_signal(signal.SIGSTOP)
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    journaled = len(read_journal(journal).done)
+    assert 2 <= journaled < 9 and not list((tmp_path / "out").glob("*_mask.tif"))
+    assert main(args) == 0
+    for key in ("mask", "class", "maxprob"):
+        assert np.array_equal(read(tmp_path / "out" / expected.products[key].name), read(expected.products[key]),
+                              equal_nan=True), key
+    report = json.loads((tmp_path / "out" / expected.report.name).read_text())
+    assert report["resumed_chunks"] == journaled and report["mask"] == expected.mask
