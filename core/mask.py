@@ -39,7 +39,7 @@ from .grid import GridPlan, plan, plan_window, reflect_indices
 from .inferer import ChunkInferer
 from .models import available_cards
 from .models.base import SegmentationModel
-from .reader import ChunkPixels, ChunkReader, read_nearest
+from .reader import ChunkPixels, ChunkReader, input_cache_bytes, read_nearest
 from .scl import (CIRRUS, CLEAR, CLOUD, HIDDEN, MASK_CLASSES, MASK_COLOURS, MASK_NODATA,  # noqa: F401 (re-exported)
                   SCL_CODES, SHADOW, SNOW)
 from .sentinel2 import BandSet
@@ -172,6 +172,24 @@ class ChunkMasker:
 MODEL_TO_MASK = np.array([CLEAR, CLOUD, SHADOW], dtype=np.uint8)
 
 
+def mask_grid(grid: GridPlan, card) -> GridPlan:
+    """The chunks of the land-cover ``grid`` (same chunk size, corner and area of interest) over the
+    global patches of the cloud model ``card``. Raises ConfigError when the chunk size is not a
+    multiple of the cloud model's chunk unit."""
+    if grid.window is None:
+        return plan(grid.height, grid.width, card.patch_size, grid.chunk_size, card.pixel_factor)
+    return plan_window(grid.height, grid.width, card.patch_size, grid.chunk_size, grid.window, card.pixel_factor)
+
+
+def input_bytes(bandset: BandSet, card, grid: GridPlan) -> int:
+    """GDAL block cache that the cloud model's reads of ``grid``'s chunks need (see
+    :func:`.reader.input_cache_bytes`): added to the run's, so that its second read of the bands it
+    shares with the land-cover model is served from the cache, not decoded again."""
+    rows = max(c.input_rows[1] - c.input_rows[0] for c in grid.chunks)
+    cols = max(c.input_cols[1] - c.input_cols[0] for c in grid.chunks)
+    return input_cache_bytes(bandset, card.bands, card.name, rows, cols)
+
+
 class ModelMask:
     """A cloud / cloud-shadow model run as the mask beside the land-cover model, in the same pass.
 
@@ -190,11 +208,7 @@ class ModelMask:
                              f"{len(MODEL_TO_MASK)}: clear, cloud and cloud shadow")
         bandset.require(card.bands, card.name)
         self.model, self.card, self.bandset = model, card, bandset
-        if grid.window is None:
-            self.grid = plan(grid.height, grid.width, card.patch_size, grid.chunk_size, card.pixel_factor)
-        else:
-            self.grid = plan_window(grid.height, grid.width, card.patch_size, grid.chunk_size, grid.window,
-                                    card.pixel_factor)
+        self.grid = mask_grid(grid, card)
         self.inferer = ChunkInferer(model, Normaliser(card, bandset, model.device), batch_size,
                                     asynchronous=asynchronous, check=check, log=log)
 

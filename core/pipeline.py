@@ -130,6 +130,8 @@ def segment(
             f"{', pixels outside its polygons nodata' if aoi.mask is not None else ''})")
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)
+    if mask_card is not None:  # the cloud model's reads too (its chunks checked here, before any output)
+        cache += mask_.input_bytes(bandset, mask_card, mask_.mask_grid(grid, mask_card))
     paths = product_paths(output_dir, bandset.name, config.write_probs, selection.rasters)
     derived = [vector_path(output_dir, bandset.name)] * selection.vector + [stac_path(output_dir, bandset.name)]
     preview_path = output_dir / preview_name(bandset.name)
