@@ -37,7 +37,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
 from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
-from ..core.products import DEFAULT_PRODUCTS, RASTER_PRODUCTS  # plain Python too
+from ..core.products import DEFAULT_PRODUCTS, MASK, RASTER_PRODUCTS  # plain Python too
 from ..s2seg_plugin import ICON_PATH
 from ..s2seg_plugin.dependencies import missing_dependencies_message
 
@@ -234,7 +234,9 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         """PRODUCTS (a checkbox per raster product), VECTOR ("Also write polygons"), MMU (advanced) and COG.
         All optional: graphical models saved before they existed still run, with the engine's defaults."""
         products = QgsProcessingParameterEnum(self.PRODUCTS, self.tr("Raster products to write (the land cover "
-                                              "is always written)"), options=list(RASTER_PRODUCTS),
+                                              "is always written)"),
+                                              # the mask follows its own parameter (segment_tile's CLOUD_MASK)
+                                              options=[p for p in RASTER_PRODUCTS if p != MASK],
                                               allowMultiple=True, defaultValue=list(DEFAULT_PRODUCTS), optional=True)
         products.setUsesStaticStrings(True)
         self.addParameter(products)

@@ -19,6 +19,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: error when there is nothing to resume (CLI ``--resume``); ``never``: discard any partial
 #: state and start over (CLI ``--no-resume``). ``True``/``False`` mean ``auto``/``never``.
 RESUME_MODES = ("auto", "require", "never")
+#: Cloud/shadow/snow mask sources (:mod:`.mask`): ``auto`` = the scene classification when the tile
+#: has one, else the cloud model of its level when installed, else the spectral test; ``none`` = no mask.
+MASK_MODES = ("auto", "scl", "model", "spectral", "none")
 
 
 def usable_cores() -> int:
@@ -79,6 +82,13 @@ class EngineConfig:
     mmu: float = 0.5
     #: write every raster product as a cloud-optimised GeoTIFF (:mod:`.cog`)
     cog: bool = False
+    #: cloud/shadow/snow mask (:data:`MASK_MODES`, :mod:`.mask`): writes ``<tile>_mask.tif`` and sets the
+    #: land cover to nodata under clouds, shadows and snow
+    mask: str = "none"
+    #: keep the land cover under the mask (the mask is still written)
+    keep_masked: bool = False
+    #: the cloud model of mask ``model`` (a model name or path); None: s2-cloud-l1c/l2a after the tile's level
+    mask_model: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):
@@ -117,6 +127,10 @@ class EngineConfig:
             raise ConfigError(f"products must be a sequence of product names, got {self.products!r}")
         if isinstance(self.mmu, bool) or not isinstance(self.mmu, (int, float)) or not self.mmu >= 0:
             raise ConfigError(f"minimum mapping unit must be 0 or more hectares, got {self.mmu!r}")
+        if self.mask not in MASK_MODES:
+            raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {self.mask!r}")
+        if not isinstance(self.keep_masked, bool):
+            raise ConfigError(f"keep_masked must be True or False, got {self.keep_masked!r}")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)} (or True/False), got {self.resume!r}")
 

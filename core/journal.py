@@ -82,7 +82,8 @@ def _public(signature: list[Any]) -> list[Any]:
 
 
 def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
-               products: Sequence[str] | None = None, aoi: dict[str, Any] | None = None) -> dict[str, Any]:
+               products: Sequence[str] | None = None, aoi: dict[str, Any] | None = None,
+               mask: str = "none", keep_masked: bool = False, mask_card=None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -109,6 +110,14 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
         fields["tile"]["stored"] = stored
     if aoi is not None:  # only then: a whole-tile run's key is the same as before areas of interest existed
         fields["aoi"] = aoi
+    if mask != "none":  # likewise: an unmasked run's key is the same as before masks existed
+        inputs = ([bandset.layers["SCL"].path] if mask == "scl" else [])
+        fields["mask"] = {"source": mask, "keep_masked": keep_masked,
+                          "inputs": [_public(file_signature(p, bandset.source)) for p in inputs]}
+        if mask_card is not None:  # the cloud model and its weights, like the land-cover model's
+            fields["mask"]["model"] = {"card": _resolved_card(mask_card), "weights": weights_signature(mask_card.path)}
+            fields["mask"]["bands"] = {b: _public(file_signature(bandset.files[b].path, bandset.source))
+                                       for b in mask_card.bands}
     return fields
 
 

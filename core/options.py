@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config import DEVICES, EngineConfig
+from .config import DEVICES, MASK_MODES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
 from .models.zoo import ModelNotAvailable
@@ -116,6 +116,18 @@ MMU = Option(("--mmu",), dict(type=float, default=_DEFAULTS.mmu, metavar="HA",
                                    f"largest neighbour (default {_DEFAULTS.mmu}; 0 = none)"), "mmu")
 COG = Option(("--cog",), dict(action="store_true", default=_DEFAULTS.cog,
                               help="write every raster as a cloud-optimised GeoTIFF"), "cog")
+MASK = Option(("--mask",), dict(choices=MASK_MODES, default=_DEFAULTS.mask,
+                                help="mask clouds, shadows and snow (<tile>_mask.tif; the land cover is nodata "
+                                     "under them): scl = the L2A scene classification, spectral = a reflectance "
+                                     "test (clouds and snow only), auto = scl when the tile has it, else spectral"),
+              "mask")
+MASK_MODEL = Option(("--mask-model",), dict(default=_DEFAULTS.mask_model, metavar="NAME|PATH",
+                                            help="the cloud model of --mask model (clear, cloud, cloud shadow), run "
+                                                 "in the same pass (default: s2-cloud-l1c/s2-cloud-l2a after the "
+                                                 "tile's level)"), "mask_model")
+KEEP_MASKED = Option(("--keep-masked",), dict(action="store_true", default=_DEFAULTS.keep_masked,
+                                              help="keep the land cover under clouds, shadows and snow "
+                                                   "(the mask is still written)"), "keep_masked")
 QUIET = Option(("--quiet",), dict(action="store_true", help="no progress bar"))
 #: Pins a downloadable model (``s2seg models``) to a branch, tag or commit of its Hub repository;
 #: the same as ``--model NAME@REVISION``.
@@ -125,7 +137,8 @@ REVISION = Option(("--revision",), dict(metavar="REV", action=ModelSpecAction,
 
 #: The engine options of ``segment`` and ``batch``, in ``--help`` order.
 ENGINE_OPTIONS: tuple[Option | Exclusive, ...] = (MODEL, REVISION, CHUNK_SIZE, BATCH_SIZE, DEVICE, HALF, PROBS, PRODUCTS,
-                                                  VECTOR, MMU, COG, OVERWRITE, RESUME, AOI, BANDS, SCALE, OFFSET)
+                                                  VECTOR, MMU, COG, OVERWRITE, RESUME, AOI, BANDS, SCALE, OFFSET,
+                                                  MASK, MASK_MODEL, KEEP_MASKED)
 #: Front-end options of both subcommands.
 FRONT_END_OPTIONS: tuple[Option | Exclusive, ...] = (QUIET,)
 

@@ -27,6 +27,7 @@ discards it).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from . import aoi as aoi_
+from . import mask as mask_
 from .chunkwriter import STRIP_ROWS, ChunkWriter
 from .config import EngineConfig
 from .errors import Cancelled, OutputError, S2SegError
@@ -75,11 +77,13 @@ def segment(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     log: LogCallback | None = None,
+    mask_model: SegmentationModel | None = None,
 ) -> SegmentResult:
     """Segment one Sentinel-2 tile into ``output_dir``; see DESIGN §2–§7.
 
     ``model`` is a model name, card file, model folder/file, a :class:`ModelCard`,
-    or an already loaded :class:`SegmentationModel` (then its device is used).
+    or an already loaded :class:`SegmentationModel` (then its device is used). ``mask_model``: an
+    already loaded cloud model for mask ``model`` (else ``config.mask_model`` or the level's is loaded).
     Raises :class:`S2SegError` subclasses naming the bad file or parameter, and
     :class:`Cancelled` when ``cancel`` is set; no finished-looking output is left
     behind in either case. Any other exception is a bug: it propagates as itself,
@@ -94,6 +98,11 @@ def segment(
     bandset = discover_input(tile, config.bands, config.scale, config.offset)
     for note in bandset.notes:
         log(note)
+    mask_source, mask_note = mask_.resolve_mode(config.mask, bandset,
+                                                mask_model.card.name if mask_model is not None else config.mask_model)
+    if mask_source != config.mask:  # auto resolved: the selection, journal key and report say which source
+        config, selection = effective_config(config.with_(mask=mask_source))
+    log(mask_note)
     preloaded = model if isinstance(model, SegmentationModel) else None
     card = preloaded.card if preloaded is not None else resolve_card(model)
     bandset.require(card.bands, card.name)
@@ -104,6 +113,14 @@ def segment(
         log(f"warning: half precision (--half) runs on CUDA only; ignored on {device.type}, running in float32")
     aoi = aoi_.resolve(config.aoi, bandset.width, bandset.height, bandset.transform, bandset.crs) if config.aoi else None
     chunk_size = _chunk_size(config, card, bandset, device, log)
+    mask_card = None
+    if mask_source == "model":
+        mask_card = mask_model.card if mask_model is not None else resolve_card(
+            config.mask_model or mask_.cloud_model_name(bandset.level))
+        bandset.require(mask_card.bands, mask_card.name)
+        if not config.chunk_size:  # automatic: on both models' patch grids (a user's size is checked by plan)
+            unit = math.lcm(chunk_unit(card.footprint), chunk_unit(mask_card.footprint), 16)
+            chunk_size = max(unit, chunk_size // unit * unit)
     window = None if aoi is None else (aoi.window.row0, aoi.window.col0, aoi.window.height, aoi.window.width)
     if card.receptive_field:
         grid = plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, card.footprint, window)
@@ -117,6 +134,8 @@ def segment(
             f"{', pixels outside its polygons nodata' if aoi.mask is not None else ''})")
     batch_size = config.batch_size or EngineConfig.default_batch_size(device.type, card.patch_size)
     cache = _cache_budget(bandset, card, grid, config.write_probs)
+    if mask_card is not None:  # the cloud model's reads too (its chunks checked here, before any output)
+        cache += mask_.input_bytes(bandset, mask_card, mask_.mask_grid(grid, mask_card))
     paths = product_paths(output_dir, bandset.name, config.write_probs, selection.rasters)
     derived = [vector_path(output_dir, bandset.name)] * selection.vector + [stac_path(output_dir, bandset.name)]
     preview_path = output_dir / preview_name(bandset.name)
@@ -131,12 +150,19 @@ def segment(
             f"{math.lcm(chunk_unit(card.footprint), 16)} px avoids this")
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
                         compress=config.compress, block=block, products=selection.rasters,
-                        aoi=None if aoi is None else aoi.fields())
+                        aoi=None if aoi is None else aoi.fields(), mask=config.mask, keep_masked=config.keep_masked,
+                        mask_card=mask_card)
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
         resume.check_outputs([*paths.values(), preview_path, report_path, *derived], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file
         stages = ChunkStages(bandset, loaded, grid, config, batch_size, cancel, progress, log,
                              asynchronous=_asynchronous(loaded.device), mask=None if aoi is None else aoi.mask)
+        if mask_card is not None:  # the cloud model beside the land-cover one, on the same chunks
+            cloud = mask_model or load_model(mask_card, device, log=log)
+            cloud_batch = config.batch_size or EngineConfig.default_batch_size(device.type, mask_card.patch_size)
+            stages.model_mask = mask_.ModelMask(cloud, bandset, grid, cloud_batch,
+                                                asynchronous=_asynchronous(cloud.device), check=stages.runner.check,
+                                                log=log)
         out_row0, out_col0, out_height, out_width = grid.output_window
         writer = resume.open_writer(
             lambda reopen: ProductWriter(output_dir, bandset.name, width=out_width, height=out_height,
@@ -183,9 +209,13 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
     stats = sum_chunk_stats(stages.chunk_stats, card.num_classes)
     pixel_area = abs(bandset.transform.a * bandset.transform.e)
     per_class = class_stats(card, stats, pixel_area)
+    mask = None
+    if "mask" in products:  # counted from the file: a resumed run counts like an uninterrupted one
+        mask = mask_.summarise(products["mask"], config.mask, config.keep_masked)
     check()
     try:
-        stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class])
+        stages.preview.save(preview_path, card.class_names, card.class_colours, [s.share for s in per_class],
+                            None if mask is None or mask.kept else mask.masked_share)  # the masked share
     except OSError as exc:
         raise _os_output_error(preview_path, exc) from None
     seconds = time.perf_counter() - started
@@ -194,7 +224,7 @@ def _finish(stages: "ChunkStages", writer: ProductWriter, cancel: threading.Even
         report=report_path, device=str(device), model_name=card.name, card=card, chunk_size=stages.grid.chunk_size,
         n_chunks=len(stages.grid.chunks), seconds=seconds, timings={**stages.busy, **finishing, "total": seconds},
         valid_pixels=int(stats["count"].sum()), pixel_area_m2=pixel_area, class_stats=per_class, resumed_chunks=resumed,
-        batch_size_final=stages.inferer.batch_size, outputs=outputs,
+        batch_size_final=stages.inferer.batch_size, outputs=outputs, mask=None if mask is None else mask.to_dict(),
     )
     check()
     t0 = time.perf_counter()
@@ -289,6 +319,8 @@ class ChunkStages:
         self.log = log or (lambda message: None)
         self.runner = StageRunner(cancel)
         self.busy = {"read": 0.0, "inference": 0.0, "write": 0.0, "flush": 0.0, "sync": 0.0}
+        #: the cloud model run as the mask (mask source ``model``), set by :func:`segment`
+        self.model_mask: mask_.ModelMask | None = None
         self._progress = progress
         self._progress_lock = threading.Lock()
         device = model.device
@@ -356,12 +388,20 @@ class ChunkStages:
 
     # --- stages -----------------------------------------------------------------------
     def _read_stage(self, todo: list[Chunk], out_q: queue.Queue) -> None:
+        per_pixel = self.config.mask in ("scl", "spectral")
+        model_mask = self.model_mask
         with ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, self.config.read_threads,
-                         self.card.pixel_factor) as reader:
+                         self.card.pixel_factor) as reader, \
+                (mask_.ChunkMasker(self.bandset, self.config.mask) if per_pixel else contextlib.nullcontext()) as masker, \
+                (model_mask.reader(self.config.read_threads) if model_mask else contextlib.nullcontext()) as mask_reader:
             for chunk in todo:  # journaled chunks are not even read
                 self.runner.check()
                 t0 = time.perf_counter()
                 pixels = reader.read(chunk.input_rows, chunk.input_cols)
+                if masker is not None:  # per pixel: the output window only
+                    pixels.mask = masker.read((chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
+                if mask_reader is not None:  # the cloud model's bands, halo and resolution
+                    pixels.mask_input = model_mask.read(mask_reader, chunk.index)
                 self.busy["read"] += time.perf_counter() - t0
                 self.runner.put(out_q, (chunk, pixels))
                 del pixels  # see _infer_stage
@@ -373,12 +413,16 @@ class ChunkStages:
             t0 = time.perf_counter()
             inferred = self.inferer.infer(chunk, pixels)
             self.busy["inference"] += time.perf_counter() - t0
-            valid = pixels.output_valid
+            if pixels.mask_input is not None:  # the cloud model, after the land cover (one device, one queue)
+                t0 = time.perf_counter()
+                pixels.mask = self.model_mask.codes(chunk.index, pixels.mask_input)
+                self.busy["mask model"] = self.busy.get("mask model", 0.0) + time.perf_counter() - t0
+            valid, codes = pixels.output_valid, pixels.mask
             # The chunk's band values are done with: hold no reference to them (nor, below, to what
             # was passed on) while waiting for the queues, or every stage holds one chunk more.
             del item, pixels
-            self.runner.put(out_q, (chunk, valid, inferred))
-            del inferred, valid
+            self.runner.put(out_q, (chunk, valid, inferred, codes))
+            del inferred, valid, codes
         self.runner.put(out_q, END)
 
     def _batch_done(self, chunk: Chunk, done: int, count: int, batches: int, expected: int) -> None:
@@ -398,7 +442,7 @@ class ChunkStages:
         n_chunks = len(self.grid.chunks)
         pending: list[tuple[int, np.ndarray]] = []  # written, not yet journaled
         while (item := self.runner.get(in_q)) is not END:
-            chunk, valid_region, inferred = item
+            chunk, valid_region, inferred, codes = item
             t0 = time.perf_counter()
             # The input region starts (1 + margin) strides above/left of the output window.
             top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
@@ -406,6 +450,11 @@ class ChunkStages:
             if self.mask is not None:  # outside the AOI polygons: written as nodata, computed all the same
                 oy, ox = self.grid.output_window[:2]
                 valid = valid & self.mask[chunk.row0 - oy: chunk.row1 - oy, chunk.col0 - ox: chunk.col1 - ox]
+            if codes is not None:  # the cloud/shadow/snow mask: written, and the land cover hidden under it
+                codes = np.where(valid, codes, np.uint8(mask_.MASK_NODATA))
+                writer.write("mask", codes, chunk.row0, chunk.col0)
+                if not self.config.keep_masked:
+                    valid = valid & ~mask_.hidden(codes)
             pending.append((chunk.index, self.chunk_writer.write(chunk, valid, inferred)))
             if chunk.index in self.journal_points:
                 # In the files first (synced and journaled by the journal thread): a journaled chunk is
@@ -416,7 +465,7 @@ class ChunkStages:
                 sync_q.put(pending)
                 pending = []
                 self.busy["flush"] += time.perf_counter() - t1
-            del item, inferred, valid_region, valid  # see _infer_stage
+            del item, inferred, valid_region, valid, codes  # see _infer_stage
             # Once per chunk (the writer finishes it last): trimming in every stage measured no lower.
             release_freed_memory()  # the chunk's buffers, freed on the heap, go back to the OS (memory.py)
             self.busy["write"] += time.perf_counter() - t0

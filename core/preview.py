@@ -14,6 +14,8 @@ from .nomenclature import format_share, hex_to_rgb
 from .uncertainty import CLASS_NODATA
 
 NODATA_RGB = (0, 0, 0)
+#: Legend entry of the pixels hidden by the cloud/shadow/snow mask.
+MASKED_LABEL = "masked (cloud, shadow, snow)"
 #: Characters per legend line: longer class names wrap onto further lines instead of being cut.
 LEGEND_LINE_CHARS = 40
 #: ``<tile>_preview.png``: the tile's name keeps previews of several tiles in one folder apart.
@@ -42,8 +44,11 @@ class PreviewBuilder:
         r, c = (row0 + first_row) // step, (col0 + first_col) // step
         self.classes[r: r + sample.shape[0], c: c + sample.shape[1]] = sample
 
-    def save(self, path: Path, class_names: Sequence[str], class_colours: Sequence[str], shares: Sequence[float]) -> None:
-        """Write the PNG: the map on the left, a legend of the classes present (with shares) on the right."""
+    def save(self, path: Path, class_names: Sequence[str], class_colours: Sequence[str], shares: Sequence[float],
+             masked_share: float | None = None) -> None:
+        """Write the PNG: the map on the left, a legend of the classes present (with shares of the
+        visible pixels) on the right; ``masked_share``: a last entry for the pixels hidden by the
+        cloud/shadow/snow mask (shown in the nodata colour)."""
         palette = np.zeros((256, 3), dtype=np.uint8)
         palette[:] = NODATA_RGB
         for i, colour in enumerate(class_colours):
@@ -53,6 +58,10 @@ class PreviewBuilder:
         font = ImageFont.load_default()
         line_h, swatch, pad = 12, 10, 6
         entries = [textwrap.wrap(f"{class_names[i]} {format_share(shares[i])}", LEGEND_LINE_CHARS) for i in present]
+        if masked_share is not None:
+            present.append(CLASS_NODATA)  # palette entry: the nodata colour
+            entries.append(textwrap.wrap(f"{MASKED_LABEL} {format_share(masked_share)} of the tile",
+                                         LEGEND_LINE_CHARS))
         legend_w = max([font.getlength(line) for lines in entries for line in lines] + [80]) + swatch + 3 * pad
         legend_h = sum(len(lines) * line_h + 2 for lines in entries) + 2 * pad
         height = max(rgb.shape[0], legend_h)

@@ -17,10 +17,12 @@ from .config import EngineConfig
 from .errors import ConfigError
 
 #: Every raster product, in file order (the one table: selection, paths and writer specs follow it).
-RASTER_PRODUCTS = ("class", "maxprob", "entropy", "gap", "probs")
+RASTER_PRODUCTS = ("class", "maxprob", "entropy", "gap", "probs", "mask")
 #: Written when no selection is given (``probs`` only on request).
 DEFAULT_PRODUCTS = ("class", "maxprob", "entropy", "gap")
 VECTOR = "vector"
+#: The cloud/shadow/snow mask (:mod:`.mask`): written whenever the run masks (``EngineConfig.mask``).
+MASK = "mask"
 #: Products made from the finished rasters (not written chunk by chunk).
 DERIVED_PRODUCTS = (VECTOR,)
 
@@ -58,7 +60,9 @@ def select(config: EngineConfig) -> Selection:
     if "class" not in requested:
         raise ConfigError(f"products must include class (the preview, statistics, polygons and resume are built "
                           f"from it), got {', '.join(requested)}")
-    wanted = set(requested) | ({"probs"} if config.write_probs else set())
+    if MASK in requested and config.mask == "none":
+        raise ConfigError("product mask needs a cloud/shadow/snow mask source: choose a mask other than none")
+    wanted = set(requested) | ({"probs"} if config.write_probs else set()) | ({MASK} if config.mask != "none" else set())
     return Selection(rasters=tuple(key for key in RASTER_PRODUCTS if key in wanted),
                      vector=config.vector or VECTOR in wanted)
 

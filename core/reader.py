@@ -43,6 +43,10 @@ class ChunkPixels:
     data: np.ndarray
     valid: np.ndarray
     output_valid: np.ndarray | None = None
+    #: the cloud / shadow / snow mask codes of the chunk's output window (:mod:`.mask`), when masking
+    mask: np.ndarray | None = None
+    #: the cloud model's inputs of the same chunk (mask source ``model``), turned into ``mask`` by inference
+    mask_input: "ChunkPixels | None" = None
 
     def __post_init__(self) -> None:
         if self.output_valid is None:
@@ -155,6 +159,17 @@ class ChunkReader:
                        zero[rows.index0][:, cols.index1] | zero[rows.index1][:, cols.index1])
             valid &= ~touched
         return values, valid
+
+
+def read_nearest(dataset, transform, width: int, height: int, ys: np.ndarray, xs: np.ndarray,
+                 index: int = 1) -> np.ndarray:
+    """The stored values of band ``index`` of an open ``dataset`` (grid ``transform``, ``width`` ×
+    ``height``) nearest to the map coordinates ``ys`` × ``xs``, as stored: no conversion, so
+    categorical layers keep their codes. Raises RasterioIOError as GDAL reports it."""
+    rows = _sampling((ys - transform.f) / transform.e, height)
+    cols = _sampling((xs - transform.c) / transform.a, width)
+    block = dataset.read(index, window=Window(cols.lo, rows.lo, cols.hi - cols.lo, rows.hi - rows.lo))
+    return block[np.ix_(rows.index, cols.index)]
 
 
 def input_cache_bytes(bandset: BandSet, band_ids: Sequence[str], model_name: str, rows: int, cols: int) -> int:

@@ -58,6 +58,10 @@ class SegmentResult:
     #: outputs made from the finished rasters: ``vector`` (GeoPackage), ``stac`` (item), style files
     #: (``"<product>.qml"``/``".sld"``)
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: the cloud/shadow/snow mask (:meth:`.mask.MaskSummary.to_dict`: source, masked share, pixels per
+    #: mask class); None when the run did not mask. ``valid_pixels`` and the class statistics count
+    #: the visible pixels only (unless the land cover was kept under the mask)
+    mask: dict | None = None
 
 
 def report_name(tile_name: str) -> str:
@@ -106,6 +110,7 @@ def write_report(result: SegmentResult, bandset: BandSet, config: EngineConfig, 
         "resumed_chunks": result.resumed_chunks,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "valid_pixels": result.valid_pixels,
+        "mask": result.mask,
         "classes": [asdict(s) for s in result.class_stats if s.pixels],
         "products": {k: str(v) for k, v in result.products.items()} | {"preview": str(result.preview)},
         "outputs": {k: str(v) for k, v in result.outputs.items()},

@@ -212,11 +212,16 @@ class _Scene:
         gain = np.where((cls_map == CROPS) | (cls_map == BARE), np.float32(0.85) + np.float32(0.3) * parcel,
                         np.float32(1))
         del parcel
+        cloud, shadow = self.cloud(ys, xs)
+        gain *= (1 - np.float32(0.6) * shadow) * (1 - cloud)
+        return cls_map, gain, cloud
+
+    def cloud(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cloud opacity and the shadow it casts (both 0…1) at pixel centres ys × xs."""
         cloud = np.clip((self.field(self.CLOUD, ys, xs) - self.cloud_min) / self.cloud_span, 0, 1)
         shadow = np.clip((self.field(self.CLOUD, ys + self.SHADOW[0], xs + self.SHADOW[1]) - self.cloud_min)
                          / self.cloud_span, 0, 1)
-        gain *= (1 - np.float32(0.6) * shadow) * (1 - cloud)
-        return cls_map, gain, cloud
+        return cloud, shadow
 
     def nodata(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """The swath-edge triangle cutting the lower-left corner."""
@@ -238,6 +243,64 @@ def truth_window(size: int, seed: int = 0, row_off: int = 0, height: int | None 
     if nodata_corner:
         cls_map[scene.nodata(ys, xs)] = NODATA_CLASS
     return cls_map
+
+
+def cloud_truth_window(size: int, seed: int = 0, row_off: int = 0, height: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a cloud mask of a sample tile is scored against, for 10 m rows ``row_off … row_off+height``:
+    rendered clouds (more than half opaque), rendered cloud shadows (darkened by more than 30 %, not
+    under such a cloud) and clear pixels (no cloud and no shadow rendered at all), as boolean arrays.
+    Pixels under a faint cloud edge or shadow edge are none of the three: not scored."""
+    height = size - row_off if height is None else height
+    scene = _Scene.make(size, seed)
+    cloud, shadow = scene.cloud(np.arange(row_off, row_off + height) + 0.5, np.arange(size) + 0.5)
+    clouds = cloud > 0.5
+    return clouds, (shadow > 0.5) & ~clouds, (cloud == 0) & (shadow == 0)
+
+
+# SCL codes the sample writes (ESA's Scene Classification: 0 nodata, 3 cloud shadow, 4 vegetation,
+# 5 not vegetated, 6 water, 8/9 cloud medium/high probability, 10 thin cirrus; no snow is rendered).
+_SCL_OF_CLASS = np.array([6, 4, 4, 5, 5, 9], dtype=np.uint8)  # CLASSES order
+# Opacity / shadow strength above which the SCL flags a pixel. Below the truth's 0.5 on purpose:
+# a 20 m SCL pixel covers four 10 m pixels, and Sen2Cor dilates its cloud mask the same way.
+_SCL_CLOUD, _SCL_CLOUD_HIGH, _SCL_CIRRUS, _SCL_SHADOW = 0.3, 0.6, 0.1, 0.3
+
+
+def _block_scl(scene: _Scene, window: Window, nodata_corner: bool) -> list[np.ndarray]:
+    """SCL, MSK_CLDPRB and MSK_SNWPRB (uint8) of one window of the 20 m grid."""
+    rows = np.arange(window.row_off, window.row_off + window.height)
+    cols = np.arange(window.col_off, window.col_off + window.width)
+    ys, xs = (rows + 0.5) * 2, (cols + 0.5) * 2  # 20 m pixel centres in 10 m units
+    cls_map = scene.render(ys, xs)[0]
+    cloud, shadow = scene.cloud(ys, xs)
+    scl = _SCL_OF_CLASS[cls_map]
+    scl[(shadow > _SCL_SHADOW) & (cloud <= _SCL_CIRRUS)] = 3
+    scl[(cloud > _SCL_CIRRUS) & (cloud <= _SCL_CLOUD)] = 10
+    scl[cloud > _SCL_CLOUD] = 8
+    scl[cloud > _SCL_CLOUD_HIGH] = 9
+    cldprb = np.rint(cloud * 100).astype(np.uint8)
+    snwprb = np.zeros_like(cldprb)
+    if nodata_corner:
+        mask = scene.nodata(ys, xs)
+        for layer in (scl, cldprb, snwprb):
+            layer[mask] = 0
+    return [scl, cldprb, snwprb]
+
+
+def _write_scl(scene: _Scene, paths: list[Path], nodata_corner: bool, compressed: bool) -> None:
+    """The L2A scene classification and cloud / snow probabilities at 20 m, block row by block row."""
+    width = math.ceil(scene.size / 2)
+    profile = {**_gtiff_profile(width, 20, compressed), "dtype": "uint8"}
+    profile.pop("predictor", None)  # class codes: no predictor
+    files = [rasterio.open(p, "w", **profile) for p in paths]
+    try:
+        for r in range(0, width, BLOCK):
+            window = Window(0, r, width, min(BLOCK, width - r))
+            for f, layer in zip(files, _block_scl(scene, window, nodata_corner)):
+                f.write(layer, 1, window=window)
+    finally:
+        for f in files:
+            f.close()
 
 
 def _block_dn(scene: _Scene, bands: list[Band], window: Window, scale: int, level: str,
@@ -310,6 +373,14 @@ class _Names:
         if self.level == "L2A":
             return f"{img}/R{band.resolution}m/{stem}_{band.resolution}m"
         return f"{img}/{stem}"
+
+    def layers(self) -> list[str]:
+        """Paths (no extension) of the L2A scene classification and cloud / snow probability masks."""
+        if self.layout == "flat":
+            return [f"{TILE_ID}_{SENSING}_SCL_20m", "MSK_CLDPRB_20m", "MSK_SNWPRB_20m"]
+        granule = f"GRANULE/{self.granule}"
+        return [f"{granule}/IMG_DATA/R20m/{TILE_ID}_{SENSING}_SCL_20m", f"{granule}/QI_DATA/MSK_CLDPRB_20m",
+                f"{granule}/QI_DATA/MSK_SNWPRB_20m"]
 
 
 def _product_xml(names: _Names, bands: list[Band], cloud_pct: float) -> str:
@@ -478,6 +549,9 @@ def write_sample_tile(out_dir: str | Path, *, size: int = 10980, seed: int = 0, 
     ("zip") or the flat band folder ("flat"). `size` is the 10 m width/height;
     20 m and 60 m grids are ceil(size/2) and ceil(size/6) wide with the same
     upper-left corner. Pixels depend only on (size, seed, level, position).
+    An L2A tile also holds the scene classification ``SCL_20m`` (in ``IMG_DATA/R20m``) and the
+    cloud / snow probabilities ``MSK_CLDPRB_20m`` / ``MSK_SNWPRB_20m`` (in ``QI_DATA``), agreeing
+    with the clouds and shadows rendered (see :func:`cloud_truth_window`).
     `fmt` "gtiff" writes ZSTD-compressed tiled GeoTIFF (``.tif``), "jp2"
     lossless JPEG2000 (``.jp2``). `progress(fraction, message)` is called per block written.
 
@@ -522,6 +596,17 @@ def write_sample_tile(out_dir: str | Path, *, size: int = 10980, seed: int = 0, 
                     report(share + (0.98 - share) * done / total, f"encoding {p.name}")
                     rasterio.shutil.copy(tmp, p, driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100",
                                          BLOCKXSIZE=1024, BLOCKYSIZE=1024)
+                    tmp.unlink()
+        if level == "L2A":
+            report(share, "scene classification")
+            paths = [root / f"{p}.{ext}" for p in names.layers()]
+            raw = [p.with_suffix(".raw.tif") if fmt == "jp2" else p for p in paths]
+            for p in paths:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            _write_scl(scene, raw, nodata_corner, fmt == "gtiff")
+            if fmt == "jp2":
+                for tmp, p in zip(raw, paths):
+                    rasterio.shutil.copy(tmp, p, driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100")
                     tmp.unlink()
         (root / names.mtd).write_text(_product_xml(names, bands, scene.cloud_pct()), encoding="utf-8")
         if layout != "flat":

@@ -27,6 +27,10 @@ from rasterio.errors import RasterioIOError
 from .bands import BAND_BY_ID, TILE_SIZE_PX, Band, normalise_band_id
 from .errors import InputError, ModelError
 
+#: The L2A scene classification and cloud / snow probabilities, read as categorical layers of the tile
+#: (never offset or scaled, always sampled by nearest): SCL in IMG_DATA/R20m, the masks in QI_DATA.
+LAYER_IDS = ("SCL", "MSK_CLDPRB", "MSK_SNWPRB")
+_LAYER_FILE = re.compile(r"(?:^|[_\-.])(SCL|MSK_CLDPRB|MSK_SNWPRB)_(20|60)m\.(?:jp2|tiff?)$", re.IGNORECASE)
 _BAND_FILE = re.compile(r"(?:^|[_\-.])(B(?:0?[1-9]|1[0-2]|8A))(?:_(?:10|20|60)m)?\.(?:jp2|tiff?)$", re.IGNORECASE)
 _SKIP_FILE = re.compile(r"(^MSK_|_TCI|_PVI|preview|QUICKLOOK)", re.IGNORECASE)
 _TILE_STEM = re.compile(r"(T\d{2}[A-Z]{3}_\d{8}T\d{6})")
@@ -82,6 +86,21 @@ class BandFile:
 
 
 @dataclass(frozen=True)
+class LayerFile:
+    """A categorical layer of an L2A product (:data:`LAYER_IDS`): class codes or percentages, uint8."""
+
+    id: str  # "SCL", "MSK_CLDPRB" or "MSK_SNWPRB"
+    path: str  # a path GDAL opens, possibly /vsizip/…
+    width: int
+    height: int
+    transform: Affine
+    crs: CRS
+
+    resolution = BandFile.resolution
+    bounds = BandFile.bounds
+
+
+@dataclass(frozen=True)
 class BandSet:
     """The bands of one tile, on a common 10 m reference grid."""
 
@@ -97,6 +116,8 @@ class BandSet:
     metadata_path: str | None = None
     #: what discovery learnt that the run's log should say (a stack's band identification and scale)
     notes: tuple[str, ...] = ()
+    #: the product's categorical layers by id (:data:`LAYER_IDS`, finest resolution kept); empty for L1C
+    layers: dict[str, LayerFile] = field(default_factory=dict)
 
     @property
     def reference(self) -> BandFile:
@@ -164,9 +185,9 @@ def discover(path: str | Path) -> BandSet:
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise InputError(f"tile {source} is a file but not a zip archive; give a .SAFE folder, its .zip or a folder of band files")
-        candidates, metadata_in = _list_zip(source)
+        candidates, metadata_in, layer_candidates = _list_zip(source)
     else:
-        candidates, metadata_in = _list_folder(source)
+        candidates, metadata_in, layer_candidates = _list_folder(source)
     if not candidates:
         if source.is_dir() and not any(source.iterdir()):
             raise InputError(f"tile folder {source} is empty; give a .SAFE folder, its .zip or a folder of band files")
@@ -190,7 +211,8 @@ def discover(path: str | Path) -> BandSet:
             raise InputError(f"band {candidate.band_id} found twice at {band_file.resolution:g} m: {previous.path} and {band_file.path}")
     if not any(f.band.resolution == 10 for f in files.values()):
         raise InputError(f"tile {source} has no 10 m band (B02, B03, B04 or B08); the output grid is defined by them")
-    members = [c.member for c in kept.values() if c.member is not None]
+    layers, layer_members = _pick_layers(layer_candidates, {c.home for c in kept.values()})
+    members = [c.member for c in kept.values() if c.member is not None] + layer_members
     if members:
         _verify_members(source, members)
 
@@ -205,6 +227,7 @@ def discover(path: str | Path) -> BandSet:
         baseline=baseline,
         offsets=offsets,
         metadata_path=metadata[0] if metadata else None,
+        layers=layers,
     )
     _check_grids(bandset)
     return bandset
@@ -239,7 +262,7 @@ def _metadata_home(folder: PurePath) -> PurePath:
     folder of the granule structure (``GRANULE/<granule>/IMG_DATA[/R10m]``), else ``folder`` itself,
     so that a metadata file outside the product is never used."""
     inner = folder.parent if _RESOLUTION_FOLDER.match(folder.name) else folder
-    if inner.name.upper() == "IMG_DATA" and inner.parent.parent.name.upper() == "GRANULE":
+    if inner.name.upper() in ("IMG_DATA", "QI_DATA") and inner.parent.parent.name.upper() == "GRANULE":
         return inner.parent.parent.parent
     return folder
 
@@ -278,11 +301,14 @@ def _list_zip(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
             infos = [i for i in archive.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"cannot read zip archive {source}: {exc}") from None
-    candidates, metadata = [], {}
+    candidates, metadata, layers = [], {}, []
     for info in infos:
         member = PurePosixPath(info.filename)
         if _METADATA_NAME.match(member.name):
             metadata.setdefault(member.parent, []).append(info)
+        if layer := _LAYER_FILE.search(member.name):
+            layers.append(_Candidate(layer.group(1).upper(), f"/vsizip/{source.resolve()}/{info.filename}",
+                                     _metadata_home(member.parent), info))
         band_id = _band_id_of(member.name)
         if band_id and "QI_DATA" not in member.parts:
             candidates.append(_Candidate(band_id, f"/vsizip/{source.resolve()}/{info.filename}",
@@ -300,14 +326,17 @@ def _list_zip(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # zipfile checks the CRC at the end
             raise InputError(f"cannot read product metadata {label}: {exc}") from None
 
-    return candidates, read
+    return candidates, read, layers
 
 
-def _list_folder(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
-    candidates = []
+def _list_folder(source: Path) -> tuple[list[_Candidate], _MetadataReader, list[_Candidate]]:
+    candidates, layers = [], []
     for file in sorted(source.rglob("*")):
         if not file.is_file():
             continue
+        if layer := _LAYER_FILE.search(file.name):
+            layers.append(_Candidate(layer.group(1).upper(), str(file),
+                                     _metadata_home(Path(os.path.abspath(file)).parent)))
         band_id = _band_id_of(file.name)
         if band_id and "QI_DATA" not in file.parts:
             # abspath, not resolve: a band symlinked from elsewhere still belongs to this folder
@@ -328,7 +357,34 @@ def _list_folder(source: Path) -> tuple[list[_Candidate], _MetadataReader]:
         except OSError as exc:
             raise InputError(f"cannot read product metadata {path}: {exc}") from None
 
-    return candidates, read
+    return candidates, read, layers
+
+
+def _pick_layers(candidates: list[_Candidate], homes: set[PurePath]) -> tuple[dict[str, LayerFile], list[zipfile.ZipInfo]]:
+    """The layers that belong to the same product as the bands (same metadata home), the finest
+    resolution of each, and their zip members (to be checked like the bands')."""
+    layers: dict[str, LayerFile] = {}
+    members: dict[str, zipfile.ZipInfo] = {}
+    for candidate in candidates:
+        if candidate.home not in homes:
+            continue  # beside another product's bands
+        _check_utf8(candidate.path, "layer file path")
+        try:
+            with rasterio.open(candidate.path) as ds:
+                if ds.crs is None:
+                    raise InputError(f"layer file {candidate.path} has no coordinate reference system")
+                if ds.dtypes[0] != "uint8":
+                    raise InputError(f"layer {candidate.band_id} ({candidate.path}) has data type {ds.dtypes[0]}; "
+                                     "expected uint8 class codes")
+                layer = LayerFile(candidate.band_id, candidate.path, ds.width, ds.height, ds.transform, ds.crs)
+        except RasterioIOError as exc:
+            raise InputError(f"cannot open layer file {candidate.path}: {exc}") from None
+        previous = layers.get(layer.id)
+        if previous is None or layer.resolution < previous.resolution:
+            layers[layer.id] = layer
+            if candidate.member is not None:
+                members[layer.id] = candidate.member
+    return layers, list(members.values())
 
 
 def _only_one(found: list[_T], names: list[str], where: str) -> _T:
@@ -461,15 +517,16 @@ def _check_grids(bandset: BandSet) -> None:
     """Every band must share the CRS and cover the reference footprint (to within one native pixel)."""
     ref = bandset.reference
     ref_bounds = ref.bounds
-    for band_file in bandset.files.values():
+    for band_file in [*bandset.files.values(), *bandset.layers.values()]:
+        label = f"layer {band_file.id}" if isinstance(band_file, LayerFile) else f"band {band_file.band.id}"
         if band_file.crs != ref.crs:
-            raise InputError(f"band {band_file.band.id} ({band_file.path}) is in {band_file.crs}, but {ref.band.id} ({ref.path}) is in {ref.crs}")
+            raise InputError(f"{label} ({band_file.path}) is in {band_file.crs}, but {ref.band.id} ({ref.path}) is in {ref.crs}")
         if abs(band_file.transform.b) > 1e-9 or abs(band_file.transform.d) > 1e-9:
             raise InputError(f"band file {band_file.path} is rotated; only north-up grids are supported")
         tolerance = band_file.resolution + 1e-6
         if any(abs(a - b) > tolerance for a, b in zip(band_file.bounds, ref_bounds)):
             raise InputError(
-                f"band {band_file.band.id} ({band_file.path}) covers {_fmt(band_file.bounds)}, "
+                f"{label} ({band_file.path}) covers {_fmt(band_file.bounds)}, "
                 f"which does not match {ref.band.id} ({ref.path}) covering {_fmt(ref_bounds)}"
             )
 

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 from .atomic import write_atomic
 from .nomenclature import hex_to_rgb
+from .scl import MASK_CLASSES, MASK_COLOURS
 
 #: ColorBrewer RdYlGn (5 classes): red = doubt, green = confidence.
 RED_TO_GREEN: tuple[str, ...] = ("#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641")
@@ -86,7 +87,9 @@ def raster_qml(product: str, names: Sequence[str], colours: Sequence[str]) -> st
     root = _qml_root()
     pipe = ET.SubElement(root, "pipe")
     ramp = product_ramp(product, len(names))
-    if product == "class":
+    if product == "mask":  # the mask's own classes, whatever the model
+        names, colours = MASK_CLASSES, MASK_COLOURS
+    if product in ("class", "mask"):
         renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1",
                                  nodataColor="")
         palette = ET.SubElement(renderer, "colorPalette")
@@ -137,7 +140,9 @@ def raster_sld(product: str, layer_name: str, names: Sequence[str], colours: Seq
     """SLD of a raster product: a value colour map for the class raster, a ramp for confidence (None
     for a product without a style)."""
     ramp = product_ramp(product, len(names))
-    if product == "class":
+    if product == "mask":  # the mask's own classes, whatever the model
+        names, colours = MASK_CLASSES, MASK_COLOURS
+    if product in ("class", "mask"):
         entries = [(str(i), colour, name) for i, (name, colour) in enumerate(zip(names, colours))]
         kind = "values"
     elif ramp is not None:

@@ -31,6 +31,7 @@ import numpy as np
 from .atomic import exclusive_file, fsync_folder
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
+from .scl import MASK_CLASSES, MASK_COLOURS, MASK_NODATA
 from .products import DEFAULT_PRODUCTS, RASTER_PRODUCTS
 from .uncertainty import CLASS_NODATA
 
@@ -153,6 +154,7 @@ class ProductWriter:
         self._datasets: dict[str, Any] = {}
         specs = [ProductSpec("class", 1, "uint8", CLASS_NODATA)] + [ProductSpec(k, 1, "float32", math.nan) for k in FLOAT_PRODUCTS]
         specs.append(ProductSpec("probs", len(self.class_names), "float32", math.nan))
+        specs.append(ProductSpec("mask", 1, "uint8", MASK_NODATA))
         specs = [spec for spec in specs if spec.key in self.paths]  # the selected products only
         self.specs = {spec.key: spec for spec in specs}
         try:
@@ -177,7 +179,7 @@ class ProductWriter:
         for stale in (path, Path(str(path) + ".aux.xml")):  # of another run; a link is removed, never written through
             stale.unlink(missing_ok=True)
         dtype = gdal.GDT_Byte if spec.dtype == "uint8" else gdal.GDT_Float32
-        options = _gdal_creation_options(spec.dtype, compress, spec.key == "class", block)
+        options = _gdal_creation_options(spec.dtype, compress, spec.key in ("class", "mask"), block)
         driver = gdal.GetDriverByName("GTiff")
         ds = _checked(path, lambda: driver.Create(str(path), self.width, self.height, spec.count, dtype, options))
         if ds is None:
@@ -197,6 +199,13 @@ class ProductWriter:
                     band.SetRasterColorTable(table)
                     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
                     band.SetDescription("class")
+                elif spec.key == "mask":  # codes of mask.MASK_CLASSES: a palette of their own
+                    table = gdal.ColorTable()
+                    for index, colour in enumerate(MASK_COLOURS):
+                        table.SetColorEntry(index, (*hex_to_rgb(colour), 255))
+                    band.SetRasterColorTable(table)
+                    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+                    band.SetDescription("mask")
                 elif spec.key == "probs":
                     band.SetDescription(self.class_names[i - 1])
                 else:
@@ -372,6 +381,9 @@ class ProductWriter:
         if key == "class":
             names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
             _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
+        elif key == "mask":
+            names = list(MASK_CLASSES) + [""] * (MASK_NODATA - len(MASK_CLASSES)) + ["nodata"]
+            _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
 
     def _fill_overviews(self, key: str, n_levels: int, check: Callable[[], None] = lambda: None) -> None:
         """Fill the ``n_levels`` empty overview levels of ``key`` from its full-resolution pixels on disk."""
@@ -380,7 +392,7 @@ class ProductWriter:
         ds = self._datasets[key]
         path = self._partial(key)
         levels = [[ds.GetRasterBand(b).GetOverview(i) for b in range(1, ds.RasterCount + 1)] for i in range(n_levels)]
-        pyramid = _OverviewPyramid(levels, ds.RasterXSize, ds.RasterYSize, nearest=key == "class")
+        pyramid = _OverviewPyramid(levels, ds.RasterXSize, ds.RasterYSize, nearest=key in ("class", "mask"))
         source = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)  # no NUM_THREADS: see _finish
         if source is None:
             raise OutputError(f"cannot read back {path}")

@@ -116,6 +116,13 @@ def build_html_report(result: Any, report_dir: Path) -> str:
         (tr("Valid pixels"), f"{result.valid_pixels:,} ({valid_km2:,.2f} km²)"),
         (tr("Total time"), f"{result.seconds:.1f} s"),
     ]
+    mask = getattr(result, "mask", None)
+    if mask:  # the shares of the classes above are of the visible pixels only
+        shown = ", ".join(f"{name} {format_share(share)}" for name, share in mask["shares"].items() if share)
+        run_rows.insert(-1, (tr("Masked (cloud, shadow, snow)"),
+                             tr("{} of the pixels with data, from {} ({}){}").format(
+                                 format_share(mask["masked_share"]), mask["source"], shown,
+                                 tr("; land cover kept under the mask") if mask["kept_under_mask"] else "")))
     run_table = "".join(f'<tr><td class="name">{_e(k)}</td><td>{_e(v)}</td></tr>' for k, v in run_rows)
 
     absent_note = (

@@ -45,18 +45,19 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor
 
+from ..core.scl import CLEAR, MASK_CLASSES, MASK_COLOURS
 from ..core.styles import CONFIDENT, UNCERTAIN, Ramp, max_entropy, product_ramp
 
 #: Order of the products in the layer tree group, top first. The confidence layers lie *above* the
 #: opaque class map, unchecked: ticking one shows it at once over the land cover, unticking brings the
 #: land cover back (below it, a ticked layer would stay hidden under the class map).
-PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "vector", "class")
+PRODUCT_ORDER: tuple[str, ...] = ("maxprob", "gap", "entropy", "probs", "vector", "mask", "class")
 #: Layer-tree custom property that remembers a node's product, to keep the group ordered.
 RANK_PROPERTY = "s2seg/product"
 #: Group custom property identifying the run that created it: a second run of the same tile gets its own group.
 RUN_PROPERTY = "s2seg/run"
 #: Products shown when loaded; the confidence layers start unchecked so the map shows land cover.
-VISIBLE_PRODUCTS = frozenset({"class"})
+VISIBLE_PRODUCTS = frozenset({"class", "mask"})  # the mask draws its clear pixels transparent
 
 
 
@@ -94,6 +95,7 @@ def product_layer_names() -> dict[str, str]:
         "gap": tr("Gap top-1 − top-2"),
         "entropy": tr("Entropy (bits)"),
         "probs": tr("Class probabilities"),
+        "mask": tr("Clouds, shadows and snow"),
     }
 
 
@@ -104,6 +106,14 @@ def class_renderer(provider: QgsRasterDataProvider, legend: Legend) -> QgsPalett
         QgsPalettedRasterRenderer.Class(index, QColor(colour), name)
         for index, (name, colour) in enumerate(zip(legend.names, legend.colours))
     ]
+    return QgsPalettedRasterRenderer(provider, 1, items)
+
+
+def mask_renderer(provider: QgsRasterDataProvider) -> QgsPalettedRasterRenderer:
+    """The cloud/shadow/snow mask: its classes in their colours, clear left out (transparent) so the
+    layer lies over the land cover and shows only what hides it."""
+    items = [QgsPalettedRasterRenderer.Class(code, QColor(colour), tr(name))
+             for code, (name, colour) in enumerate(zip(MASK_CLASSES, MASK_COLOURS)) if code != CLEAR]
     return QgsPalettedRasterRenderer(provider, 1, items)
 
 
@@ -159,6 +169,8 @@ def product_renderer(product: str, provider: QgsRasterDataProvider, legend: Lege
     """The renderer of one product (``None`` for an unknown product: keep QGIS's default)."""
     if product == "class":
         return class_renderer(provider, legend)
+    if product == "mask":
+        return mask_renderer(provider)
     ramp = product_ramp(product, legend.num_classes)
     if ramp is not None:  # the end labels translated
         labels = {UNCERTAIN: tr("(uncertain)"), CONFIDENT: tr("(confident)")}

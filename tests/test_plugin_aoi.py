@@ -24,13 +24,13 @@ def classes(results) -> tuple[np.ndarray, rasterio.Affine]:
 @pytest.fixture(scope="module")
 def whole(s2seg_registered, small_tile: Path, tmp_path_factory) -> tuple[np.ndarray, rasterio.Affine]:
     out = tmp_path_factory.mktemp("whole")
-    return classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "DEVICE": "cpu", "OUTPUT_FOLDER": str(out)}))
+    return classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "DEVICE": "cpu", "CLOUD_MASK": "none", "OUTPUT_FOLDER": str(out)}))
 
 
 def test_an_extent_with_its_crs_gives_the_crop_of_the_whole_tile_run(s2seg_registered, small_tile, whole, tmp_path):
     # QGIS's extent string: xmin,xmax,ymin,ymax [CRS]
     extent = f"{LEFT + 405},{LEFT + 1195},{TOP - 1500},{TOP - 610} [EPSG:32632]"
-    part, transform = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "EXTENT": extent, "DEVICE": "cpu",
+    part, transform = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "EXTENT": extent, "DEVICE": "cpu", "CLOUD_MASK": "none",
                                                       "OUTPUT_FOLDER": str(tmp_path)}))
     assert part.shape == (89, 80)  # rows 61–149 (y 610 and 1500 m are pixel edges), cols 40–119 (snapped outward)
     assert transform == whole[1] * rasterio.Affine.translation(40, 61)
@@ -48,7 +48,7 @@ def _triangle_layer() -> QgsVectorLayer:
 
 def test_a_polygon_layer_in_memory_masks_the_pixels_outside_it(s2seg_registered, small_tile, whole, tmp_path):
     part, transform = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "MASK": _triangle_layer(),
-                                                      "DEVICE": "cpu", "OUTPUT_FOLDER": str(tmp_path)}))
+                                                      "DEVICE": "cpu", "CLOUD_MASK": "none", "OUTPUT_FOLDER": str(tmp_path)}))
     assert part.shape == (170, 170) and transform == whole[1] * rasterio.Affine.translation(30, 30)
     rows, cols = np.mgrid[0:170, 0:170]
     inside = rows + cols < 169  # pixel centres below the hypotenuse (those on it, r + c = 169, go either way)
@@ -65,7 +65,7 @@ def test_a_polygon_file_layer_is_read_from_its_source(s2seg_registered, small_ti
     QgsVectorFileWriter.writeAsVectorFormatV3(_triangle_layer(), str(path), QgsCoordinateTransformContext(), options)
     layer = QgsVectorLayer(f"{path}|layername=parcels", "parcels", "ogr")
     assert layer.isValid()
-    part, _ = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "MASK": layer, "DEVICE": "cpu",
+    part, _ = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), "MASK": layer, "DEVICE": "cpu", "CLOUD_MASK": "none",
                                               "OUTPUT_FOLDER": str(tmp_path / "out")}))
     assert part.shape == (170, 170) and (part[169, 169] == 255) and part[0, 0] != 255
 

@@ -181,10 +181,11 @@ def test_results_load_styled_and_grouped_from_a_background_task(s2seg_provider, 
     assert entry.name == f"Segmentation report: {groups[0].name()}"  # the Results Viewer names the tile
     nodes = [c for c in groups[0].children() if isinstance(c, QgsLayerTreeLayer)]
     # Confidence layers above the opaque class map and unchecked: ticking one shows it over the land cover.
+    # The cloud mask (default auto: the L2A sample has an SCL) lies just above it, shown (clear is transparent).
     assert [n.name() for n in nodes] == ["Max probability", "Gap top-1 − top-2", "Entropy (bits)",
-                                         "Land cover (builtin)"]
-    assert [n.itemVisibilityChecked() for n in nodes] == [False, False, False, True]
-    maxprob, gap, entropy, land_cover = (n.layer() for n in nodes)
+                                         "Clouds, shadows and snow", "Land cover (builtin)"]
+    assert [n.itemVisibilityChecked() for n in nodes] == [False, False, False, True, True]
+    maxprob, gap, entropy, mask, land_cover = (n.layer() for n in nodes)
     drawn = [layer.id() for layer in root.layerOrder()]  # top first
     assert drawn.index(land_cover.id()) > max(drawn.index(x.id()) for x in (maxprob, gap, entropy))
     assert land_cover.renderer().type() == "paletted"
@@ -193,7 +194,8 @@ def test_results_load_styled_and_grouped_from_a_background_task(s2seg_provider, 
         assert layer.renderer().type() == "singlebandpseudocolor"
         assert (layer.renderer().classificationMin(), layer.renderer().classificationMax()) == \
             pytest.approx((0.0, maximum))
-    assert len(QgsProject.instance().mapLayers()) == 4
+    assert mask.renderer().type() == "paletted" and drawn.index(mask.id()) < drawn.index(land_cover.id())
+    assert len(QgsProject.instance().mapLayers()) == 5
 
 
 def test_cancel_stops_and_leaves_no_finished_file(s2seg_provider, small_tile, tmp_path):

@@ -79,6 +79,39 @@ def test_l2a_safe_layout(tiles):
         f"{STEM}_{b}_60m.tif" for b in ("B01", "B09")]
 
 
+def test_l2a_scene_classification_layout(tiles):
+    """SCL in IMG_DATA/R20m and the probability masks in QI_DATA, uint8 on the 20 m grid; none in L1C."""
+    granule = tiles["l2a"] / L2A_GRANULE
+    paths = [granule / "R20m" / f"{STEM}_SCL_20m.tif", granule.parent / "QI_DATA" / "MSK_CLDPRB_20m.tif",
+             granule.parent / "QI_DATA" / "MSK_SNWPRB_20m.tif"]
+    for path in paths:
+        with rasterio.open(path) as ds:
+            assert (ds.dtypes[0], ds.shape, ds.transform.a) == ("uint8", (125, 125), 20), path.name
+    assert not list(tiles["l1c"].rglob("*SCL*")) and not list(tiles["l1c"].rglob("MSK_*"))
+
+
+def test_scl_agrees_with_rendered_clouds_and_shadows(tmp_path):
+    """On the issue's sample (seed 3, 800²) the SCL, upsampled by nearest, flags ≥ 95 % of rendered
+    clouds and ≥ 80 % of rendered shadows, and ≤ 5 % of clear pixels (also counting the faint edges
+    of clouds and shadows as clear); the cloud probability is high under clouds; a nodata corner is SCL 0."""
+    tile = write_sample_tile(tmp_path, size=800, seed=3, nodata_corner=True)
+    granule = tile / L2A_GRANULE
+    scl = read(granule / "R20m" / f"{STEM}_SCL_20m.tif").repeat(2, 0).repeat(2, 1)
+    prob = read(granule.parent / "QI_DATA" / "MSK_CLDPRB_20m.tif").repeat(2, 0).repeat(2, 1)
+    clouds, shadows, clear = sample.cloud_truth_window(800, 3)
+    corner = truth_window(800, 3, nodata_corner=True) == sample.NODATA_CLASS
+    # 20 m pixels straddle the corner's diagonal edge: all but those agree
+    assert (scl[corner] == 0).mean() > 0.99 and (scl[~corner] != 0).mean() > 0.99
+    clouds, shadows = clouds & ~corner, shadows & ~corner
+    assert clouds.mean() > 0.03 and shadows.mean() > 0.03  # the scene does render both
+    flagged = np.isin(scl, (3, 8, 9))
+    assert flagged[clouds].mean() >= 0.95
+    assert (scl[shadows] == 3).mean() >= 0.80
+    assert flagged[~clouds & ~shadows & ~corner].mean() <= 0.05
+    assert flagged[clear & ~corner].mean() <= 0.01
+    assert np.median(prob[clouds]) > 50 > np.median(prob[~clouds & ~corner])
+
+
 def test_l1c_safe_layout(tiles):
     tile = tiles["l1c"]
     assert tile.name == L1C_SAFE
@@ -91,7 +124,8 @@ def test_flat_layout(tiles):
     tile = tiles["flat"]
     assert tile.name == STEM and tile.is_dir()
     assert sorted(p.name for p in tile.iterdir()) == sorted(
-        [f"{STEM}_{b.id}.tif" for b in L2A_BANDS] + ["MTD_MSIL2A.xml"])
+        [f"{STEM}_{b.id}.tif" for b in L2A_BANDS]
+        + ["MTD_MSIL2A.xml", f"{STEM}_SCL_20m.tif", "MSK_CLDPRB_20m.tif", "MSK_SNWPRB_20m.tif"])
 
 
 def test_zip_layout_readable_through_vsizip(tiles):
@@ -102,7 +136,7 @@ def test_zip_layout_readable_through_vsizip(tiles):
         infos = zf.infolist()
     assert all(i.filename.startswith(L2A_SAFE + "/") for i in infos)
     images = [i for i in infos if i.filename.endswith(".tif")]
-    assert len(images) == len(L2A_BANDS)
+    assert len(images) == len(L2A_BANDS) + 3  # + SCL, MSK_CLDPRB, MSK_SNWPRB
     assert all(i.compress_type == zipfile.ZIP_STORED for i in images)
     member = f"{L2A_SAFE}/{L2A_GRANULE}/R10m/{STEM}_B08_10m.tif"
     with rasterio.open(f"/vsizip/{tile}/{member}") as ds:
@@ -121,6 +155,8 @@ def test_jp2_is_lossless_jpeg2000(tiles):
             assert ds.transform.a == b.resolution
         assert np.array_equal(read(path), read(l2a_band_path(tiles["l2a"], b.id))), b.id
     assert not list(tile.rglob("*.tif")), "temporary GeoTIFFs removed"
+    scl = tile / L2A_GRANULE / "R20m" / f"{STEM}_SCL_20m.jp2"
+    assert np.array_equal(read(scl), read(tiles["l2a"] / L2A_GRANULE / "R20m" / f"{STEM}_SCL_20m.tif"))
 
 
 # ---------------------------------------------------------------- geometry and values

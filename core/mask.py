@@ -1,0 +1,279 @@
+"""Clouds, cloud shadows and snow: the mask of every run, chunk by chunk (``<tile>_mask.tif``).
+
+Sources, chosen by :func:`resolve_mode` from ``EngineConfig.mask`` (:data:`.config.MASK_MODES`):
+
+- ``scl``: the L2A Scene Classification Layer (``SCL_20m``), read as a categorical layer of the
+  tile (:attr:`.sentinel2.BandSet.layers`) by nearest onto the 10 m grid, codes translated by
+  :data:`SCL_TO_MASK`.
+- ``spectral``: a per-pixel reflectance test, for tiles without SCL (L1C) — see
+  :func:`spectral_mask`. It finds thick clouds and snow; it does not find shadows or thin cirrus.
+- ``model``: a cloud / cloud-shadow model (``s2-cloud-l1c``/``s2-cloud-l2a``, the ukis-csmask
+  U-Nets at 30 m, or ``EngineConfig.mask_model``) run in the same pass as the land-cover model
+  (:class:`ModelMask`): on its own global patch grid, with the same chunks, so that its output
+  for a pixel does not depend on the chunk size either.
+- ``auto``: ``scl`` when the tile has an SCL, else ``model`` when the cloud model of the tile's
+  level is installed, else ``spectral`` when the tile has its bands, else no mask.
+
+``scl`` and ``spectral`` are per pixel: the reader thread computes them on the chunk's output
+window only (:class:`ChunkMasker`). ``model`` reads the cloud model's own input region in the
+reader thread (a second read of the bands it shares with the land-cover model, from GDAL's block
+cache when it holds them) and infers in the inference thread, after the land cover. The codes
+travel with the chunk to the writer, which writes them and sets the land-cover products to nodata
+under :data:`HIDDEN` classes (unless ``keep_masked``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import RasterioIOError
+
+from .chunkwriter import STRIP_ROWS
+from .config import MASK_MODES
+from .errors import ConfigError, InputError, ModelError
+from .feed import Normaliser
+from .grid import GridPlan, plan, plan_window, reflect_indices
+from .inferer import ChunkInferer
+from .models import available_cards
+from .models.base import SegmentationModel
+from .reader import ChunkPixels, ChunkReader, input_cache_bytes, read_nearest
+from .scl import (CIRRUS, CLEAR, CLOUD, HIDDEN, MASK_CLASSES, MASK_COLOURS, MASK_NODATA,  # noqa: F401 (re-exported)
+                  SCL_CODES, SHADOW, SNOW)
+from .sentinel2 import BandSet
+from .urls import redact
+
+#: ESA Scene Classification (SCL) code → mask code (:data:`.scl.SCL_CODES`; other codes are clear).
+SCL_TO_MASK = np.full(256, CLEAR, dtype=np.uint8)
+SCL_TO_MASK[list(SCL_CODES)] = list(SCL_CODES.values())
+_HIDDEN_LUT = np.zeros(256, dtype=bool)
+_HIDDEN_LUT[list(HIDDEN)] = True
+
+#: Bands of the spectral test, and its thresholds (reflectance, TOA or BOA alike).
+SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11")
+#: cloud: bright and white in the visible (blue, green and red all above this) and not snow
+CLOUD_VISIBLE_MIN = 0.2
+#: snow: normalised difference snow index (green − SWIR) / (green + SWIR) above this, as in MODIS
+#: and Sen2Cor, with a bright NIR and green (water has a high NDSI too, but is dark)
+NDSI_SNOW_MIN = 0.4
+SNOW_NIR_MIN = 0.11
+SNOW_GREEN_MIN = 0.1
+SPECTRAL_NAME = "spectral cloud test"
+_QUANTIFICATION = 10000.0  # DN per unit reflectance (after the baseline offset), as in feed.Normaliser
+
+
+def cloud_model_name(level: str | None) -> str:
+    """The cloud model matching a product level (L2A when the level is unknown)."""
+    return "s2-cloud-l1c" if level == "L1C" else "s2-cloud-l2a"
+
+
+def resolve_mode(mode: str, bandset: BandSet, mask_model: str | None = None) -> tuple[str, str]:
+    """The concrete mask source (``scl``, ``model``, ``spectral`` or ``none``) for ``mode`` on
+    ``bandset``, and a sentence for the log. ``mask_model``: the model of ``model`` (default: the
+    cloud model of the tile's level). Raises :class:`ConfigError` for an unknown mode and
+    :class:`InputError` when the tile lacks what an explicit mode needs."""
+    if mode not in MASK_MODES:
+        raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    if mode == "model" or (mode == "auto" and "SCL" not in bandset.layers
+                           and (mask_model is not None or cloud_model_name(bandset.level) in available_cards())):
+        name = mask_model or cloud_model_name(bandset.level)
+        return "model", f"cloud/shadow mask from model {name!r}, in the same pass"
+    has_scl = "SCL" in bandset.layers
+    has_bands = all(b in bandset.files for b in SPECTRAL_BANDS)
+    if mode == "none":
+        return "none", "no cloud/shadow/snow mask"
+    if mode == "scl" or (mode == "auto" and has_scl):
+        if not has_scl:
+            raise InputError(f"tile {bandset.source} has no scene classification layer (SCL_20m of an L2A "
+                             f"product) to mask clouds, shadows and snow with")
+        return "scl", f"cloud/shadow/snow mask from the scene classification {redact(bandset.layers['SCL'].path)}"
+    if mode == "spectral" or has_bands:
+        bandset.require(SPECTRAL_BANDS, SPECTRAL_NAME)  # InputError naming the missing bands
+        return "spectral", ("cloud/snow mask from a spectral test (no scene classification in the tile; "
+                            "shadows and thin cirrus are not detected)")
+    return "none", (f"warning: no cloud/shadow/snow mask: the tile has neither a scene classification nor the "
+                    f"bands of the spectral test ({', '.join(SPECTRAL_BANDS)})")
+
+
+def hidden(codes: np.ndarray) -> np.ndarray:
+    """Where the land cover is set to nodata under mask ``codes``."""
+    return _HIDDEN_LUT[codes]
+
+
+def spectral_mask(reflectance: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mask codes from ``(5, rows, cols)`` reflectance of :data:`SPECTRAL_BANDS` (nodata: ``~valid``).
+
+    Snow where the NDSI is above :data:`NDSI_SNOW_MIN` with a bright NIR and green; cloud where
+    blue, green and red are all above :data:`CLOUD_VISIBLE_MIN` (white and bright) and it is not
+    snow. Bright white roofs and sand can be flagged as cloud; shadows are not detected.
+    """
+    blue, green, red, nir, swir = reflectance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ndsi = (green - swir) / (green + swir)
+    snow = (ndsi > NDSI_SNOW_MIN) & (nir > SNOW_NIR_MIN) & (green > SNOW_GREEN_MIN)
+    cloud = (blue > CLOUD_VISIBLE_MIN) & (green > CLOUD_VISIBLE_MIN) & (red > CLOUD_VISIBLE_MIN) & ~snow
+    codes = np.full(valid.shape, CLEAR, dtype=np.uint8)
+    codes[snow] = SNOW
+    codes[cloud] = CLOUD
+    codes[~valid] = MASK_NODATA
+    return codes
+
+
+class ChunkMasker:
+    """Mask codes of any 10 m window of ``bandset`` from ``source`` (``scl`` or ``spectral``).
+    Open it with ``with``; one instance per thread (it holds open datasets)."""
+
+    def __init__(self, bandset: BandSet, source: str):
+        if source not in ("scl", "spectral"):
+            raise ValueError(f"mask source must be scl or spectral, got {source!r}")
+        self.bandset, self.source = bandset, source
+        self._dataset = None
+        self._reader = ChunkReader(bandset, SPECTRAL_BANDS, SPECTRAL_NAME, threads=1) if source == "spectral" else None
+        if self._reader is not None:
+            self._offsets = np.array([bandset.offset(b) for b in SPECTRAL_BANDS], dtype=np.float32)[:, None, None]
+
+    def __enter__(self) -> "ChunkMasker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """uint8 mask codes of 10 m rows ``[rows[0], rows[1])`` × cols ``[cols[0], cols[1])``."""
+        if self._reader is not None:
+            pixels = self._reader.read(rows, cols)
+            reflectance = (pixels.data.astype(np.float32) + self._offsets) / np.float32(_QUANTIFICATION)
+            return spectral_mask(reflectance, pixels.valid)
+        return SCL_TO_MASK[self._read_scl(rows, cols)]
+
+    def _read_scl(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        layer, ref = self.bandset.layers["SCL"], self.bandset.reference
+        ys = ref.transform.f + (reflect_indices(rows[0], rows[1], ref.height) + 0.5) * ref.transform.e
+        xs = ref.transform.c + (reflect_indices(cols[0], cols[1], ref.width) + 0.5) * ref.transform.a
+        try:
+            if self._dataset is None:
+                self._dataset = rasterio.open(layer.path)
+            return read_nearest(self._dataset, layer.transform, layer.width, layer.height, ys, xs)
+        except RasterioIOError as exc:
+            raise InputError(f"cannot read the scene classification {redact(layer.path)} (rows {rows[0]}–{rows[1]}, "
+                             f"cols {cols[0]}–{cols[1]}): {redact(str(exc))}") from None
+
+
+#: Output class of a cloud model (ukis-csmask: background, cloud, cloud shadow) → mask code.
+MODEL_TO_MASK = np.array([CLEAR, CLOUD, SHADOW], dtype=np.uint8)
+
+
+def mask_grid(grid: GridPlan, card) -> GridPlan:
+    """The chunks of the land-cover ``grid`` (same chunk size, corner and area of interest) over the
+    global patches of the cloud model ``card``. Raises ConfigError when the chunk size is not a
+    multiple of the cloud model's chunk unit."""
+    if grid.window is None:
+        return plan(grid.height, grid.width, card.patch_size, grid.chunk_size, card.pixel_factor)
+    return plan_window(grid.height, grid.width, card.patch_size, grid.chunk_size, grid.window, card.pixel_factor)
+
+
+def input_bytes(bandset: BandSet, card, grid: GridPlan) -> int:
+    """GDAL block cache that the cloud model's reads of ``grid``'s chunks need (see
+    :func:`.reader.input_cache_bytes`): added to the run's, so that its second read of the bands it
+    shares with the land-cover model is served from the cache, not decoded again."""
+    rows = max(c.input_rows[1] - c.input_rows[0] for c in grid.chunks)
+    cols = max(c.input_cols[1] - c.input_cols[0] for c in grid.chunks)
+    return input_cache_bytes(bandset, card.bands, card.name, rows, cols)
+
+
+class ModelMask:
+    """A cloud / cloud-shadow model run as the mask beside the land-cover model, in the same pass.
+
+    It has its own :class:`.grid.GridPlan` — the land-cover ``grid``'s chunks (same chunk size,
+    same corner, same area of interest) over the cloud model's own global patches, at its own
+    resolution — so a mask pixel is what a whole-tile run gives it, whatever the chunk size.
+    The reader thread reads a chunk's inputs with :meth:`reader` / :meth:`read`, the inference
+    thread turns them into mask codes with :meth:`codes`; nothing here starts a thread.
+    """
+
+    def __init__(self, model: SegmentationModel, bandset: BandSet, grid: GridPlan, batch_size: int, *,
+                 asynchronous: bool, check=None, log=None):
+        card = model.card
+        if card.num_classes != len(MODEL_TO_MASK):
+            raise ModelError(f"mask model {card.name!r} has {card.num_classes} classes; a cloud mask model gives "
+                             f"{len(MODEL_TO_MASK)}: clear, cloud and cloud shadow")
+        bandset.require(card.bands, card.name)
+        self.model, self.card, self.bandset = model, card, bandset
+        self.grid = mask_grid(grid, card)
+        self.inferer = ChunkInferer(model, Normaliser(card, bandset, model.device), batch_size,
+                                    asynchronous=asynchronous, check=check, log=log)
+
+    def reader(self, threads: int) -> ChunkReader:
+        """A reader of the cloud model's bands onto its grid (close it, or use it with ``with``)."""
+        return ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, threads,
+                           self.card.pixel_factor)
+
+    def read(self, reader: ChunkReader, index: int) -> ChunkPixels:
+        """Chunk ``index``'s inputs for the cloud model (its halo is the cloud model's)."""
+        chunk = self.grid.chunks[index]
+        return reader.read(chunk.input_rows, chunk.input_cols)
+
+    def codes(self, index: int, pixels: ChunkPixels) -> np.ndarray:
+        """uint8 mask codes of chunk ``index``'s output window from the cloud model's inputs."""
+        chunk = self.grid.chunks[index]
+        top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
+        valid = pixels.output_valid[top: top + chunk.height, left: left + chunk.width]
+        codes = np.full((chunk.height, chunk.width), MASK_NODATA, dtype=np.uint8)
+        inferred = self.inferer.infer(chunk, pixels)
+        if inferred is None:  # no data under any of its patches
+            return codes
+        inferred.raise_if_bad(self.card)
+        for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
+            r1 = min(r0 + STRIP_ROWS, chunk.row1)
+            strip_valid = valid[r0 - chunk.row0: r1 - chunk.row0]
+            _, conf = inferred.probabilities.strip((r0, r1), torch.from_numpy(strip_valid).to(self.model.device))
+            classes = conf.classes.cpu().numpy()
+            codes[r0 - chunk.row0: r1 - chunk.row0] = np.where(
+                strip_valid, MODEL_TO_MASK[np.minimum(classes, len(MODEL_TO_MASK) - 1)], MASK_NODATA)
+        return codes
+
+
+@dataclass(frozen=True)
+class MaskSummary:
+    """What a run's mask covered: pixel counts per :data:`MASK_CLASSES` over the pixels with data."""
+
+    source: str
+    counts: tuple[int, ...]
+    kept: bool  # land cover kept under the mask (``keep_masked``)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def masked_share(self) -> float:
+        """Share of the pixels with data under a class that hides the land cover."""
+        hidden_count = sum(n for code, n in enumerate(self.counts) if code in HIDDEN)
+        return hidden_count / self.total if self.total else 0.0
+
+    def shares(self) -> dict[str, float]:
+        return {name: (n / self.total if self.total else 0.0) for name, n in zip(MASK_CLASSES, self.counts)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": self.source, "kept_under_mask": self.kept, "masked_share": self.masked_share,
+                "pixels": dict(zip(MASK_CLASSES, self.counts)), "shares": self.shares()}
+
+
+def summarise(path: Path, source: str, kept: bool, strip_rows: int = 1024) -> MaskSummary:
+    """Count the mask classes of a finished ``<tile>_mask.tif`` (strip by strip: bounded memory).
+    Counted from the file, so a resumed run counts exactly like an uninterrupted one."""
+    counts = np.zeros(256, dtype=np.int64)
+    with rasterio.open(path) as ds:
+        for row0 in range(0, ds.height, strip_rows):
+            window = rasterio.windows.Window(0, row0, ds.width, min(strip_rows, ds.height - row0))
+            counts += np.bincount(ds.read(1, window=window).ravel(), minlength=256)
+    return MaskSummary(source, tuple(int(n) for n in counts[:len(MASK_CLASSES)]), kept)
