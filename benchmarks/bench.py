@@ -23,12 +23,14 @@ Sections (each a table in ``docs/benchmarks.md``):
 6. **Peak RSS** — ``segment`` in a fresh process per tile size (VmHWM from the OS).
 7. **Output encoding** — LZW / DEFLATE / ZSTD (predictor per dtype) × GDAL
    threads on/off: time and size of the four products.
-8. **Peer** — the ukis-csmask L1C cloud U-Net on a 1536 × 768 crop of the demo scene
+8. **Inference overhead** — the inference stage's busy time ÷ the model's own time on the same
+   batches, per model kind (torch dense, torch patch, ONNX): target ≤ 1.15 × (:mod:`.overhead`).
+9. **Peer** — the ukis-csmask L1C cloud U-Net on a 1536 × 768 crop of the demo scene
    (``bash tools/demo.sh``): Deepness's tiling re-implemented (:mod:`.peer`) at its 50 px
    overlap and at s2seg's 50 %, against ``segment``, interleaved in one run (:mod:`.peer_row`).
 
 Absolute seconds depend on the machine and its load; the targets are ratios. Modules: :mod:`.floors`
-(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.peer_row` (8), :mod:`.report` (tables), :mod:`.common` (targets,
+(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.report` (tables), :mod:`.common` (targets,
 inputs, timing), :mod:`.engine_parts` (the only place that touches engine internals).
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .blending import blend_section, monai_blend_confidence, ours_blend_confiden
 from .common import (AGREEMENT_TOL, DEFAULT_WORK_DIR, DOCS_PATH, PIPELINE_OVER_FLOOR_MAX, Log, bench_config, fmt_s,
                      heavy_model_folder, load_average, machine_info, sample_tile)
 from .floors import BUSY_HEADER, busy_cells, pipeline_note, run_regime
+from .overhead import overhead_cases, overhead_section
 from .peer_row import DEMO_SCENE, peer_section
 from .report import BenchResult, Section, Target
 from .sections import encoding_section, nodata_section, rss_section
@@ -139,6 +142,11 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
         "busy = time each stage thread spent working (SegmentResult.timings); with overlapping stages the wall "
         "time approaches the largest of them.")
     result.sections += [pipeline_section, floors_section]
+
+    log("[bench] inference overhead per model kind")
+    heavy_case = next(((t, m, c) for _, key, t, m, c in regimes if key == "heavy"), None)
+    overhead_section(result, overhead_cases(tile, builtin, heavy_case, Path(peer_scene) if peer_scene else None, log),
+                     work, log, repeats=1 if quick else 2)
 
     log("[bench] blending + confidence: ours, seed-style loop, MONAI")
     blend_section(result, quick, blend_chunk)

@@ -32,6 +32,27 @@ def usable_cores() -> int:
 
 
 @dataclass(frozen=True)
+class ThreadBudget:
+    """Threads each stage may use, so that the stages running at once do not fight over the cores.
+
+    The model (torch's intra-op pool, onnxruntime's intra-op pool) gets every usable core: it is the
+    stage that bounds the run whenever a forward pass costs more than decoding its pixels. The reader
+    decodes local bands in parallel with at most one thread per core: decoding is CPU work, and more
+    threads than cores only queue behind each other and behind the model. Remote bands (``/vsicurl/``)
+    wait on the network, not the CPU, and keep the threads asked for (``remote=True``).
+    """
+
+    model: int
+    read: int
+
+    @classmethod
+    def for_machine(cls, read_threads: int, cores: int | None = None, remote: bool = False) -> "ThreadBudget":
+        """The budget on ``cores`` (default: :func:`usable_cores`, read now) for a reader asked for ``read_threads``."""
+        cores = cores or usable_cores()
+        return cls(model=cores, read=max(1, read_threads if remote else min(read_threads, cores)))
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """How a tile is processed. ``0`` means "choose automatically" for sizes."""
 

@@ -26,17 +26,18 @@ class Normaliser:
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
-        self.offset = column([bandset.offset(b) for b in card.bands])
-        self.scale = card.scale_factor
-        self.mean = column(list(card.mean)) if card.mean else None
-        self.std = column(list(card.std)) if card.std else None
+        offset = [bandset.offset(b) for b in card.bands]
+        scale = card.scale_factor
+        mean = list(card.mean) if card.mean else [0.0] * len(offset)
+        std = list(card.std) if card.std else [1.0] * len(offset)
+        # ((raw + offset) · scale − mean) / std folded into one multiply-add per value (a measured
+        # 4 → 2 passes over every batch on the CPU), computed in float64 once.
+        self.gain = column([scale / sd for sd in std])
+        self.shift = column([(o * scale - m) / sd for o, m, sd in zip(offset, mean, std)])
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         """``raw`` (N, bands, H, W) digital numbers of any real dtype → float32 model input."""
-        x = (raw.to(torch.float32) + self.offset) * self.scale
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x
+        return torch.addcmul(self.shift, raw.to(torch.float32), self.gain)
 
 
 def patches_with_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndarray:
