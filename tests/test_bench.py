@@ -17,7 +17,7 @@ pytestmark = pytest.mark.bench
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
-    out = bench.bench(360, quick=True, heavy_arch="test_resnet", rss_sizes=(), peer_scene=None, work_dir=work)
+    out = bench.bench(360, quick=True, heavy_arch="test_resnet", rss_sizes=(), peer_scene=None, startup=False, work_dir=work)
     return out, out.markdown()
 
 
@@ -272,3 +272,16 @@ def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
     peer_section(out, tmp_path, lambda m: None, scene=tmp_path / "no-such-scene")
     assert "not run" in out.sections[-1].notes[0] and "tools/demo.sh" in out.sections[-1].notes[0]
     assert [t.met for t in out.targets] == [None, None]
+
+
+def test_memory_section_measures_fresh_processes(tmp_path):
+    """Peak RSS of a run and of its import baseline, each in a fresh process: both positive, ratio computed."""
+    from s2seg.benchmarks.startup import memory_section
+    from s2seg.core.sample import write_sample_tile
+
+    tile = write_sample_tile(tmp_path / "tile", size=120, level="L2A")
+    out = bench.BenchResult(machine={})
+    memory_section(out, [("built-in", "builtin", tile, "")], tmp_path, lambda m: None)
+    row = out.sections[-1].rows[0]
+    assert float(row[2]) > 0 and float(row[3]) >= float(row[2])  # the run holds at least what loading held
+    assert math.isfinite(out.ratios["rss_over_import_built-in"]) and out.targets[-1].met is not None

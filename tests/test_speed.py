@@ -80,3 +80,15 @@ def test_one_pass_normalisation_equals_the_formula(small_tile, stats):
     got = Normaliser(card, bandset, torch.device("cpu"))(raw)
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_batch_holds_as_many_pixels_as_sixteen_120px_patches():
+    """A 256² dense network gets 3 patches a batch on the CPU (its activations grow with the batch); small
+    patches keep 16; accelerators are unchanged."""
+    from s2seg.core.config import EngineConfig
+
+    assert EngineConfig.default_batch_size("cpu", 120) == EngineConfig.CPU_BATCH_SIZE == 16
+    assert EngineConfig.default_batch_size("cpu", 256) == 3
+    assert EngineConfig.default_batch_size("cpu", 60) == 16
+    assert EngineConfig.default_batch_size("cpu", 1024) == 2
+    assert EngineConfig.default_batch_size("cuda", 256) == 56
