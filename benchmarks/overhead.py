@@ -59,9 +59,9 @@ def overhead_section(result: BenchResult, cases: list[tuple[str, str, Path, Any,
         section.rows.append([label, kind, str(patches), fmt_s(model_s), fmt_s(stage_s), f"{ratio:.2f}"])
         note = "" if ratio <= OVERHEAD_MAX else (
             f"{fmt_s(stage_s - model_s)} s outside the model on {patches} patches "
-            f"({(stage_s - model_s) / max(patches, 1) * 1000:.1f} ms each): for a model this small the dense "
-            "overlap-add of its outputs and the output check cost as much as its forward pass (see the profile "
-            "in benchmark-notes.md)")
+            f"({(stage_s - model_s) / max(patches, 1) * 1000:.1f} ms each): next to a forward pass this cheap, the "
+            "overlap-add of its dense outputs, the input normalisation and the output check are a large share "
+            "(profile in benchmark-notes.md, issue 23)")
         result.targets.append(Target(f"inference stage ≤ {OVERHEAD_MAX} × model, {label}", f"{ratio:.2f}×",
                                      f"≤ {OVERHEAD_MAX}×", ratio <= OVERHEAD_MAX, note))
     result.sections.append(section)
