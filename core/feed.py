@@ -26,18 +26,20 @@ class Normaliser:
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
-        offset = [bandset.offset(b) for b in card.bands]
+        self.offset = column([bandset.offset(b) for b in card.bands])
         scale = card.scale_factor
-        mean = list(card.mean) if card.mean else [0.0] * len(offset)
-        std = list(card.std) if card.std else [1.0] * len(offset)
-        # ((raw + offset) · scale − mean) / std folded into one multiply-add per value (a measured
-        # 4 → 2 passes over every batch on the CPU), computed in float64 once.
+        mean = list(card.mean) if card.mean else [0.0] * len(card.bands)
+        std = list(card.std) if card.std else [1.0] * len(card.bands)
+        # (x · scale − mean) / std folded into one multiply-add (gain and shift computed in float64 once):
+        # three passes over every batch instead of five. The offset stays a separate, exact addition, so
+        # that the same reflectance stored as DN + offset or as plain DN gives bit-identical inputs.
         self.gain = column([scale / sd for sd in std])
-        self.shift = column([(o * scale - m) / sd for o, m, sd in zip(offset, mean, std)])
+        self.shift = column([-m / sd for m, sd in zip(mean, std)])
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         """``raw`` (N, bands, H, W) digital numbers of any real dtype → float32 model input."""
-        return torch.addcmul(self.shift, raw.to(torch.float32), self.gain)
+        x = raw.to(torch.float32) + self.offset  # a new tensor: the caller's float input is never written to
+        return x.mul_(self.gain).add_(self.shift)
 
 
 def patches_with_data(valid: np.ndarray, ny: int, nx: int, stride: int) -> np.ndarray:
