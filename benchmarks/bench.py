@@ -23,9 +23,16 @@ Sections (each a table in ``docs/benchmarks.md``):
 6. **Peak RSS** — ``segment`` in a fresh process per tile size (VmHWM from the OS).
 7. **Output encoding** — LZW / DEFLATE / ZSTD (predictor per dtype) × GDAL
    threads on/off: time and size of the four products.
+8. **Inference overhead** — the inference stage's busy time ÷ the model's own time on the same
+   batches, per model kind (torch dense, torch patch, ONNX): target ≤ 1.15 × (:mod:`.overhead`).
+9. **Peer** — the ukis-csmask L1C cloud U-Net on a 1536 × 768 crop of the demo scene
+   (``bash tools/demo.sh``): Deepness's tiling re-implemented (:mod:`.peer`) at its 50 px
+   overlap and at s2seg's 50 %, against ``segment``, interleaved in one run (:mod:`.peer_row`).
+10. **Start-up and memory** — ``s2seg segment`` on a 600² tile against ``python -c "import torch"``;
+    peak RSS of a small crop per model kind against its import baseline, fresh processes (:mod:`.startup`).
 
 Absolute seconds depend on the machine and its load; the targets are ratios. Modules: :mod:`.floors`
-(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.report` (tables), :mod:`.common` (targets,
+(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.startup` (10), :mod:`.report` (tables), :mod:`.common` (targets,
 inputs, timing), :mod:`.engine_parts` (the only place that touches engine internals).
 """
 from __future__ import annotations
@@ -42,6 +49,9 @@ from .blending import blend_section, monai_blend_confidence, ours_blend_confiden
 from .common import (AGREEMENT_TOL, DEFAULT_WORK_DIR, DOCS_PATH, PIPELINE_OVER_FLOOR_MAX, Log, bench_config, fmt_s,
                      heavy_model_folder, load_average, machine_info, sample_tile)
 from .floors import BUSY_HEADER, busy_cells, pipeline_note, run_regime
+from .overhead import overhead_cases, overhead_section
+from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
+from .startup import STARTUP_SIZE, memory_section, startup_section
 from .report import BenchResult, Section, Target
 from .sections import encoding_section, nodata_section, rss_section
 
@@ -52,7 +62,7 @@ __all__ = ["AGREEMENT_TOL", "BenchResult", "Section", "Target", "bench", "main",
 def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
               rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True,
               blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
-              work_dir: str | Path | None = None, docs: str | Path | None = DOCS_PATH, log: Log | None = None) -> int:
+              peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None, docs: str | Path | None = DOCS_PATH, log: Log | None = None) -> int:
     """Run the benchmark on a ``size``² sample tile, print the table and write ``docs``; 0 when it ran.
 
     ``rss_sizes`` defaults to 2520² and 5040², plus 10980² when ``size`` is 10980
@@ -63,7 +73,7 @@ def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     result = bench(size, heavy=heavy, heavy_size=heavy_size, heavy_arch=heavy_arch, rss_sizes=rss_sizes,
                    encoding=encoding, nodata=nodata, blend_chunk=blend_chunk, quick=quick, device=device,
-                   work_dir=work_dir, log=log)
+                   peer_scene=peer_scene, startup=startup, work_dir=work_dir, log=log)
     print(result.text())
     if docs:
         docs = Path(docs)
@@ -76,8 +86,10 @@ def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = 
 def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
           rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True,
           blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
-          work_dir: str | Path | None = None, log: Log | None = None) -> BenchResult:
-    """Measure everything :func:`run_bench` reports and return it (no printing, no docs)."""
+          peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None,
+          log: Log | None = None) -> BenchResult:
+    """Measure everything :func:`run_bench` reports and return it (no printing, no docs);
+    ``peer_scene`` None skips the peer section, ``startup`` False the fresh-process start-up and memory runs."""
     from s2seg.core.grid import aligned_unit
     from s2seg.core.models import load_model, pick_device, resolve_card
 
@@ -134,6 +146,11 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
         "time approaches the largest of them.")
     result.sections += [pipeline_section, floors_section]
 
+    log("[bench] inference overhead per model kind")
+    heavy_case = next(((t, m, c) for _, key, t, m, c in regimes if key == "heavy"), None)
+    overhead_section(result, overhead_cases(tile, builtin, heavy_case, Path(peer_scene) if peer_scene else None, log),
+                     work, log, repeats=1 if quick else 2)
+
     log("[bench] blending + confidence: ours, seed-style loop, MONAI")
     blend_section(result, quick, blend_chunk)
 
@@ -148,6 +165,24 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
     if encoding:
         log("[bench] output encoding")
         encoding_section(result, outputs["builtin"], work)
+
+    if peer_scene is not None:
+        log("[bench] peer: Deepness's tiling against segment, same ONNX model and scene")
+        peer_section(result, work, log, scene=Path(peer_scene), repeats=1 if quick else 3)
+
+    if startup:
+        log("[bench] start-up and peak RSS per model kind, fresh processes")
+        startup_section(result, work, log, repeats=1 if quick else 3)
+        small = sample_tile(work, STARTUP_SIZE, log)
+        cases = [("built-in (torch, dense)", "builtin", small, "")]
+        if heavy:
+            cases.append((f"{heavy_arch} BEN v2 (torch, patch)", str(heavy_model_folder(work, heavy_arch, log)), small, ""))
+        if peer_scene is not None and (Path(peer_scene) / "s2_B02.jp2").is_file():
+            from s2seg.core.sentinel2 import discover
+
+            cases.append((f"{PEER_MODEL} (ONNX, dense)", PEER_MODEL, Path(peer_scene),
+                          crop_bbox(discover(peer_scene), CROP)))
+        memory_section(result, cases, work, log)
 
     result.machine["load_end"] = load_average()
     result.seconds["bench_total"] = time.perf_counter() - started

@@ -10,11 +10,21 @@ is planned the same way: its patches reach past the tile on both sides, all refl
 
 A model whose pixel is ``f × f`` 10 m pixels (``f = resolution / 10``, e.g. 3 for a
 30 m model) has the same grid in its own pixels: patches of ``P`` model pixels at
-stride ``S``, i.e. ``P·f`` and ``S·f`` 10 m pixels. Its blended output is
-interpolated back to 10 m bilinearly, and that needs one model pixel beyond each
-edge of the chunk, which the next patch row/column out covers: such grids compute
-one more patch on each side of every chunk (:attr:`GridPlan.margin`), still on the
-global grid, so the outputs remain independent of the chunk size.
+stride ``S' = P / 2`` model pixels, i.e. ``P·f`` and ``S = S'·f`` 10 m pixels. Its blended
+output is interpolated back to 10 m bilinearly, and that needs the blended value of one
+model pixel beyond each edge of the chunk (:func:`model_chunk`, :attr:`GridPlan.margin`).
+
+**Patch count.** A chunk computes exactly the patches its model pixels need, no more: model
+pixel ``m`` is blended from patches ``m // S' − 1`` and ``m // S'``, so a chunk of 10 m rows
+``[r0, r1)`` whose model window is rows ``a … b`` (``a = r0``, ``b = r1 − 1`` when ``f = 1``;
+``a = r0 // f − 1``, ``b = ⌈r1 / f⌉`` otherwise) computes patch rows
+``a // S' − 1 … b // S'`` (:func:`patch_range`), and the same along columns. Per axis that is
+``b // S' − a // S' + 2`` patches: ``⌈n / S⌉ + 1`` for ``f = 1`` on ``n`` rows starting on the
+grid. For a coarse model the pixel beyond a chunk edge that lies on the patch grid (every
+interior chunk edge, and the tile's first row and column) needs one more patch row than the
+chunk's own pixels; at the tile's far edge it needs one only when ``⌈n / f⌉`` is a multiple of
+``S'``. The patch range is a pure function of the chunk's edges on the global grid, so the
+outputs remain independent of the chunk size.
 """
 from __future__ import annotations
 
@@ -96,13 +106,16 @@ class GridPlan:
 
     @property
     def margin(self) -> int:
-        """Extra patches computed beyond each side of a chunk (see the module docstring)."""
+        """Model pixels beyond each side of a chunk whose blended values the chunk computes (the
+        neighbours bilinear back-projection to 10 m needs; see the module docstring)."""
         return 1 if self.factor > 1 else 0
 
     @property
     def n_patches(self) -> int:
-        """Distinct global patches (before skipping nodata ones)."""
-        return (_last_patch(self.height, self.stride) + 2) * (_last_patch(self.width, self.stride) + 2)
+        """Distinct global patches a whole-tile run computes (before skipping nodata ones)."""
+        k0, k1 = patch_range(0, self.height, self.stride, self.factor)
+        j0, j1 = patch_range(0, self.width, self.stride, self.factor)
+        return (k1 - k0) * (j1 - j0)
 
 
 #: GeoTIFF tile edges must be multiples of 16 pixels.
@@ -205,13 +218,12 @@ def plan(height: int, width: int, patch_size: int, chunk_size: int, factor: int 
     # patches per axis, and the reader fills whatever they cover beyond the tile by reflection.
     _check_chunk_size(chunk_size, footprint)
     stride = footprint // 2
-    margin = 1 if factor > 1 else 0
     chunks = []
     for row0 in range(0, height, chunk_size):
         row1 = min(row0 + chunk_size, height)
         for col0 in range(0, width, chunk_size):
             col1 = min(col0 + chunk_size, width)
-            chunks.append(_chunk(len(chunks), row0, row1, col0, col1, stride, margin))
+            chunks.append(_chunk(len(chunks), row0, row1, col0, col1, stride, factor))
     return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor)
 
 
@@ -226,21 +238,38 @@ def plan_window(height: int, width: int, patch_size: int, chunk_size: int, windo
     if h < 1 or w < 1 or row0 < 0 or col0 < 0 or row0 + h > height or col0 + w > width:
         raise ConfigError(f"window rows {row0}–{row0 + h}, cols {col0}–{col0 + w} is not inside the "
                           f"{width} × {height} px tile")
-    stride, margin = whole.stride, whole.margin
+    stride = whole.stride
     chunks = []
     for r0 in range(row0, row0 + h, chunk_size):
         r1 = min(r0 + chunk_size, row0 + h)
         for c0 in range(col0, col0 + w, chunk_size):
             c1 = min(c0 + chunk_size, col0 + w)
-            chunks.append(_chunk(len(chunks), r0, r1, c0, c1, stride, margin))
+            chunks.append(_chunk(len(chunks), r0, r1, c0, c1, stride, factor))
     return GridPlan(height, width, patch_size, chunk_size, tuple(chunks), factor, window=(row0, col0, h, w))
 
 
-def _chunk(index: int, row0: int, row1: int, col0: int, col1: int, stride: int, margin: int) -> Chunk:
-    """The chunk of output window rows [row0, row1) × cols [col0, col1) and the global patches covering it."""
-    return Chunk(index=index, row0=row0, row1=row1, col0=col0, col1=col1,
-                 ky0=row0 // stride - 1 - margin, ky1=(row1 - 1) // stride + 1 + margin,
-                 kx0=col0 // stride - 1 - margin, kx1=(col1 - 1) // stride + 1 + margin, stride=stride)
+def model_span(start: int, stop: int, factor: int) -> tuple[int, int]:
+    """First and last model pixel (inclusive) whose blended values 10 m pixels ``[start, stop)`` need:
+    themselves for ``factor == 1``, else one model pixel beyond each side (bilinear back-projection)."""
+    if factor == 1:
+        return start, stop - 1
+    return start // factor - 1, -(-stop // factor)
+
+
+def patch_range(start: int, stop: int, stride: int, factor: int = 1) -> tuple[int, int]:
+    """Global patch indices ``[k0, k1)`` along one axis that 10 m pixels ``[start, stop)`` need (``stride`` in
+    10 m pixels): every patch covering a model pixel of :func:`model_span`, and no other."""
+    first, last = model_span(start, stop, factor)
+    s = stride // factor  # in model pixels
+    return first // s - 1, last // s + 1
+
+
+def _chunk(index: int, row0: int, row1: int, col0: int, col1: int, stride: int, factor: int) -> Chunk:
+    """The chunk of output window rows [row0, row1) × cols [col0, col1) and the global patches it needs."""
+    ky0, ky1 = patch_range(row0, row1, stride, factor)
+    kx0, kx1 = patch_range(col0, col1, stride, factor)
+    return Chunk(index=index, row0=row0, row1=row1, col0=col0, col1=col1, ky0=ky0, ky1=ky1, kx0=kx0, kx1=kx1,
+                 stride=stride)
 
 
 def _check_chunk_size(chunk_size: int, footprint: int) -> None:
@@ -262,17 +291,13 @@ def model_chunk(chunk: Chunk, factor: int) -> Chunk:
     """
     if factor == 1:
         return chunk
+    (r0, r1), (c0, c1) = model_span(chunk.row0, chunk.row1, factor), model_span(chunk.col0, chunk.col1, factor)
     return Chunk(
         index=chunk.index,
-        row0=chunk.row0 // factor - 1, row1=-(-chunk.row1 // factor) + 1,
-        col0=chunk.col0 // factor - 1, col1=-(-chunk.col1 // factor) + 1,
+        row0=r0, row1=r1 + 1, col0=c0, col1=c1 + 1,
         ky0=chunk.ky0, ky1=chunk.ky1, kx0=chunk.kx0, kx1=chunk.kx1,
         stride=chunk.stride // factor,
     )
-
-
-def _last_patch(n: int, stride: int) -> int:
-    return (n - 1) // stride
 
 
 def reflect_indices(start: int, stop: int, n: int) -> "np.ndarray":

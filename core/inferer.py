@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .config import ThreadBudget
 from .errors import ModelError, S2SegError
 from .feed import Normaliser, PatchFeed, patches_with_data, to_device, widen
 from .grid import Chunk
@@ -74,6 +75,8 @@ class ChunkInferer:
         self.on_batch = on_batch
         #: CUDA: record an event after the chunk's last kernel, for the writer's stream to wait on
         self.record_ready = record_ready
+        if model.device.type == "cpu":
+            cap_torch_threads(ThreadBudget.for_machine(1).model)
 
     def infer(self, chunk: Chunk, pixels: ChunkPixels) -> Inferred | None:
         """The merged outputs of ``chunk``; None when no patch holds data."""
@@ -189,6 +192,14 @@ class ChunkInferer:
                  f"(kept for the rest of the run)")
         self.batch_size = smaller
         return None
+
+
+def cap_torch_threads(limit: int) -> None:
+    """torch's intra-op pool at most ``limit`` threads (config.ThreadBudget). torch sizes it from the
+    machine's cores, not from this process's share of them (a container, ``taskset``): threads beyond
+    the share only take turns on it. Never raised: a smaller count set by the caller is kept."""
+    if torch.get_num_threads() > limit:
+        torch.set_num_threads(limit)
 
 
 def out_of_memory(error: BaseException, device: torch.device) -> bool:

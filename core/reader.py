@@ -21,6 +21,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from .config import ThreadBudget
 from .errors import InputError
 from .grid import reflect_indices
 from .resample import block_mean
@@ -64,6 +65,9 @@ class _Sampling:
     index1: np.ndarray  # bilinear: second neighbour, relative to lo
     weight1: np.ndarray  # bilinear: weight of index1 (float32)
 
+#: Band paths read over the network (latency-bound: they keep every thread asked for).
+REMOTE_PREFIXES = ("/vsicurl", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "http://", "https://")
+
 
 class ChunkReader:
     """Reads ``band_ids`` of ``bandset`` for any 10 m region, bands in parallel (GDAL releases the GIL),
@@ -76,7 +80,10 @@ class ChunkReader:
         self.resampling = resampling
         self.factor = factor
         self._datasets = [None] * len(self.files)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(self.files))), thread_name_prefix="s2seg-read")
+        # Local files: at most one band thread per core (config.ThreadBudget).
+        remote = any(str(f.path).startswith(REMOTE_PREFIXES) for f in self.files)
+        workers = min(ThreadBudget.for_machine(threads, remote=remote).read, len(self.files))
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s2seg-read")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.bench
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
-    out = bench.bench(360, quick=True, heavy_arch="test_resnet", rss_sizes=(), work_dir=work)
+    out = bench.bench(360, quick=True, heavy_arch="test_resnet", rss_sizes=(), peer_scene=None, startup=False, work_dir=work)
     return out, out.markdown()
 
 
@@ -96,7 +96,7 @@ def test_every_ratio_is_computed(result):
     out, _ = result
     for key in ("pipeline_over_floor_builtin", "pipeline_over_floor_heavy", "blend_seed_over_ours_patch",
                 "blend_seed_over_ours_dense", "blend_monai_over_ours_patch", "blend_monai_over_ours_dense",
-                "half_nodata_over_full"):
+                "half_nodata_over_full", "inference_overhead_torch-dense", "inference_overhead_torch-patch"):
         assert key in out.ratios and math.isfinite(out.ratios[key]) and out.ratios[key] > 0, key
     for key in ("builtin_io_floor", "builtin_compute_floor", "heavy_compute_floor", "builtin_pipeline"):
         assert out.seconds[key] > 0, key
@@ -220,3 +220,68 @@ def test_gpu_tool_drives_the_engine_stages_through_engine_parts(tmp_path):
     assert row["stage_s"] > 0 and row["pipeline_s"] > 0 and row["patches"] > 0
     assert set(row["busy"]) >= {"read", "inference", "write"}
     assert sum(row["classes_hist"][:255]) == 240 * 240  # every pixel classified (no nodata in the sample tile)
+
+
+def test_peer_plan_follows_deepness_tiling():
+    """Deepness's grid on the issue's 512 × 256 (30 m) crop: 3 tiles at 50 px overlap, the extent rounded up to
+    N · stride + tile on the right, and the centre crops paste every pixel of the extended image exactly once."""
+    from s2seg.benchmarks.peer import PeerPlan
+
+    plan = PeerPlan(256, 512, 256, 50)
+    assert plan.stride == 206 and plan.extended_shape == (256, 668) and plan.bins == (1, 3) and plan.n_tiles == 3
+    assert PeerPlan(256, 512, 256, 128).n_tiles == 3 and PeerPlan(600, 600, 256, 50).bins == (3, 3)
+    for p in (plan, PeerPlan(600, 700, 256, 50), PeerPlan(300, 300, 256, 128)):
+        count = np.zeros(p.extended_shape, int)
+        ny, nx = p.bins
+        for by in range(ny):
+            for bx in range(nx):
+                fy, fx, ty, tx = p.paste_slices(by, bx)
+                assert (fy.stop - fy.start, fx.stop - fx.start) == (ty.stop - ty.start, tx.stop - tx.start)
+                count[fy, fx] += 1
+        assert (count == 1).all()
+
+
+def test_peer_row_runs_the_same_model_on_the_same_scene(tmp_path):
+    """The peer section on a small L1C tile: three rows, both ratios and the class-map agreement computed."""
+    pytest.importorskip("onnxruntime")
+    from s2seg.benchmarks.peer_row import PEER_MODEL, peer_section
+    from s2seg.core.models import resolve_card
+    from s2seg.core.errors import S2SegError
+    from s2seg.core.sample import write_sample_tile
+
+    try:
+        resolve_card(PEER_MODEL)
+    except S2SegError as exc:
+        pytest.skip(str(exc))
+    tile = write_sample_tile(tmp_path / "tile", size=768, level="L1C")
+    out = bench.BenchResult(machine={})
+    peer_section(out, tmp_path / "work", lambda m: None, scene=tile, window=(0, 0, 768, 768), repeats=1)
+    section = out.sections[-1]
+    assert section.title.startswith("Peer") and len(section.rows) == 3
+    assert section.rows[0][2] == "1"  # one 256² tile covers 768² at 30 m
+    for key in ("s2seg_over_peer", "s2seg_over_peer_same_overlap"):
+        assert math.isfinite(out.ratios[key]) and out.ratios[key] > 0
+    assert 0.0 <= out.agreement["peer_class_map"] <= 1.0
+    assert [t.met is not None for t in out.targets[-2:]] == [True, True]
+
+
+def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
+    from s2seg.benchmarks.peer_row import peer_section
+
+    out = bench.BenchResult(machine={})
+    peer_section(out, tmp_path, lambda m: None, scene=tmp_path / "no-such-scene")
+    assert "not run" in out.sections[-1].notes[0] and "tools/demo.sh" in out.sections[-1].notes[0]
+    assert [t.met for t in out.targets] == [None, None]
+
+
+def test_memory_section_measures_fresh_processes(tmp_path):
+    """Peak RSS of a run and of its import baseline, each in a fresh process: both positive, ratio computed."""
+    from s2seg.benchmarks.startup import memory_section
+    from s2seg.core.sample import write_sample_tile
+
+    tile = write_sample_tile(tmp_path / "tile", size=120, level="L2A")
+    out = bench.BenchResult(machine={})
+    memory_section(out, [("built-in", "builtin", tile, "")], tmp_path, lambda m: None)
+    row = out.sections[-1].rows[0]
+    assert float(row[2]) > 0 and float(row[3]) >= float(row[2])  # the run holds at least what loading held
+    assert math.isfinite(out.ratios["rss_over_import_built-in"]) and out.targets[-1].met is not None

@@ -52,7 +52,7 @@ def test_plan_rejects_a_tile_without_pixels(height, width):
         plan(height, width, 120, 60)
 
 
-def test_coarse_model_grid_adds_one_patch_beyond_each_chunk_edge():
+def test_coarse_model_grid_computes_the_patches_of_one_model_pixel_beyond_each_chunk_edge():
     """A 30 m model with 256 px patches: stride 384 px at 10 m, chunk unit lcm(6, 384) = 384."""
     assert chunk_unit(256 * 3) == 384
     grid = plan(10980, 10980, 256, 4992, factor=3)
@@ -67,7 +67,8 @@ def test_coarse_model_grid_adds_one_patch_beyond_each_chunk_edge():
     # A 720 px crop under 768 px patches (256 at 30 m): refused before; now 2 × 2 chunks of 384 px or one of 768.
     small = plan(720, 720, 256, 384, factor=3)
     assert len(small.chunks) == 4 and small.chunks[-1].row1 == 720
-    assert (small.chunks[0].ky0, small.chunks[0].ky1, small.chunks[-1].ky0, small.chunks[-1].ky1) == (-2, 2, -1, 3)
+    # The last chunk's pixel beyond the tile is model pixel ⌈720 / 3⌉ = 240, under patches 0 and 1: no patch 2.
+    assert (small.chunks[0].ky0, small.chunks[0].ky1, small.chunks[-1].ky0, small.chunks[-1].ky1) == (-2, 2, -1, 2)
     assert len(plan(720, 720, 256, 768, factor=3).chunks) == 1
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ThreadBudget
 from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
@@ -52,6 +53,13 @@ def _open_session(path: Path, providers: list[str], log: Log | None = None):
     # Fatal only: onnxruntime's own log goes to stderr, which QGIS never shows. What matters reaches
     # the user otherwise: failures as exceptions, a provider fallback through ``log`` (load()).
     options.log_severity_level = 4
+    # Thread budget (config.ThreadBudget), read at load time: every usable core for the forward pass
+    # (onnxruntime's default counts the machine's cores, not this process's share), one inter-op
+    # thread, and no spinning between passes: a spinning pool burns the cores the reader and the
+    # writer need while the inference stage waits for its next chunk.
+    options.intra_op_num_threads = ThreadBudget.for_machine(1).model
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         with forward_warnings(log, "onnxruntime"):
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
