@@ -181,3 +181,29 @@ def write_style_sidecars(products: Mapping[str, Path], names: Sequence[str], col
                 write_atomic(target, text)
                 written[f"{product}{suffix}"] = target
     return written
+
+
+#: The columns of QGIS's ``layer_styles`` table (what QGIS reads a GeoPackage layer's default style from).
+_LAYER_STYLES_COLUMNS = ("f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
+                         "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time")
+
+
+def store_default_style(ds, layer, qml: str, name: str, description: str) -> None:
+    """Store ``qml`` as the default QGIS style of ``layer`` in the open OGR GeoPackage ``ds``: QGIS
+    applies it whenever the file is opened, from the plugin or by hand."""
+    from osgeo import ogr
+
+    table = ds.CreateLayer("layer_styles", None, ogr.wkbNone)
+    for column in _LAYER_STYLES_COLUMNS:
+        kind = {"useAsDefault": ogr.OFTInteger, "update_time": ogr.OFTDateTime}.get(column, ogr.OFTString)
+        definition = ogr.FieldDefn(column, kind)
+        if column == "useAsDefault":
+            definition.SetSubType(ogr.OFSTBoolean)
+        table.CreateField(definition)
+    feature = ogr.Feature(table.GetLayerDefn())
+    for column, value in (("f_table_catalog", ""), ("f_table_schema", ""), ("f_table_name", layer.GetName()),
+                          ("f_geometry_column", layer.GetGeometryColumn()), ("styleName", name), ("styleQML", qml),
+                          ("styleSLD", ""), ("useAsDefault", 1), ("description", description), ("owner", ""),
+                          ("ui", "")):
+        feature.SetField(column, value)
+    table.CreateFeature(feature)

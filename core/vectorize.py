@@ -27,7 +27,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import OutputError
 from .gdalprogress import cancellable
-from .styles import vector_qml
+from .styles import store_default_style, vector_qml
 from .uncertainty import CLASS_NODATA
 
 #: Rows per strip: bounds the label image (int32) and the strip's polygons.
@@ -266,7 +266,8 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
             check()
             raise OutputError(f"cannot polygonise {ids_path}: {gdal.GetLastErrorMsg()}")
         layer.CommitTransaction()
-        _add_default_style(out, names, colours)
+        store_default_style(out, layer, vector_qml(names, colours, "class_id"), "s2seg classes",
+                            "s2seg land cover classes")
         layer = None
         out = None  # closes (and finalises) the GeoPackage
     finally:
@@ -324,27 +325,3 @@ def _set_attributes(path: Path, regions: np.ndarray, names: Sequence[str], pixel
     finally:
         ds = None
     return int(count)
-
-
-def _add_default_style(ds, names: Sequence[str], colours: Sequence[str]) -> None:
-    """The class colours as the layer's default style, in QGIS's ``layer_styles`` table: QGIS
-    applies it whenever the GeoPackage is opened, from the plugin or by hand."""
-    from osgeo import ogr
-
-    styles = ds.CreateLayer("layer_styles", None, ogr.wkbNone)
-    for name, kind in (("f_table_catalog", ogr.OFTString), ("f_table_schema", ogr.OFTString),
-                       ("f_table_name", ogr.OFTString), ("f_geometry_column", ogr.OFTString),
-                       ("styleName", ogr.OFTString), ("styleQML", ogr.OFTString), ("styleSLD", ogr.OFTString),
-                       ("useAsDefault", ogr.OFTInteger), ("description", ogr.OFTString), ("owner", ogr.OFTString),
-                       ("ui", ogr.OFTString), ("update_time", ogr.OFTDateTime)):
-        field = ogr.FieldDefn(name, kind)
-        if name == "useAsDefault":
-            field.SetSubType(ogr.OFSTBoolean)
-        styles.CreateField(field)
-    feature = ogr.Feature(styles.GetLayerDefn())
-    for name, value in (("f_table_catalog", ""), ("f_table_schema", ""), ("f_table_name", LAYER),
-                        ("f_geometry_column", "geom"), ("styleName", "s2seg classes"),
-                        ("styleQML", vector_qml(names, colours, "class_id")), ("styleSLD", ""),
-                        ("useAsDefault", 1), ("description", "s2seg land cover classes"), ("owner", ""), ("ui", "")):
-        feature.SetField(name, value)
-    styles.CreateFeature(feature)

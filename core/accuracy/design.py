@@ -22,6 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError, OutputError, OutputsExist
+from ..styles import store_default_style
 from ..uncertainty import CLASS_NODATA
 from ..writer import product_paths
 from .config import (DESIGN_LAYER, REFERENCE_FIELD, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig,
@@ -338,7 +339,8 @@ def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
                                    ("sample", s.sample)):
                     feature.SetField(key, value)
                 table.CreateFeature(feature)
-            _add_default_style(ds, points, labelling_qml(REFERENCE_FIELD))
+            store_default_style(ds, points, labelling_qml(REFERENCE_FIELD), STYLE_NAME,
+                                "points to label: hollow red; labelled: green")
             meta = ds.CreateLayer(DESIGN_LAYER, None, ogr.wkbNone)
             meta.CreateField(ogr.FieldDefn("json", ogr.OFTString))
             feature = ogr.Feature(meta.GetLayerDefn())
@@ -350,29 +352,6 @@ def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     except RuntimeError as exc:  # GDAL with exceptions enabled
         raise OutputError(f"cannot write sample file {path}: {exc}") from None
     return path
-
-
-def _add_default_style(ds, layer, qml: str) -> None:
-    """Store ``qml`` as the default QGIS style of ``layer`` (the ``layer_styles`` table QGIS reads)."""
-    from osgeo import ogr
-
-    table = ds.CreateLayer("layer_styles", None, ogr.wkbNone)
-    for name, kind in (("f_table_catalog", ogr.OFTString), ("f_table_schema", ogr.OFTString),
-                       ("f_table_name", ogr.OFTString), ("f_geometry_column", ogr.OFTString),
-                       ("styleName", ogr.OFTString), ("styleQML", ogr.OFTString), ("styleSLD", ogr.OFTString),
-                       ("useAsDefault", ogr.OFTInteger), ("description", ogr.OFTString), ("owner", ogr.OFTString),
-                       ("ui", ogr.OFTString), ("update_time", ogr.OFTDateTime)):
-        definition = ogr.FieldDefn(name, kind)
-        if name == "useAsDefault":
-            definition.SetSubType(ogr.OFSTBoolean)
-        table.CreateField(definition)
-    feature = ogr.Feature(table.GetLayerDefn())
-    for key, value in (("f_table_catalog", ""), ("f_table_schema", ""), ("f_table_name", layer.GetName()),
-                       ("f_geometry_column", layer.GetGeometryColumn()), ("styleName", STYLE_NAME),
-                       ("styleQML", qml), ("styleSLD", ""), ("useAsDefault", 1),
-                       ("description", "points to label: hollow red; labelled: green"), ("owner", ""), ("ui", "")):
-        feature.SetField(key, value)
-    table.CreateFeature(feature)
 
 
 def sample_design(products_dir: Path, out: Path, config: DesignConfig = DesignConfig(), *, tile: str | None = None,
