@@ -53,14 +53,14 @@ from .overhead import overhead_cases, overhead_section
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
 from .startup import STARTUP_SIZE, memory_section, startup_section
 from .report import BenchResult, Section, Target
-from .sections import encoding_section, nodata_section, rss_section
+from .sections import encoding_section, nodata_section, outputs_section, rss_section
 
 __all__ = ["AGREEMENT_TOL", "BenchResult", "Section", "Target", "bench", "main", "monai_blend_confidence",
            "ours_blend_confidence", "plain_confidence", "run_bench", "seed_blend_confidence"]
 
 
 def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
-              rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True,
+              rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True, outputs: bool = True,
               blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
               peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None, docs: str | Path | None = DOCS_PATH, log: Log | None = None) -> int:
     """Run the benchmark on a ``size``² sample tile, print the table and write ``docs``; 0 when it ran.
@@ -84,7 +84,7 @@ def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = 
 
 
 def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
-          rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True,
+          rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True, outputs: bool = True,
           blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
           peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None,
           log: Log | None = None) -> BenchResult:
@@ -161,6 +161,9 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
     if rss_sizes:
         log(f"[bench] peak RSS in fresh processes: {', '.join(f'{s}²' for s in rss_sizes)}")
         rss_section(result, work, rss_sizes, log)
+
+    if outputs:
+        outputs_section(result, work, tile, builtin, regimes[0][4], log)
 
     if encoding:
         log("[bench] output encoding")

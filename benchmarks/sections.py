@@ -159,3 +159,34 @@ def encoding_section(result: BenchResult, builtin: dict[str, Any], work: Path) -
         f"on this run. Predictor 2 (uint8 class has none) / 3 (float32) as in writer.creation_options.")
     result.machine["encoding_pick"] = f"{pick[0]} threads {pick[1]}"
     result.sections.append(section)
+
+
+#: The output options measured against the default products, on the built-in model (issue 21).
+OUTPUT_OPTIONS = (("default products", {}), ("--products class", {"products": ("class",)}),
+                  ("--cog", {"cog": True}), ("--vector", {"vector": True}))
+
+
+def outputs_section(result: BenchResult, work: Path, tile: Path, model, config, log: Log) -> None:
+    """Each output option's run against the default products' run, one after the other in this run: whole
+    seconds, the step it adds (``SegmentResult.timings``), and the products' size."""
+    from s2seg.core.pipeline import segment
+
+    rows = []
+    for label, fields in OUTPUT_OPTIONS:
+        log(f"[bench] outputs: {label}")
+        out = work / f"out-options-{label.strip('-').split()[0]}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = segment(tile, out, model=model, config=config.with_(overwrite=True, **fields))
+        size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+        step = sum(r.timings.get(k, 0.0) for k in ("cog", "vector"))
+        rows.append((label, r.seconds, step, size / 2**20))
+    base = rows[0][1]
+    section = Section(f"Output options ({tile.parent.name}, built-in model)",
+                      ["option", "run s", "added step s", "products MB", "÷ default run"])
+    for label, seconds, step, mb in rows:
+        section.rows.append([label, fmt_s(seconds), fmt_s(step) if step else "–", f"{mb:.1f}", f"{seconds / base:.2f}"])
+        result.ratios[f"outputs_{label.strip('-').split()[0]}_over_default"] = seconds / base
+    section.notes.append("The default path writes plain tiled GeoTIFFs; --cog copies each finished raster with GDAL's "
+                         "COG driver after the run, --vector polygonises the class map after the run.")
+    result.sections.append(section)
+

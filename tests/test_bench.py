@@ -285,3 +285,11 @@ def test_memory_section_measures_fresh_processes(tmp_path):
     row = out.sections[-1].rows[0]
     assert float(row[2]) > 0 and float(row[3]) >= float(row[2])  # the run holds at least what loading held
     assert math.isfinite(out.ratios["rss_over_import_built-in"]) and out.targets[-1].met is not None
+
+
+def test_output_options_are_measured_against_the_default_products(result):
+    """COG, polygons and product selection each get a row beside the default products, from this run."""
+    out, markdown = result
+    assert "Output options" in markdown
+    for key in ("products", "cog", "vector"):
+        assert out.ratios[f"outputs_{key}_over_default"] > 0
