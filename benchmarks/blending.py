@@ -189,12 +189,13 @@ def agreement(ours: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict
 
 
 def default_chunk(kind: str) -> int:
-    """The pipeline's automatic chunk size on a full tile for a 19-class model of this output kind."""
+    """The pipeline's automatic chunk size on a full tile for a 19-class, blended (no ``receptive_field``)
+    model of this output kind."""
     from types import SimpleNamespace
 
     from s2seg.core.models.builtin import BUILTIN_CARD
 
-    card = BUILTIN_CARD if kind == "dense" else BUILTIN_CARD.__class__(**{**BUILTIN_CARD.to_dict(), "output_kind": "patch"})
+    card = BUILTIN_CARD.__class__(**{**BUILTIN_CARD.to_dict(), "output_kind": kind, "receptive_field": 0})
     return auto_chunk_size(card, SimpleNamespace(height=10980, width=10980), torch.device("cpu"))
 
 

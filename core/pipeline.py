@@ -254,8 +254,6 @@ def auto_chunk_size(card: ModelCard, bandset: BandSet, device: torch.device) -> 
     return choose_chunk_size(preferred, card.footprint, bandset.height, bandset.width)
 
 
-
-
 def _cache_budget(bandset: BandSet, card: ModelCard, grid: GridPlan, write_probs: bool) -> int:
     """GDAL cache for the run (:mod:`.memory`): the reader's input blocks, and one chunk of products
     (dirty blocks between two flushes)."""

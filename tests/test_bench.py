@@ -293,3 +293,11 @@ def test_output_options_are_measured_against_the_default_products(result):
     assert "Output options" in markdown
     for key in ("products", "cog", "vector"):
         assert out.ratios[f"outputs_{key}_over_default"] > 0
+
+
+def test_blend_cases_take_the_pipelines_chunk_size_for_a_blended_model_of_each_kind():
+    """The full run's blend cases start from the built-in card, which declares a receptive field (one pass,
+    no blending): the patch and dense variants must drop it, or the card refuses to be built."""
+    from s2seg.benchmarks.blending import default_chunk
+
+    assert default_chunk("patch") == 2400 and default_chunk("dense") == 1440
