@@ -334,3 +334,14 @@ def test_engine_errors_keep_their_type_for_the_front_ends(tmp_path, monkeypatch)
     outcome = run_tile(job, config=CONFIG.with_(resume="require"))
     assert (outcome.status, outcome.error_type, outcome.traceback) == (FAILED, "ResumeImpossible", "")
     assert outcome.message == "no interrupted run of T to continue"
+
+
+def test_a_worker_thread_in_this_process_leaves_torchs_threads_alone(tiles, tmp_path, scheduler, monkeypatch):
+    """torch's thread count is process-wide: workers that are threads of the client process (this
+    ``processes=False`` scheduler) must not set it, or the client's own later runs compute differently."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    result = run_batch([tiles["safe"]], tmp_path / "out", config=CONFIG, scheduler=scheduler, threads_per_worker=1)
+    assert [o.status for o in result.outcomes] == [OK] and calls == []

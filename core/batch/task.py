@@ -8,9 +8,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..config import EngineConfig
+from ..config import EngineConfig, usable_cores
 from ..errors import Cancelled, S2SegError
-from ..config import usable_cores
 from .results import CANCELLED, FAILED, OK, SKIPPED, ProgressCallback, TileJob, TileOutcome
 
 #: Seconds between two in-tile progress events sent by a worker (per tile).
@@ -112,7 +111,7 @@ def run_tile(job: TileJob, model: Any = "builtin", config: EngineConfig | None =
     try:
         import torch
 
-        if worker is not None:
+        if worker is not None and _own_process():
             host = _host_of(str(getattr(worker, "address", "")))
             threads = torch_threads or max(1, usable_cores() // max(slots, (host_slots or {}).get(host, 0)))
             if torch.get_num_threads() != threads:
@@ -182,9 +181,18 @@ def _prepare_worker(model: Any, torch_threads: int = 0) -> str:
     from .. import pipeline  # noqa: F401 - importing is half the point
     from ..models import resolve_card
 
-    if torch_threads and torch.get_num_threads() != torch_threads:
+    if torch_threads and _own_process() and torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
     return resolve_card(model).name
+
+
+def _own_process() -> bool:
+    """Does this worker run in a process of its own (a Dask nanny's child)? Only then may a tile set
+    torch's thread count: it is process-wide (MKL's pool whatever thread sets it), so a worker thread
+    of a ``processes=False`` cluster would change how the client process itself computes."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
 
 
 def _watch_cancel(name: str, cancel: threading.Event, stop: threading.Event) -> None:
