@@ -217,6 +217,22 @@ def _regions(classes, strip_rows: int, check: Callable[[], None], maxprob, gap) 
     return root_of, regions
 
 
+def create_geopackage(path: Path, named: Path | None = None):
+    """A new, open OGR GeoPackage at ``path`` (often a temporary name that does not end in .gpkg, so
+    GDAL's warning about it is silenced); an :class:`OutputError` naming ``named`` (else ``path``) when
+    GDAL cannot create it."""
+    from osgeo import gdal, ogr
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    finally:
+        gdal.PopErrorHandler()
+    if ds is None:
+        raise OutputError(f"cannot create GeoPackage {named or path}: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}")
+    return ds
+
+
 def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str], strip_rows: int,
                 check: Callable[[], None], maxprob, gap) -> int:
     """Pass 1 (:func:`_regions`), then pass 2: a temporary raster of region ids, strip by strip, that
@@ -247,13 +263,7 @@ def _polygonize(classes, path: Path, names: Sequence[str], colours: Sequence[str
         srs = osr.SpatialReference()
         srs.ImportFromWkt(classes.GetProjection())
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        gdal.PushErrorHandler("CPLQuietErrorHandler")  # silence "extension should be gpkg": a temporary name
-        try:
-            out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-        finally:
-            gdal.PopErrorHandler()
-        if out is None:
-            raise OutputError(f"cannot create {path}: {gdal.GetLastErrorMsg()}")
+        out = create_geopackage(path)
         layer = out.CreateLayer(LAYER, srs, ogr.wkbPolygon, ["SPATIAL_INDEX=YES"])
         for name, kind in zip(FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTReal, ogr.OFTReal, ogr.OFTReal)):
             layer.CreateField(ogr.FieldDefn(name, kind))

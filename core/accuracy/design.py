@@ -23,6 +23,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError, OutputError, OutputsExist
 from ..styles import store_default_style
+from ..vectorize import create_geopackage
 from ..uncertainty import CLASS_NODATA
 from ..writer import product_paths
 from .config import (DESIGN_LAYER, REFERENCE_FIELD, SAMPLE_FIELDS, SAMPLE_LAYER, STRATA_LAYER, DesignConfig,
@@ -272,7 +273,7 @@ def draw_design(products: Products, config: DesignConfig, progress: Progress | N
 
 def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     """Write the points, the strata table and the design settings as one GeoPackage (atomically)."""
-    from osgeo import gdal, ogr, osr
+    from osgeo import ogr, osr
 
     path = Path(path)
     if path.suffix.lower() != ".gpkg":
@@ -291,14 +292,7 @@ def write_design(design: Design, path: Path, overwrite: bool = False) -> Path:
     try:
         with atomic_path(path) as tmp:
             tmp.unlink()  # the GeoPackage driver creates its file itself
-            # Quiet: GDAL warns that the temporary name does not end in .gpkg; failures are checked below.
-            gdal.PushErrorHandler("CPLQuietErrorHandler")
-            try:
-                ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
-            finally:
-                gdal.PopErrorHandler()
-            if ds is None:
-                raise OutputError(f"cannot create GeoPackage {path}: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}")
+            ds = create_geopackage(tmp, path)
             points = ds.CreateLayer(SAMPLE_LAYER, srs if design.products.crs_wkt else None, ogr.wkbPoint)
             for name, kind in zip(SAMPLE_FIELDS, (ogr.OFTInteger, ogr.OFTString, ogr.OFTInteger, ogr.OFTString,
                                                   ogr.OFTReal, ogr.OFTReal, ogr.OFTReal, ogr.OFTString)):
