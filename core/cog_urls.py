@@ -63,7 +63,8 @@ def read_url_list(path: Path) -> list[str]:
         if not text or text.startswith("#"):
             continue
         if not is_url(text):
-            raise InputError(f"line {number} of the list of band URLs {path} is not an http(s) URL: {redact(text)!r}")
+            raise InputError(f"line {number} of the list of band URLs {path} is not an http(s) URL: {redact(text)!r} "
+                             f"(a batch reads a list of tiles given as @{path.name})")
         urls.append(text)
     if not urls:
         raise InputError(f"the list of band URLs {path} lists no URL (one http(s)://…/B02.tif per line)")

@@ -60,13 +60,14 @@ def test_declared_interface(s2seg_provider):
     assert (alg.group(), alg.groupId()) == ("Segmentation", "segmentation")
     assert not alg.flags() & alg.FlagNoThreading and alg.flags() & alg.FlagCanCancel
     params = {p.name(): p for p in alg.parameterDefinitions()}
-    assert list(params) == ["INPUTS", "TILE_LIST", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
-                            "WRITE_PROBS", "OVERWRITE", "RESUME", "SCHEDULER", "WORKERS", "THREADS_PER_WORKER",
-                            "OUTPUT_FOLDER"]
+    assert list(params) == ["INPUTS", "TILE_LIST", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE",
+                            "DEVICE", "WRITE_PROBS", "BANDS", "SCALE", "OFFSET", "OVERWRITE", "RESUME", "SCHEDULER",
+                            "WORKERS", "THREADS_PER_WORKER", "OUTPUT_FOLDER"]
     # The engine options are those of s2seg:segmenttile, declared once (algorithms/common.py).
     single = {p.name(): p for p in QgsApplication.processingRegistry().algorithmById("s2seg:segmenttile")
               .parameterDefinitions()}
-    for name in ("MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS", "RESUME"):
+    for name in ("EXTENT", "MASK", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS",
+                 "BANDS", "SCALE", "OFFSET", "RESUME"):
         assert params[name].toVariantMap() == single[name].toVariantMap(), name
     assert "mps" in params["DEVICE"].options() and params["RESUME"].options() == ["auto", "require", "never"]
     assert isinstance(params["INPUTS"], QgsProcessingParameterString) and params["INPUTS"].multiLine()

@@ -77,9 +77,9 @@ def test_provider_and_algorithm_identity(s2seg_provider):
 def test_parameters(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     params = {p.name(): p for p in alg.parameterDefinitions()}
-    assert list(params) == ["INPUT", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK", "KEEP_MASKED",
-                            "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
-                            "WRITE_PROBS", "PRODUCTS", "VECTOR", "MMU", "COG", "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
+    assert list(params) == ["INPUT", "STACK_LAYER", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK",
+                            "KEEP_MASKED", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
+                            "WRITE_PROBS", "BANDS", "SCALE", "OFFSET", "PRODUCTS", "VECTOR", "MMU", "COG", "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
     # The … button picks files: a .zip, or a file inside a .SAFE or a band folder (see tile_path).
     assert params["INPUT"].behavior() == QgsProcessingParameterFile.File
