@@ -59,7 +59,8 @@ def discover_stac(source: str | Path) -> BandSet:
     if not any(BAND_BY_ID[b].resolution == 10 for b in assets):
         raise InputError(f"STAC item {item.id} ({redact(str(source))}) has no 10 m band asset (B02/blue, B03/green, "
                          f"B04/red or B08/nir); assets: {', '.join(item.assets) or 'none'}")
-    files = {band_id: open_remote_band(BAND_BY_ID[band_id], href, f"asset {key!r} of STAC item {item.id} ({redact(href)})")
+    files = {band_id: open_remote_band(BAND_BY_ID[band_id], href,
+                                       f"asset {key!r} of STAC item {item.id} ({redact(href)})")
              for band_id, (key, href) in assets.items()}
     properties = item.properties
     baseline = properties.get("s2:processing_baseline")
