@@ -83,6 +83,13 @@ def resolve_mode(mode: str, bandset: BandSet, mask_model: str | None = None) -> 
     :class:`InputError` when the tile lacks what an explicit mode needs."""
     if mode not in MASK_MODES:
         raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    source, note = _resolve(mode, bandset, mask_model)
+    if mode == "auto" and source != "none":  # the default of the CLI and QGIS: say what it chose and how to stop it
+        note = f"mask auto: {note}; to turn it off: --mask none (QGIS: Mask clouds, shadows and snow = none)"
+    return source, note
+
+
+def _resolve(mode: str, bandset: BandSet, mask_model: str | None) -> tuple[str, str]:
     if mode == "model" or (mode == "auto" and "SCL" not in bandset.layers
                            and (mask_model is not None or cloud_model_name(bandset.level) in available_cards())):
         name = mask_model or cloud_model_name(bandset.level)
