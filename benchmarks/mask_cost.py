@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ def mask_section(result: BenchResult, work: Path, device, log: Log, size: int = 
     builtin = load_model(resolve_card("builtin"), device)
     has_model = CLOUD_MODEL in available_cards()
     runs: dict[str, list[float]] = {"none": [], "scl": [], "model": []}
+    cpu: dict[str, list[float]] = {"none": [], "scl": [], "model": []}  # process CPU seconds: steadier under load
     patches = None
 
     def run(mode: str) -> None:
@@ -73,8 +75,10 @@ def mask_section(result: BenchResult, work: Path, device, log: Log, size: int = 
         out = work / f"out-mask-{mode}"
         shutil.rmtree(out, ignore_errors=True)
         log(f"[bench] mask: --mask {mode} on {size}²")
+        c0 = time.process_time()
         r = segment(tile, out, model=builtin, config=bench_config(mask=mode, device=str(device), overwrite=True),
                     log=messages.append)
+        cpu[mode].append(time.process_time() - c0)
         runs[mode].append(r.seconds)
         found = [m for m in map(_PATCHES.search, messages) if m]
         if found:
@@ -96,12 +100,19 @@ def mask_section(result: BenchResult, work: Path, device, log: Log, size: int = 
     scl_ratio = scl / plain
     result.ratios["mask_scl_over_unmasked"] = scl_ratio
     section = Section(f"Masking clouds, shadows and snow ({size}² L2A sample, built-in land cover)",
-                      ["run", "seconds", "cloud patches computed / in the tile's grid", "ratio", "target"])
-    section.rows.append(["--mask none", " / ".join(fmt_s(s) for s in runs["none"]), "–", "1.00", ""])
-    section.rows.append(["--mask scl", " / ".join(fmt_s(s) for s in runs["scl"]), "–",
-                         f"{scl_ratio:.2f} (÷ unmasked)", f"≤ {MASK_SCL_MAX}"])
+                      ["run", "seconds", "CPU seconds", "cloud patches computed / in the tile's grid", "ratio", "target"])
+    cpu_ratio = min(cpu["scl"]) / min(cpu["none"])
+    result.ratios["mask_scl_over_unmasked_cpu"] = cpu_ratio
+    section.rows.append(["--mask none", " / ".join(fmt_s(s) for s in runs["none"]),
+                         " / ".join(fmt_s(s) for s in cpu["none"]), "–", "1.00", ""])
+    section.rows.append(["--mask scl", " / ".join(fmt_s(s) for s in runs["scl"]),
+                         " / ".join(fmt_s(s) for s in cpu["scl"]), "–",
+                         f"{scl_ratio:.2f} (÷ unmasked; CPU {cpu_ratio:.2f})", f"≤ {MASK_SCL_MAX}"])
+    note = "" if scl_ratio <= MASK_SCL_MAX else (
+        f"best wall times {fmt_s(scl)} s against {fmt_s(plain)} s; the process CPU seconds, steadier on a shared "
+        f"machine, give {cpu_ratio:.2f}×")
     result.targets.append(Target(f"--mask scl ≤ {MASK_SCL_MAX} × the unmasked run", f"{scl_ratio:.2f}×",
-                                 f"≤ {MASK_SCL_MAX}×", scl_ratio <= MASK_SCL_MAX))
+                                 f"≤ {MASK_SCL_MAX}×", scl_ratio <= MASK_SCL_MAX, note))
     if floor is None:
         result.targets.append(Target(f"--mask model ≤ {MASK_MODEL_MAX} × (land cover + cloud compute floor)",
                                      "–", f"≤ {MASK_MODEL_MAX}×", None, f"{CLOUD_MODEL} is not installed"))
@@ -110,8 +121,9 @@ def mask_section(result: BenchResult, work: Path, device, log: Log, size: int = 
         model_ratio = model_s / (plain + floor)
         result.ratios["mask_model_over_parts"] = model_ratio
         result.seconds.update({"mask_cloud_floor": floor, "mask_model_run": model_s, "mask_unmasked_run": plain})
-        section.rows.append([f"{CLOUD_MODEL} compute floor", fmt_s(floor), f"{patches[1]} (forward passes alone)", "", ""])
-        section.rows.append(["--mask model", fmt_s(model_s), f"{patches[0]} / {patches[1]}",
+        section.rows.append([f"{CLOUD_MODEL} compute floor", fmt_s(floor), "–", f"{patches[1]} (forward passes alone)",
+                             "", ""])
+        section.rows.append(["--mask model", fmt_s(model_s), fmt_s(cpu["model"][0]), f"{patches[0]} / {patches[1]}",
                              f"{model_ratio:.2f} (÷ unmasked + floor)", f"≤ {MASK_MODEL_MAX}"])
         result.targets.append(Target(f"--mask model ≤ {MASK_MODEL_MAX} × (land cover + cloud compute floor)",
                                      f"{model_ratio:.2f}×", f"≤ {MASK_MODEL_MAX}×", model_ratio <= MASK_MODEL_MAX))

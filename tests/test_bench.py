@@ -316,5 +316,5 @@ def test_mask_costs_are_measured_against_the_unmasked_run(result):
     if "s2-cloud-l2a" in available_cards():
         assert out.ratios["mask_model_over_parts"] > 0 and out.seconds["mask_cloud_floor"] > 0
         row = next(r for s in out.sections if s.title.startswith("Masking") for r in s.rows if r[0] == "--mask model")
-        computed, grid = (int(n) for n in row[2].split(" / "))
+        computed, grid = (int(n) for n in row[3].split(" / "))
         assert computed == grid  # each cloud patch once
