@@ -30,9 +30,12 @@ Sections (each a table in ``docs/benchmarks.md``):
    overlap and at s2seg's 50 %, against ``segment``, interleaved in one run (:mod:`.peer_row`).
 10. **Start-up and memory** — ``s2seg segment`` on a 600² tile against ``python -c "import torch"``;
     peak RSS of a small crop per model kind against its import baseline, fresh processes (:mod:`.startup`).
+11. **Masking clouds, shadows and snow** — ``--mask scl`` against the unmasked run, ``--mask model``
+    against the land cover alone plus the cloud U-Net's compute floor, on a 2520² L2A sample (:mod:`.mask_cost`).
 
 Absolute seconds depend on the machine and its load; the targets are ratios. Modules: :mod:`.floors`
-(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.startup` (10), :mod:`.report` (tables), :mod:`.common` (targets,
+(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.startup` (10),
+:mod:`.mask_cost` (11), :mod:`.report` (tables), :mod:`.common` (targets,
 inputs, timing), :mod:`.engine_parts` (the only place that touches engine internals).
 """
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .blending import blend_section, monai_blend_confidence, ours_blend_confiden
 from .common import (AGREEMENT_TOL, DEFAULT_WORK_DIR, DOCS_PATH, PIPELINE_OVER_FLOOR_MAX, Log, bench_config, fmt_s,
                      heavy_model_folder, load_average, machine_info, sample_tile)
 from .floors import BUSY_HEADER, busy_cells, pipeline_note, run_regime
+from .mask_cost import MASK_BENCH_SIZE, mask_section
 from .overhead import overhead_cases, overhead_section
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
 from .startup import STARTUP_SIZE, memory_section, startup_section
@@ -62,7 +66,8 @@ __all__ = ["AGREEMENT_TOL", "BenchResult", "Section", "Target", "bench", "main",
 def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
               rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True, outputs: bool = True,
               blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
-              peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None, docs: str | Path | None = DOCS_PATH, log: Log | None = None) -> int:
+              peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, mask: bool = True,
+              work_dir: str | Path | None = None, docs: str | Path | None = DOCS_PATH, log: Log | None = None) -> int:
     """Run the benchmark on a ``size``² sample tile, print the table and write ``docs``; 0 when it ran.
 
     ``rss_sizes`` defaults to 2520² and 5040², plus 10980² when ``size`` is 10980
@@ -73,7 +78,7 @@ def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     result = bench(size, heavy=heavy, heavy_size=heavy_size, heavy_arch=heavy_arch, rss_sizes=rss_sizes,
                    encoding=encoding, nodata=nodata, blend_chunk=blend_chunk, quick=quick, device=device,
-                   peer_scene=peer_scene, startup=startup, work_dir=work_dir, log=log)
+                   peer_scene=peer_scene, startup=startup, mask=mask, work_dir=work_dir, log=log)
     print(result.text())
     if docs:
         docs = Path(docs)
@@ -86,10 +91,11 @@ def run_bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = 
 def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None, heavy_arch: str = "resnet50",
           rss_sizes: tuple[int, ...] | None = None, encoding: bool = True, nodata: bool = True, outputs: bool = True,
           blend_chunk: int | None = None, quick: bool = False, device: str = "auto",
-          peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, work_dir: str | Path | None = None,
-          log: Log | None = None) -> BenchResult:
+          peer_scene: str | Path | None = DEMO_SCENE, startup: bool = True, mask: bool = True,
+          work_dir: str | Path | None = None, log: Log | None = None) -> BenchResult:
     """Measure everything :func:`run_bench` reports and return it (no printing, no docs);
-    ``peer_scene`` None skips the peer section, ``startup`` False the fresh-process start-up and memory runs."""
+    ``peer_scene`` None skips the peer section, ``startup`` False the fresh-process start-up and memory runs,
+    ``mask`` False the mask costs (quick: on the ``size``² tile instead of 2520²)."""
     from s2seg.core.grid import aligned_unit
     from s2seg.core.models import load_model, pick_device, resolve_card
 
@@ -168,6 +174,10 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
     if encoding:
         log("[bench] output encoding")
         encoding_section(result, outputs["builtin"], work)
+
+    if mask:
+        log("[bench] masking clouds, shadows and snow: scl and the cloud model against the unmasked run")
+        mask_section(result, work, dev, log, size=min(size, 360) if quick else MASK_BENCH_SIZE)
 
     if peer_scene is not None:
         log("[bench] peer: Deepness's tiling against segment, same ONNX model and scene")

@@ -21,7 +21,7 @@ from .config import ThreadBudget
 from .errors import ModelError, S2SegError
 from .feed import Normaliser, PatchFeed, patches_with_data, to_device, widen
 from .grid import Chunk
-from .merger import ChunkProbabilities, OnePassMerger, merger_for
+from .merger import ChunkProbabilities, Merger, OnePassMerger, merger_for
 from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
 from .models.card import ModelCard
 from .reader import ChunkPixels
@@ -78,18 +78,22 @@ class ChunkInferer:
         if model.device.type == "cpu":
             cap_torch_threads(ThreadBudget.for_machine(1).model)
 
-    def infer(self, chunk: Chunk, pixels: ChunkPixels) -> Inferred | None:
-        """The merged outputs of ``chunk``; None when no patch holds data."""
+    def infer(self, chunk: Chunk, pixels: ChunkPixels, *, only: np.ndarray | None = None,
+              merger: Merger | None = None) -> Inferred | None:
+        """The merged outputs of ``chunk``; None when no patch holds data. ``only`` (bool ``(ny, nx)``):
+        compute these of the chunk's patches only; ``merger``: merge into this one instead of the
+        card's (the cloud mask reuses patches shared with the previous chunks: :mod:`.mask`)."""
         if self.card.receptive_field:
             return self._infer_one_pass(chunk, pixels)
         p, s = self.card.patch_size, self.card.stride
-        todo = np.argwhere(patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s))
+        wanted = patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
+        todo = np.argwhere(wanted if only is None else wanted & only)
         if len(todo) == 0:  # nodata-only patches cost nothing
             return None
         device = self.model.device
         feed = PatchFeed(pixels.data, todo, p, s, self.normaliser, device, resident=self.asynchronous)
         span = None  # asynchronous: the running [min, max] of the outputs, on the device (no host copy, no sync)
-        merger = merger_for(chunk, self.card, device, self.write_probs)
+        merger = merger or merger_for(chunk, self.card, device, self.write_probs)
         start, b = 0, 0  # first patch of the next batch, batches done
         while start < feed.count:
             self.check()
