@@ -39,7 +39,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
+from ..core.config import DEVICES, FRONT_END_MASK, MASK_MODES, RESUME_MODES, EngineConfig  # plain Python: no torch
 from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from ..core.products import DEFAULT_PRODUCTS, MASK, RASTER_PRODUCTS  # plain Python too
 from ..s2seg_plugin import ICON_PATH
@@ -169,6 +169,8 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EXTENT = "EXTENT"
     MASK = "MASK"  # the area-of-interest polygons (the cloud mask is CLOUD_MASK)
+    CLOUD_MASK = "CLOUD_MASK"
+    KEEP_MASKED = "KEEP_MASKED"
     BANDS = "BANDS"
     SCALE = "SCALE"
     OFFSET = "OFFSET"
@@ -267,6 +269,29 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             "area (ha), mean max probability and mean gap of each polygon; patches smaller than the "
             "<b>minimum mapping unit</b> (Advanced) are merged into their largest neighbour first.</p>"
             "<p><b>Write cloud-optimised GeoTIFFs</b>: every raster in GDAL's COG layout (takes longer).</p>"
+        )
+
+    def add_mask_parameters(self) -> None:
+        """CLOUD_MASK (the engine's ``--mask``, the front ends' default) and KEEP_MASKED (Advanced)."""
+        # Optional: graphical models saved before it existed still run (with the front ends' default).
+        self.add_static_enum(self.CLOUD_MASK, self.tr("Mask clouds, shadows and snow"), list(MASK_MODES),
+                             FRONT_END_MASK, optional=True)
+        self.add_advanced(QgsProcessingParameterBoolean(
+            self.KEEP_MASKED, self.tr("Keep the land cover under clouds, shadows and snow"), defaultValue=False,
+            optional=True))
+
+    def mask_help(self) -> str:
+        """The help paragraph of :meth:`add_mask_parameters` (and of the mask raster it writes)."""
+        return self.tr(
+            "<p><b>Clouds, shadows and snow</b> (…_mask.tif, with <i>Mask clouds, shadows and snow</i> other than "
+            "none): 0 clear, 1 cloud, 2 thin cirrus, 3 cloud shadow, 4 snow/ice, 255 no data. The land cover "
+            "and confidence rasters are no data under cloud, shadow and snow (thin cirrus is kept: the ground "
+            "shows through) unless <i>Keep the land cover under clouds, shadows and snow</i> (Advanced) is "
+            "ticked; the statistics count the visible pixels and the report gives the masked share. "
+            "<i>scl</i> reads the Scene Classification of a Level-2A product; <i>model</i> runs the cloud model "
+            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass; "
+            "<i>spectral</i> is a reflectance test (thick clouds and snow only, no shadows); <i>auto</i> takes "
+            "scl when the tile has it, else the cloud model when installed, else spectral.</p>"
         )
 
     def add_aoi_parameters(self) -> None:
@@ -513,6 +538,9 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             for name, field in ((self.SCALE, "scale"), (self.OFFSET, "offset")):
                 if parameters.get(name) not in (None, ""):
                     values[field] = self.parameterAsDouble(parameters, name, context)
+        if self.parameterDefinition(self.CLOUD_MASK) is not None:
+            values["mask"] = self.enum_string(parameters, self.CLOUD_MASK, context) or FRONT_END_MASK
+            values["keep_masked"] = self.parameterAsBoolean(parameters, self.KEEP_MASKED, context)
         if self.parameterDefinition(self.EXTENT) is not None and "aoi" not in fixed:
             values["aoi"] = self.aoi_parameter(parameters, context)
         if self.parameterDefinition(self.PRODUCTS) is not None:

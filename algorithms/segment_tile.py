@@ -22,13 +22,11 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
 )
 
-from ..core.config import MASK_MODES  # plain Python too
 from .common import S2SegAlgorithm
 
 
@@ -91,8 +89,6 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
 
     INPUT = "INPUT"
     STACK_LAYER = "STACK_LAYER"
-    CLOUD_MASK = "CLOUD_MASK"
-    KEEP_MASKED = "KEEP_MASKED"
 
     CLASS = "CLASS"
     MAXPROB = "MAXPROB"
@@ -156,15 +152,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "(one class certain) to log₂ of the number of classes (all equally likely: 4.25 bits for 19 classes). "
             "High entropy marks mixed pixels, rare surfaces and conditions the model was not trained for "
             "(clouds, snow, haze).</p>"
-            "<p><b>Clouds, shadows and snow</b> (…_mask.tif, with <i>Mask clouds, shadows and snow</i> other than "
-            "none): 0 clear, 1 cloud, 2 thin cirrus, 3 cloud shadow, 4 snow/ice, 255 no data. The land cover "
-            "and confidence rasters are no data under cloud, shadow and snow (thin cirrus is kept: the ground "
-            "shows through) unless <i>Keep the land cover under clouds, shadows and snow</i> (Advanced) is "
-            "ticked; the statistics count the visible pixels and the report gives the masked share. "
-            "<i>scl</i> reads the Scene Classification of a Level-2A product; <i>model</i> runs the cloud model "
-            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass; "
-            "<i>spectral</i> is a reflectance test (thick clouds and snow only, no shadows); <i>auto</i> takes "
-            "scl when the tile has it, else the cloud model when installed, else spectral.</p>"
+        ) + self.mask_help() + self.tr(
             "<p><b>Gap</b> (…_gap.tif, 0–1): probability of the best class minus that of the second best. Below "
             "about 0.1 the pixel sits on a decision boundary between two classes: the map may as well have said "
             "the runner-up. Check these areas first.</p>"
@@ -207,12 +195,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             optional=True))
         self.add_aoi_parameters()
         self.add_model_parameters()
-        # Optional: graphical models saved before it existed still run (with the default, auto).
-        self.add_static_enum(self.CLOUD_MASK, self.tr("Mask clouds, shadows and snow"), list(MASK_MODES), "auto",
-                             optional=True)
-        self.add_advanced(QgsProcessingParameterBoolean(
-            self.KEEP_MASKED, self.tr("Keep the land cover under clouds, shadows and snow"), defaultValue=False,
-            optional=True))
+        self.add_mask_parameters()
         self.add_engine_parameters()
         self.add_pixel_parameters()
         self.add_output_parameters()
@@ -250,8 +233,6 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         # folder): only when the user ticks OVERWRITE.
         config = self.engine_config(
             parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-            mask=self.enum_string(parameters, self.CLOUD_MASK, context) or "auto",
-            keep_masked=self.parameterAsBoolean(parameters, self.KEEP_MASKED, context),
         )
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))

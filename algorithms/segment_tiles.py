@@ -85,7 +85,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         ) + self.aoi_help() + self.tr(
             "<p>With an area of interest, a tile it does not overlap fails with a message saying so and the "
             "others go on; each tile's rasters cover the part of the area on that tile.</p>"
-        ) + self.engine_parameters_help() + self.pixel_parameters_help() + self.tr(
+        ) + self.mask_help() + self.engine_parameters_help() + self.pixel_parameters_help() + self.tr(
             "<p><b>Re-run tiles that are already complete</b>: by default a tile whose outputs are complete "
             "(its report exists, same model and probability setting) is skipped.</p>"
         ) + self.resume_help() + self.tr(
@@ -128,6 +128,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         )
         self.add_aoi_parameters()
         self.add_model_parameters()
+        self.add_mask_parameters()
         self.add_engine_parameters()
         self.add_pixel_parameters()
         self.add_overwrite_parameter(self.tr("Re-run tiles that are already complete"))
