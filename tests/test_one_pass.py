@@ -157,7 +157,8 @@ def test_the_accelerator_path_gives_the_same_probabilities(tile):
         pixels = reader.read(chunk.input_rows, chunk.input_cols)
     results = []
     for asynchronous in (False, True):
-        inferer = ChunkInferer(model, Normaliser(card, bandset, torch.device("cpu")), 4, asynchronous=asynchronous)
+        inferer = ChunkInferer(model, Normaliser(card, bandset, torch.device("cpu")), 4, asynchronous=asynchronous,
+                               write_probs=True)
         inferred = inferer.infer(chunk, pixels)
         assert (inferred.extremes is not None) == asynchronous
         inferred.raise_if_bad(card)
