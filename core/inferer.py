@@ -119,7 +119,7 @@ class ChunkInferer:
         """A one-pass model (card ``receptive_field`` R): the chunk's input region (the window plus a halo of R,
         see :func:`.grid.plan_one_pass`) through the model in row strips, each strip with R rows of context
         above and below, so every output pixel is computed once. The strip holds about ``batch_size``
-        patches' worth of pixels (at least 32 R rows, so the recomputed context stays under 1/16); halved on
+        patches' worth of pixels (at least 16 R rows, so the recomputed context stays under 1/8); halved on
         out-of-memory errors like the batch. The merger keeps views of the outputs (nothing is copied), or only
         their confidence products when probabilities are not written."""
         if not pixels.valid.any():
@@ -198,8 +198,9 @@ class ChunkInferer:
 
 def one_pass_strip_rows(halo: int, batch_size: int, patch_size: int, width: int) -> int:
     """Output rows a one-pass model computes at once: ``batch_size`` patches' worth of pixels of a ``width`` wide
-    input, at least 32 × the halo (so the context computed twice, above and below, stays under 1/16)."""
-    return max(32 * halo, -(-batch_size * patch_size**2 // width))
+    input, at least 16 × the halo (so the context computed twice, above and below, stays under 1/8; larger strips
+    measured 57 MB more peak RSS for 6 % less model work on 5040² tiles)."""
+    return max(16 * halo, -(-batch_size * patch_size**2 // width))
 
 
 def one_pass_span(chunk: Chunk, row: int, strip: int, halo: int, rows_in: int) -> tuple[int, int, int]:
