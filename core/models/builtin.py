@@ -133,7 +133,7 @@ class SpectralPrototypeNet(torch.nn.Module):
         self.register_buffer("targets", _target_matrix().T.contiguous().float())  # (C, K)
         self.num_classes = len(BIGEARTHNET19_NAMES)
         #: the same tables for the compiled CPU kernel (:mod:`.prototype_kernels`)
-        self.kernel_tables = prototype_kernels.MixtureTables(self.centres, self.scale, self.log_prior, self.targets)
+        self.kernel_tables = prototype_kernels.MixtureTables(self.affine, self.targets)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 6, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction."""
@@ -163,8 +163,8 @@ class SpectralPrototypeNet(torch.nn.Module):
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, one compiled pass
-        per block of pixels (:mod:`.prototype_kernels`: the same mixture, with the distances computed as
-        ``‖f − μₖ‖²``); else the torch steps below."""
+        per block of pixels (:mod:`.prototype_kernels`, the same ``affine`` and ``targets``); else the torch
+        steps below (the reference: the two agree within 1e-5)."""
         if prototype_kernels.usable(x):
             features = self._features(x)
             return prototype_kernels.mixture_probabilities(features, self.kernel_tables, torch.get_num_threads()

@@ -1,6 +1,9 @@
 """Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
 distributions in one pass over the pixels, and the open-water box mean.
 
+The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
+once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
+
 torch evaluates the prototype mixture as separate whole-image steps (a ``(K, F + 1) × (F + 1, n)``
 product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step writes and reads a
 ``K × n`` or ``C × n`` float32 array, so the model is bound by memory traffic (~0.8 s for a 1470²
@@ -65,41 +68,38 @@ def _exp_nonpositive(x, out, scale_bits):  # pragma: no cover - compiled by numb
 
 
 @_njit
-def _mixture_pixels(features, centres, inv_scale, log_prior, indptr, classes, weights, out, p0, p1):  # pragma: no cover
-    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)``:
-    ``zₖ = log_prior_k − ½ Σ_f ((x_f − centre_kf) · inv_scale_f)²``, ``wₖ = exp(zₖ − max z) / Σ exp``,
+def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
+    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)``: the prototype scores
+    ``zₖ = Σ_f affine[k, f] · x_f + affine[k, F]`` (the model's own affine map), ``wₖ = exp(zₖ − max z) / Σ exp``,
     ``p_c = Σₖ wₖ T_kc`` with ``T`` in compressed rows (``indptr``, ``classes``, ``weights``)."""
-    n_protos, n_features = centres.shape
+    n_protos, n_affine = affine.shape
+    n_features = n_affine - 1
     n_classes = out.shape[0]
     f32 = np.float32
-    g = np.zeros((n_features, BLOCK), f32)  # standardised features of the block (padding: 0)
+    x = np.zeros((n_features, BLOCK), f32)  # the block's features (padding: 0)
     z = np.empty((n_protos, BLOCK), f32)
     best = np.empty(BLOCK, f32)
     total = np.empty(BLOCK, f32)
     acc = np.empty((n_classes, BLOCK), f32)
     shifted = np.empty(BLOCK, f32)
     bits = np.empty(BLOCK, np.int32)
-    half = f32(0.5)
     for s in range(p0, p1, BLOCK):
         nb = min(BLOCK, p1 - s)
         for f in range(n_features):
-            row, inv, gf = features[f], inv_scale[f], g[f]
+            row, xf = features[f], x[f]
             for b in range(nb):
-                gf[b] = row[s + b] * inv
+                xf[b] = row[s + b]
             for b in range(nb, BLOCK):
-                gf[b] = f32(0.0)
+                xf[b] = f32(0.0)
         for k in range(n_protos):
             zk = z[k]
+            bias = affine[k, n_features]
             for b in range(BLOCK):
-                zk[b] = f32(0.0)
+                zk[b] = bias
             for f in range(n_features):
-                mu, gf = centres[k, f] * inv_scale[f], g[f]
+                a, xf = affine[k, f], x[f]
                 for b in range(BLOCK):
-                    d = gf[b] - mu
-                    zk[b] += d * d
-            prior = log_prior[k]
-            for b in range(BLOCK):
-                zk[b] = prior - half * zk[b]
+                    zk[b] += a * xf[b]
         for b in range(BLOCK):
             best[b] = z[0, b]
         for k in range(1, n_protos):
@@ -169,13 +169,13 @@ def usable(x: torch.Tensor) -> bool:
 
 
 class MixtureTables:
-    """The prototype mixture's tables as the kernel takes them (float32 numpy, class distributions sparse)."""
+    """The prototype mixture's tables as the kernel takes them: the model's score map and its prototypes'
+    class distributions (sparse rows), float32 numpy."""
 
-    def __init__(self, centres: torch.Tensor, scale: torch.Tensor, log_prior: torch.Tensor, targets: torch.Tensor):
-        """``centres (K, F)``, ``scale (F)``, ``log_prior (K)``, ``targets (C, K)`` (column k: prototype k's classes)."""
-        self.centres = centres.detach().cpu().float().numpy().copy()
-        self.inv_scale = (1.0 / scale.detach().cpu().double()).float().numpy()
-        self.log_prior = log_prior.detach().cpu().float().numpy().copy()
+    def __init__(self, affine: torch.Tensor, targets: torch.Tensor):
+        """``affine (K, F + 1)``: scores from the features and a constant 1; ``targets (C, K)``: column k is
+        prototype k's class distribution (:class:`.builtin.SpectralPrototypeNet`'s buffers)."""
+        self.affine = affine.detach().cpu().float().numpy().copy()
         rows = targets.detach().cpu().float().T.numpy()  # (K, C)
         self.n_classes = rows.shape[1]
         k_idx, c_idx = np.nonzero(rows)
@@ -185,7 +185,8 @@ class MixtureTables:
 
 
 def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads: int) -> torch.Tensor:
-    """``features (N, ≥ F, n)`` float32 (rows beyond the tables' F are ignored) → probabilities ``(N, C, n)``,
+    """``features (N, ≥ F, n)`` float32 (rows beyond the affine map's F, e.g. its row of ones, are ignored) →
+    probabilities ``(N, C, n)``,
     split over ``threads`` threads (each pixel's bits do not depend on the split)."""
     n_images, _, n = features.shape
     out = empty((n_images, tables.n_classes, n))  # huge pages: a strip's outputs are tens of MB, written once
@@ -193,8 +194,7 @@ def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads
     if f.stride(2) != 1:
         f = f.contiguous()
     for i in range(n_images):
-        args = (f[i].numpy(), tables.centres, tables.inv_scale, tables.log_prior, tables.indptr, tables.classes,
-                tables.weights, out[i].numpy())
+        args = (f[i].numpy(), tables.affine, tables.indptr, tables.classes, tables.weights, out[i].numpy())
         _split(_mixture_pixels, n, threads, args)
     return out
 
