@@ -186,8 +186,7 @@ class MixtureTables:
 
 def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads: int) -> torch.Tensor:
     """``features (N, ≥ F, n)`` float32 (rows beyond the affine map's F, e.g. its row of ones, are ignored) →
-    probabilities ``(N, C, n)``,
-    split over ``threads`` threads (each pixel's bits do not depend on the split)."""
+    probabilities ``(N, C, n)``, split over ``threads`` threads (each pixel's bits do not depend on the split)."""
     n_images, _, n = features.shape
     out = empty((n_images, tables.n_classes, n))  # huge pages: a strip's outputs are tens of MB, written once
     f = features.detach()
