@@ -58,7 +58,7 @@ _LEAFLESS_FOREST = (("Broad-leaved forest", 0.5), ("Mixed forest", 0.2), ("Trans
 
 #: (target, prototype feature values in _FEATURES order, log prior). Reflectances are bottom-of-atmosphere
 #: (L2A) or top-of-atmosphere (L1C) alike: the prototypes sit between the two where they differ. The values
-#: of the one-class rows are fitted (``python -m s2seg.benchmarks.fit_builtin --fit-on all``), the others set by hand.
+#: of the one-class rows are fitted (``benchmarks/fit_builtin.py --fit-on all``), the others set by hand.
 _PROTOTYPES = (
     ("Marine waters", (-0.300, 0.700, -0.600, 0.080, 0.030, 0.951), 0.00),
     ("Inland waters", (-0.205, 0.604, -0.514, 0.068, 0.038, 0.434), -0.08),
