@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-on", choices=(*SPLITS, "cv"), default="cv",
                         help="the patches to fit on; cv: each of the two halves scored by the table fitted on the other")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--anchor", type=float, default=0.05, help="weight of the distance from the hand-set table")
     parser.add_argument("--demo-weight", type=float, default=20.0, help="weight of the demo scene's group shares")
     parser.add_argument("--pixels", type=int, default=2000, help="pixels per patch and step")
