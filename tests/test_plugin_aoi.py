@@ -119,8 +119,8 @@ def test_the_batch_algorithm_takes_the_same_extent_and_polygons(s2seg_registered
                                                                 aoi):
     given = ({"EXTENT": f"{LEFT + 405},{LEFT + 1195},{TOP - 1500},{TOP - 610} [EPSG:32632]"} if aoi == "extent"
              else {"MASK": _triangle_layer()})
+    # Both with the front ends' cloud-mask default (auto).
     single, single_transform = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), **given, "DEVICE": "cpu",
-                                                               "CLOUD_MASK": "none",  # the batch's engine default
                                                                "OUTPUT_FOLDER": str(tmp_path / "single")}))
     part, transform = batch_classes(tmp_path / "batch", INPUTS=str(small_tile), SCHEDULER=scheduler, **given)
     assert part.shape == single.shape == ((89, 80) if aoi == "extent" else (170, 170))
