@@ -32,7 +32,7 @@ Sections (each a table in ``docs/benchmarks.md``):
     peak RSS of a small crop per model kind against its import baseline, fresh processes (:mod:`.startup`).
 
 Absolute seconds depend on the machine and its load; the targets are ratios. Modules: :mod:`.floors`
-(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.startup` (10), :mod:`.report` (tables), :mod:`.common` (targets,
+(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.reading` (9b), :mod:`.startup` (10), :mod:`.report` (tables), :mod:`.common` (targets,
 inputs, timing), :mod:`.engine_parts` (the only place that touches engine internals).
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ from .common import (AGREEMENT_TOL, DEFAULT_WORK_DIR, DOCS_PATH, PIPELINE_OVER_F
 from .floors import BUSY_HEADER, busy_cells, pipeline_note, run_regime
 from .overhead import overhead_cases, overhead_section
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
+from .reading import reading_section
 from .startup import STARTUP_SIZE, memory_section, startup_section
 from .report import BenchResult, Section, Target
 from .sections import encoding_section, nodata_section, outputs_section, rss_section
@@ -172,6 +173,8 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
     if peer_scene is not None:
         log("[bench] peer: Deepness's tiling against segment, same ONNX model and scene")
         peer_section(result, work, log, scene=Path(peer_scene), repeats=1 if quick else 3)
+        log("[bench] reading: the read stage of the peer crop against gdal_translate")
+        reading_section(result, log, scene=Path(peer_scene), repeats=1 if quick else 3)
 
     if startup:
         log("[bench] start-up and peak RSS per model kind, fresh processes")

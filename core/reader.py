@@ -136,6 +136,19 @@ class ChunkReader:
             return ChunkPixels(data, valid)
         return ChunkPixels(data, valid.reshape(h // f, f, w // f, f).any(axis=(1, 3)), valid)
 
+    def native_windows(self, rows: tuple[int, int], cols: tuple[int, int]) -> list[Window]:
+        """The window of native pixels each band file is read in for :meth:`read` of the same region
+        (for comparing the read with other tools on the same pixels)."""
+        ref = self.bandset.reference
+        ys = ref.transform.f + (reflect_indices(rows[0], rows[1], ref.height) + 0.5) * ref.transform.e
+        xs = ref.transform.c + (reflect_indices(cols[0], cols[1], ref.width) + 0.5) * ref.transform.a
+        windows = []
+        for band in self.files:
+            t = band.transform
+            r, c = _sampling((ys - t.f) / t.e, band.height), _sampling((xs - t.c) / t.a, band.width)
+            windows.append(Window(c.lo, r.lo, c.hi - c.lo, r.hi - r.lo))
+        return windows
+
     def _dataset(self, i: int):
         if self._datasets[i] is None:
             try:
@@ -176,7 +189,7 @@ class ChunkReader:
 
     def _resample(self, block: np.ndarray, band: BandFile, rows: "_Sampling", cols: "_Sampling") -> tuple[np.ndarray, np.ndarray]:
         """The 10 m values and validity of the pixels ``rows`` × ``cols`` sample from ``block``."""
-        nearest = block[np.ix_(rows.index, cols.index)]
+        nearest = np.take(np.take(block, rows.index, axis=0), cols.index, axis=1)  # = block[np.ix_(…)], 3× faster
         valid = nearest != 0
         if self.resampling == "nearest" or band.band.resolution == 10:
             return nearest, valid
