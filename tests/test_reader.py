@@ -192,3 +192,23 @@ def test_reading_a_coarse_region_holds_no_region_sized_temporaries(tmp_path):
             tracemalloc.stop()
     result = px.data.nbytes + px.output_valid.nbytes + px.valid.nbytes
     assert peak < result + 24 * 2**20, (peak / 2**20, result / 2**20)  # region-sized temporaries: 100+ MB
+
+
+def test_native_windows_are_the_windows_read(tmp_path, monkeypatch):
+    """native_windows names, band by band, exactly the window read() asks GDAL for."""
+    import rasterio.io
+
+    _tile(tmp_path)
+    asked = []
+    original = rasterio.io.DatasetReader.read
+
+    def spy(self, *args, window=None, **kwargs):
+        asked.append((self.name, window))
+        return original(self, *args, window=window, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test", threads=1) as reader:
+        windows = reader.native_windows((-6, 50), (10, 130))
+        reader.read((-6, 50), (10, 130))
+    assert sorted((name.rsplit("/", 1)[-1], w) for name, w in asked) == sorted(zip(["s2_B02.tif", "s2_B11.tif"], windows))
+    assert windows[0].row_off == 0 and windows[0].col_off == 10 and windows[1].width < windows[0].width
