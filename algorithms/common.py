@@ -17,25 +17,29 @@ import re
 import textwrap
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from qgis.core import (
     Qgis,
     QgsMessageLog,
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.config import DEVICES, RESUME_MODES, EngineConfig  # plain Python: no torch
+from ..core.config import DEVICES, FRONT_END_MASK, MASK_MODES, RESUME_MODES, EngineConfig  # plain Python: no torch
 from ..core.errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from ..core.products import DEFAULT_PRODUCTS, MASK, RASTER_PRODUCTS  # plain Python too
 from ..s2seg_plugin import ICON_PATH
@@ -163,6 +167,13 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
     RESUME = "RESUME"
     OVERWRITE = "OVERWRITE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
+    EXTENT = "EXTENT"
+    MASK = "MASK"  # the area-of-interest polygons (the cloud mask is CLOUD_MASK)
+    CLOUD_MASK = "CLOUD_MASK"
+    KEEP_MASKED = "KEEP_MASKED"
+    BANDS = "BANDS"
+    SCALE = "SCALE"
+    OFFSET = "OFFSET"
 
     def tr(self, text: str) -> str:  # noqa: D102 - Qt convention; context = the algorithm's class name
         return QCoreApplication.translate(type(self).__name__, text)
@@ -258,6 +269,84 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             "area (ha), mean max probability and mean gap of each polygon; patches smaller than the "
             "<b>minimum mapping unit</b> (Advanced) are merged into their largest neighbour first.</p>"
             "<p><b>Write cloud-optimised GeoTIFFs</b>: every raster in GDAL's COG layout (takes longer).</p>"
+        )
+
+    def add_mask_parameters(self) -> None:
+        """CLOUD_MASK (the engine's ``--mask``, the front ends' default) and KEEP_MASKED (Advanced)."""
+        # Optional: graphical models saved before it existed still run (with the front ends' default).
+        self.add_static_enum(self.CLOUD_MASK, self.tr("Mask clouds, shadows and snow"), list(MASK_MODES),
+                             FRONT_END_MASK, optional=True)
+        self.add_advanced(QgsProcessingParameterBoolean(
+            self.KEEP_MASKED, self.tr("Keep the land cover under clouds, shadows and snow"), defaultValue=False,
+            optional=True))
+
+    def mask_help(self) -> str:
+        """The help paragraph of :meth:`add_mask_parameters` (and of the mask raster it writes)."""
+        return self.tr(
+            "<p><b>Clouds, shadows and snow</b> (…_mask.tif, with <i>Mask clouds, shadows and snow</i> other than "
+            "none): 0 clear, 1 cloud, 2 thin cirrus, 3 cloud shadow, 4 snow/ice, 255 no data. The land cover "
+            "and confidence rasters are no data under cloud, shadow and snow (thin cirrus is kept: the ground "
+            "shows through) unless <i>Keep the land cover under clouds, shadows and snow</i> (Advanced) is "
+            "ticked; the statistics count the visible pixels and the report gives the masked share. "
+            "<i>scl</i> reads the Scene Classification of a Level-2A product; <i>model</i> runs the cloud model "
+            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass; "
+            "<i>spectral</i> is a reflectance test (thick clouds and snow only, no shadows); <i>auto</i> takes "
+            "scl when the tile has it, else the cloud model when installed, else spectral.</p>"
+        )
+
+    def add_aoi_parameters(self) -> None:
+        """EXTENT (typed, drawn on the canvas or a layer's extent, as QGIS offers) and MASK (a polygon
+        layer): the engine's area of interest (``--aoi``), one of them at most."""
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Area of interest (extent; empty: the whole tile)"), optional=True))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.MASK, self.tr("Area of interest polygons (pixels outside them are no data)"),
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+
+    def aoi_help(self) -> str:
+        """The help paragraph of :meth:`add_aoi_parameters`."""
+        return self.tr(
+            "<p><b>Area of interest</b> (optional): an extent (typed, drawn on the canvas or taken from a layer) "
+            "or a polygon layer (any CRS). Only that part of the tile is computed; the rasters cover its "
+            "bounding box on the tile's 10 m grid, pixels outside the polygons are no data, and every pixel "
+            "has the value a whole-tile run gives it. An area outside the tile is an error.</p>"
+        )
+
+    def aoi_parameter(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[str]:
+        """The engine's AOI string from EXTENT or MASK (one of them at most); None: the whole tile."""
+        from .area_of_interest import extent_aoi, layer_aoi
+
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = extent_aoi(self.parameterAsExtent(parameters, self.EXTENT, context),
+                                self.parameterAsExtentCrs(parameters, self.EXTENT, context))
+        polygons = layer_aoi(self.parameterAsVectorLayer(parameters, self.MASK, context), context.transformContext())
+        if extent and polygons:
+            raise QgsProcessingException(self.tr("Give either an area of interest extent or polygons, not both."))
+        return extent or polygons
+
+    def add_pixel_parameters(self) -> None:
+        """BANDS, SCALE and OFFSET (advanced, optional): how a stacked raster's bands and values are read
+        (``--bands``, ``--scale``, ``--offset``)."""
+        self.add_advanced(QgsProcessingParameterString(
+            self.BANDS, self.tr("Stacked raster: band ids in file order, e.g. B02,B03,B04,B08 ('-' skips a band; "
+                                "empty: from the band descriptions)"), optional=True))
+        for name, label in ((self.SCALE, self.tr("Scale: reflectance = value × scale + offset (empty: the file's "
+                                                 "metadata, else detected)")),
+                            (self.OFFSET, self.tr("Offset in reflectance (e.g. -0.1 for DN of baseline 04.00+ "
+                                                  "without metadata; empty: the product's)"))):
+            self.add_advanced(QgsProcessingParameterNumber(name, label, type=QgsProcessingParameterNumber.Double,
+                                                           optional=True))
+
+    def pixel_parameters_help(self) -> str:
+        """The help paragraph of :meth:`add_pixel_parameters`."""
+        return self.tr(
+            "<p><b>Band ids</b>, <b>Scale</b>, <b>Offset</b> (Advanced): a stacked raster's bands are identified "
+            "from their descriptions (B2, B02, blue, nir08 …) unless listed here in file order; its values are "
+            "read as the file's scale/offset metadata says, else detected (integers: reflectance × 10000, "
+            "floats up to 2.5: reflectance 0–1) and the log says which. Scale and offset (reflectance = value × "
+            "scale + offset) override that for any input, e.g. an offset of -0.1 for band URLs of baseline "
+            "04.00 and later, which carry no metadata.</p>"
         )
 
     def add_count_parameter(self, name: str, label: str) -> None:
@@ -444,6 +533,16 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
         }
         if self.parameterDefinition(self.RESUME) is not None:
             values["resume"] = self.enum_string(parameters, self.RESUME, context) or DEFAULT_RESUME
+        if self.parameterDefinition(self.BANDS) is not None:
+            values["bands"] = (self.parameterAsString(parameters, self.BANDS, context) or "").strip() or None
+            for name, field in ((self.SCALE, "scale"), (self.OFFSET, "offset")):
+                if parameters.get(name) not in (None, ""):
+                    values[field] = self.parameterAsDouble(parameters, name, context)
+        if self.parameterDefinition(self.CLOUD_MASK) is not None:
+            values["mask"] = self.enum_string(parameters, self.CLOUD_MASK, context) or FRONT_END_MASK
+            values["keep_masked"] = self.parameterAsBoolean(parameters, self.KEEP_MASKED, context)
+        if self.parameterDefinition(self.EXTENT) is not None and "aoi" not in fixed:
+            values["aoi"] = self.aoi_parameter(parameters, context)
         if self.parameterDefinition(self.PRODUCTS) is not None:
             chosen = self.parameterAsEnumStrings(parameters, self.PRODUCTS, context)
             values["products"] = tuple(dict.fromkeys(["class", *chosen])) if chosen else ()

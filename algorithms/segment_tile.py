@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -23,14 +22,11 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
-    QgsProcessingParameterVectorLayer,
+    QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
 )
 
-from ..core.config import MASK_MODES  # plain Python too
 from .common import S2SegAlgorithm
 
 
@@ -58,6 +54,16 @@ def tile_path(value: str) -> str:
     return value
 
 
+def stack_layer_path(layer: Any) -> str:
+    """The file a raster layer reads (its GDAL source): a layer that is not a file is refused, naming it."""
+    source = layer.source()
+    if layer.providerType() != "gdal" or not Path(source).is_file():
+        raise QgsProcessingException(
+            f"the raster layer {layer.name()!r} ({source}) is not a raster file s2seg can read (provider "
+            f"{layer.providerType()}): save it as a GeoTIFF or VRT and choose that")
+    return source
+
+
 def missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its parents that do not exist yet, deepest first: what ``mkdir -p`` creates."""
     missing = []
@@ -82,10 +88,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
     """Segment a Sentinel-2 tile into land cover with per-pixel confidence."""
 
     INPUT = "INPUT"
-    EXTENT = "EXTENT"
-    MASK = "MASK"
-    CLOUD_MASK = "CLOUD_MASK"
-    KEEP_MASKED = "KEEP_MASKED"
+    STACK_LAYER = "STACK_LAYER"
 
     CLASS = "CLASS"
     MAXPROB = "MAXPROB"
@@ -127,12 +130,15 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "folder of a granule, or a folder holding one file per band (…_B02.jp2, …_B03.tif …). With the … "
             "button pick the .zip, or the manifest.safe / MTD_MSIL*.xml of a .SAFE, or any band file of a band "
             "folder (the folder is used); a folder path can also be typed or pasted. Bands are recognised by "
-            "name; the processing-baseline offset is applied.</p>"
-            "<p><b>Area of interest</b> (optional): an extent (typed, drawn on the canvas or taken from a layer) "
-            "or a polygon layer (any CRS). Only that part of the tile is computed; the rasters cover its "
-            "bounding box on the tile's 10 m grid, pixels outside the polygons are no data, and every pixel "
-            "has the value a whole-tile run gives it.</p>"
-        ) + self.engine_parameters_help() + self.output_parameters_help() + self.resume_help() + self.tr(
+            "name; the processing-baseline offset is applied. Also accepted: a stacked raster (one multi-band "
+            "GeoTIFF/VRT at 10 m, as Google Earth Engine or SCP export it), a STAC item (.json file or http(s) "
+            "URL; Earth Search, Planetary Computer) and a .txt file listing the http(s) URLs of band COGs (one "
+            "per line, bands named by file: …/B02.tif); remote files are read by range requests, only the parts "
+            "needed.</p>"
+            "<p><b>or a stacked raster layer</b>: a multi-band raster loaded in QGIS (its file is read), instead "
+            "of the tile above.</p>"
+        ) + self.aoi_help() + self.engine_parameters_help() + self.pixel_parameters_help() + \
+            self.output_parameters_help() + self.resume_help() + self.tr(
             "<p><b>Overwrite existing outputs</b>: replace the finished products of the same tile found in the "
             "output folder; unticked, the run stops and keeps them.</p>"
             "<p><b>Output folder</b>: where the files below are written, named after the tile. Several tiles "
@@ -146,15 +152,7 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
             "(one class certain) to log₂ of the number of classes (all equally likely: 4.25 bits for 19 classes). "
             "High entropy marks mixed pixels, rare surfaces and conditions the model was not trained for "
             "(clouds, snow, haze).</p>"
-            "<p><b>Clouds, shadows and snow</b> (…_mask.tif, with <i>Mask clouds, shadows and snow</i> other than "
-            "none): 0 clear, 1 cloud, 2 thin cirrus, 3 cloud shadow, 4 snow/ice, 255 no data. The land cover "
-            "and confidence rasters are no data under cloud, shadow and snow (thin cirrus is kept: the ground "
-            "shows through) unless <i>Keep the land cover under clouds, shadows and snow</i> (Advanced) is "
-            "ticked; the statistics count the visible pixels and the report gives the masked share. "
-            "<i>scl</i> reads the Scene Classification of a Level-2A product; <i>model</i> runs the cloud model "
-            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass; "
-            "<i>spectral</i> is a reflectance test (thick clouds and snow only, no shadows); <i>auto</i> takes "
-            "scl when the tile has it, else the cloud model when installed, else spectral.</p>"
+        ) + self.mask_help() + self.tr(
             "<p><b>Gap</b> (…_gap.tif, 0–1): probability of the best class minus that of the second best. Below "
             "about 0.1 the pixel sits on a decision boundary between two classes: the map may as well have said "
             "the runner-up. Check these areas first.</p>"
@@ -182,26 +180,24 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 self.INPUT,
-                self.tr("Sentinel-2 tile (.SAFE folder or .zip, or a folder of band files)"),
+                self.tr("Sentinel-2 tile (.SAFE folder or .zip, a folder of band files, a stacked raster, a STAC "
+                        "item or a .txt list of band URLs)"),
                 behavior=QgsProcessingParameterFile.File,
                 fileFilter=self.tr(
-                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif *.vrt);;All files (*)"
+                    "Sentinel-2 tiles (*.zip manifest.safe MTD_MSIL*.xml *.jp2 *.tif *.vrt *.json *.txt);;"
+                    "All files (*)"
                 ),
+                optional=True,  # or STACK_LAYER
             )
         )
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, self.tr("Area of interest (extent; empty: the whole tile)"), optional=True))
-        self.addParameter(QgsProcessingParameterVectorLayer(
-            self.MASK, self.tr("Area of interest polygons (pixels outside them are no data)"),
-            [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.add_model_parameters()
-        # Optional: graphical models saved before it existed still run (with the default, auto).
-        self.add_static_enum(self.CLOUD_MASK, self.tr("Mask clouds, shadows and snow"), list(MASK_MODES), "auto",
-                             optional=True)
-        self.add_advanced(QgsProcessingParameterBoolean(
-            self.KEEP_MASKED, self.tr("Keep the land cover under clouds, shadows and snow"), defaultValue=False,
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.STACK_LAYER, self.tr("or a stacked raster layer (a multi-band GeoTIFF/VRT loaded in QGIS)"),
             optional=True))
+        self.add_aoi_parameters()
+        self.add_model_parameters()
+        self.add_mask_parameters()
         self.add_engine_parameters()
+        self.add_pixel_parameters()
         self.add_output_parameters()
         self.add_resume_parameter()
         self.add_overwrite_parameter(self.tr("Overwrite existing outputs"))
@@ -231,17 +227,12 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         from ..s2seg_plugin.report import write_html_report
         from ..s2seg_plugin.styling import Legend, write_qml_sidecars
 
-        tile = tile_path(self.parameterAsFile(parameters, self.INPUT, context))
-        if not tile:
-            raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT)."))
+        tile = self._tile(parameters, context)
         model = self.model_parameter(parameters, context)
         # Never replace finished products silently (two products of one scene, L1C and L2A, may share a
         # folder): only when the user ticks OVERWRITE.
         config = self.engine_config(
             parameters, context, overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-            aoi=self._aoi(parameters, context),
-            mask=self.enum_string(parameters, self.CLOUD_MASK, context) or "auto",
-            keep_masked=self.parameterAsBoolean(parameters, self.KEEP_MASKED, context),
         )
         # Evaluate once: with TEMPORARY_OUTPUT every call would invent a new folder.
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
@@ -307,18 +298,18 @@ class SegmentTileAlgorithm(S2SegAlgorithm):
         self._load_on_completion(context, results, result.tile_name, result.model_name, legend)
         return results
 
-    def _aoi(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Optional[str]:
-        """The engine's AOI string from EXTENT or MASK (one of them at most); None: the whole tile."""
-        from .area_of_interest import extent_aoi, layer_aoi
-
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            extent = extent_aoi(self.parameterAsExtent(parameters, self.EXTENT, context),
-                                self.parameterAsExtentCrs(parameters, self.EXTENT, context))
-        polygons = layer_aoi(self.parameterAsVectorLayer(parameters, self.MASK, context), context.transformContext())
-        if extent and polygons:
-            raise QgsProcessingException(self.tr("Give either an area of interest extent or polygons, not both."))
-        return extent or polygons
+    def _tile(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """INPUT (a path or URL) or the file of the STACK_LAYER raster layer: one of them."""
+        typed = self.parameterAsFile(parameters, self.INPUT, context)
+        layer = self.parameterAsRasterLayer(parameters, self.STACK_LAYER, context)
+        if typed and layer is not None:
+            raise QgsProcessingException(self.tr("Give either a tile (INPUT) or a stacked raster layer "
+                                                 "(STACK_LAYER), not both."))
+        if layer is not None:
+            return stack_layer_path(layer)
+        if not typed:
+            raise QgsProcessingException(self.tr("No Sentinel-2 tile given (parameter INPUT or STACK_LAYER)."))
+        return tile_path(typed)
 
     def _load_on_completion(
         self,

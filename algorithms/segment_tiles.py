@@ -75,13 +75,17 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
             "existing Dask cluster. A tile that fails is reported with its error and the others go on.</p>"
             "<h3>Parameters</h3>"
             "<p><b>Tiles</b>: one per line (or separated by <code>;</code>): .SAFE folders, .zip files, "
-            "IMG_DATA folders or folders of band files; wildcards such as <code>/data/s2/*.SAFE</code> are "
+            "IMG_DATA folders, folders of band files, stacked rasters, STAC item files or .txt lists of band "
+            "URLs; wildcards such as <code>/data/s2/*.SAFE</code> are "
             "expanded, and <code>@/path/list.txt</code> reads a list (one path or wildcard per line, relative "
             "to the list's folder, # for comments).</p>"
             "<p><b>Text file listing the tiles</b> (optional): the same as an @list line, with a file "
             "browser.</p>"
-            "<p>The model and engine settings below apply to every tile.</p>"
-        ) + self.engine_parameters_help() + self.tr(
+            "<p>The area of interest, model and engine settings below apply to every tile.</p>"
+        ) + self.aoi_help() + self.tr(
+            "<p>With an area of interest, a tile it does not overlap fails with a message saying so and the "
+            "others go on; each tile's rasters cover the part of the area on that tile.</p>"
+        ) + self.mask_help() + self.engine_parameters_help() + self.pixel_parameters_help() + self.tr(
             "<p><b>Re-run tiles that are already complete</b>: by default a tile whose outputs are complete "
             "(its report exists, same model and probability setting) is skipped.</p>"
         ) + self.resume_help() + self.tr(
@@ -122,8 +126,11 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
                 optional=True,
             )
         )
+        self.add_aoi_parameters()
         self.add_model_parameters()
+        self.add_mask_parameters()
         self.add_engine_parameters()
+        self.add_pixel_parameters()
         self.add_overwrite_parameter(self.tr("Re-run tiles that are already complete"))
         self.add_resume_parameter()
         self.addParameter(
@@ -175,8 +182,10 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
         model = self.model_parameter(parameters, context)
         output_dir = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip() or None
-        config = self.engine_config(parameters, context)
+        config = self.engine_config(parameters, context)  # the area of interest too
         feedback.pushInfo(self.tr("Model: {}").format(model))
+        if config.aoi:
+            feedback.pushInfo(self.tr("Area of interest: {}").format(config.aoi))
         feedback.pushInfo(self.tr("Output folder: {}").format(output_dir))
         feedback.pushInfo(self.tr("Dask: {}").format(scheduler or self.tr("local cluster")))
 

@@ -12,7 +12,9 @@ Uses today (all in ``s2seg.core.pipeline`` unless said):
 * ``ChunkStages(bandset, model, grid, config, batch, cancel)``: ``infer(chunk, pixels)`` (the
   inference stage's work on one chunk), ``run(writer, record, done)`` (reader, inference, writer
   and journal threads, no commit) and ``busy`` (:class:`StageRun`);
-* ``s2seg.core.writer._overview_factors(width, height)`` (:func:`overview_factors`).
+* ``s2seg.core.writer._overview_factors(width, height)`` (:func:`overview_factors`);
+* ``s2seg.core.inferer.one_pass_strip_rows`` and ``one_pass_span`` (:func:`one_pass_strips`): the row strips a
+  one-pass model is run in.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from s2seg.core import pipeline
 from s2seg.core.config import EngineConfig
 from s2seg.core.grid import GridPlan
+from s2seg.core.inferer import one_pass_span, one_pass_strip_rows
 from s2seg.core.writer import _overview_factors
 
 #: Rows blended at once by the writer stage.
@@ -34,6 +37,17 @@ STRIP_ROWS: int = pipeline.STRIP_ROWS
 def auto_chunk_size(card: Any, bandset: Any, device: torch.device) -> int:
     """The chunk size the engine picks when ``EngineConfig.chunk_size`` is 0 (``bandset`` needs height/width)."""
     return pipeline.auto_chunk_size(card, bandset, device)
+
+
+def one_pass_strips(chunk: Any, rows_in: int, cols_in: int, halo: int, batch: int, patch_size: int) -> list[tuple[int, int]]:
+    """Input rows ``(a, z)`` of each strip the inference stage runs a one-pass model on, for a chunk whose input is
+    ``rows_in × cols_in`` px (at the default batch, no out-of-memory retry)."""
+    strip = one_pass_strip_rows(halo, batch, patch_size, cols_in)
+    spans, row = [], 0
+    while row < chunk.height:
+        row, a, z = one_pass_span(chunk, row, strip, halo, rows_in)
+        spans.append((a, z))
+    return spans
 
 
 def overview_factors(width: int, height: int) -> list[int]:

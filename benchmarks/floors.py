@@ -12,12 +12,15 @@ import numpy as np
 import torch
 
 from .common import PIPELINE_OVER_FLOOR_MAX, fmt_s, in_thread, sync
-from .engine_parts import auto_chunk_size
+from .engine_parts import auto_chunk_size, one_pass_strips
 
 
 def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any]:
+    """The pipeline on ``tile``, its I/O floor and its compute floor. A one-pass model (card ``receptive_field``)
+    is planned and floored as the engine runs it: chunks plus their halo, each pixel once, no patches; its
+    ``n_patches`` is then None and ``pixels_computed`` the model's input pixels ÷ the tile's."""
     from s2seg.core.config import EngineConfig
-    from s2seg.core.grid import plan
+    from s2seg.core.grid import plan, plan_one_pass
     from s2seg.core.pipeline import segment
     from s2seg.core.sentinel2 import discover
 
@@ -26,15 +29,24 @@ def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any
     chunk_size = config.chunk_size or auto_chunk_size(card, bandset, model.device)
     batch = config.batch_size or EngineConfig.default_batch_size(model.device.type, card.patch_size)
     config = config.with_(chunk_size=chunk_size, batch_size=batch, overwrite=True)
-    grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
+    if card.receptive_field:
+        grid = plan_one_pass(bandset.height, bandset.width, chunk_size, card.receptive_field, card.footprint)
+    else:
+        grid = plan(bandset.height, bandset.width, card.patch_size, chunk_size)
 
     out_dir = work / f"out-{key}-{bandset.width}"
     sync(model.device)
     result = segment(tile, out_dir, model=model, config=config)
     io = io_floor(bandset, card, grid, config, result.products, work / f"io-{key}-{bandset.width}")
-    compute = in_thread(compute_floor, model, card, bandset, io["sample"], io["n_patches"], batch)
+    if card.receptive_field:
+        compute, computed = in_thread(one_pass_compute_floor, model, card, bandset, io["sample"], io["inputs"], batch)
+        n_patches, pixels_computed = None, computed / (bandset.width * bandset.height)
+    else:
+        compute = in_thread(compute_floor, model, card, bandset, io["sample"], io["n_patches"], batch)
+        n_patches, pixels_computed = io["n_patches"], None
     return {
-        "size": bandset.width, "chunk_size": chunk_size, "n_chunks": len(grid.chunks), "n_patches": io["n_patches"],
+        "size": bandset.width, "chunk_size": chunk_size, "n_chunks": len(grid.chunks), "n_patches": n_patches,
+        "pixels_computed": pixels_computed,
         "pipeline": result.seconds, "busy": {k: result.timings.get(k, 0.0) for k in BUSY_KEYS},
         "read": io["read"], "write": io["write"], "flush": io["flush"], "io_floor": io["read"] + io["write"], "compute_floor": compute,
         "products": result.products, "grid": grid, "bandset": bandset, "config": config,
@@ -42,7 +54,9 @@ def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any
 
 
 def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Path) -> dict[str, Any]:
-    """Read every chunk window the pipeline reads; write the pipeline's products again, window by window."""
+    """Read every chunk window the pipeline reads; write the pipeline's products again, window by window.
+    Also returns a ``sample`` chunk with data and, for a one-pass model, ``inputs``: each chunk with data and
+    its input's shape."""
     import rasterio
     from rasterio.windows import Window
 
@@ -57,6 +71,7 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
     t_read = t_write = t_flush = 0.0
     n_patches = 0
     sample = None
+    inputs = []  # one-pass: (chunk, input rows, input cols) of the chunks with data
     sources = {k: rasterio.open(p) for k, p in products.items()}
     try:
         with ChunkReader(bandset, card.bands, card.name, card.resampling, config.read_threads) as reader:
@@ -69,10 +84,15 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
                     t0 = time.perf_counter()
                     pixels = reader.read(chunk.input_rows, chunk.input_cols)
                     t_read += time.perf_counter() - t0
-                    todo = patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
-                    n_patches += int(todo.sum())
-                    if sample is None and todo.any():
-                        sample = (pixels, np.argwhere(todo))
+                    if card.receptive_field:  # no patches: the chunk's input, once
+                        if pixels.valid.any():
+                            inputs.append((chunk, *pixels.data.shape[1:]))
+                            sample = sample or (pixels, None)
+                    else:
+                        todo = patches_with_data(pixels.valid, chunk.n_patches_y, chunk.n_patches_x, s)
+                        n_patches += int(todo.sum())
+                        if sample is None and todo.any():
+                            sample = (pixels, np.argwhere(todo))
                     window = Window(chunk.col0, chunk.row0, chunk.width, chunk.height)
                     arrays = {k: src.read(1, window=window) for k, src in sources.items() if k != "probs"}
                     t0 = time.perf_counter()
@@ -91,7 +111,7 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
     finally:
         for src in sources.values():
             src.close()
-    return {"read": t_read, "write": t_write, "flush": t_flush, "n_patches": n_patches, "sample": sample}
+    return {"read": t_read, "write": t_write, "flush": t_flush, "n_patches": n_patches, "sample": sample, "inputs": inputs}
 
 
 def compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> float:
@@ -118,11 +138,46 @@ def compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> f
         return time.perf_counter() - t0
 
 
+def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int) -> tuple[float, int]:
+    """``(seconds, input pixels)``: the model alone over every chunk's input in the strips the inference stage
+    runs (:func:`.engine_parts.one_pass_strips`), each already normalised on the device; the pixels come from
+    the ``sample`` chunk, cropped or repeated to each chunk's input shape (a per-pixel model costs the same
+    whatever the pixels)."""
+    from s2seg.core.feed import Normaliser
+
+    if sample is None or not inputs:
+        return 0.0, 0
+    pixels = sample[0]
+    rows = max(r for _, r, _ in inputs)
+    cols = max(c for _, _, c in inputs)
+    data = np.pad(pixels.data, ((0, 0), (0, max(0, rows - pixels.data.shape[1])), (0, max(0, cols - pixels.data.shape[2]))),
+                  mode="wrap")
+    x = Normaliser(card, bandset, model.device)(torch.from_numpy(np.ascontiguousarray(data[None])).to(model.device))
+    batches = [x[:, :, a:z, :c] for chunk, r, c in inputs
+               for a, z in one_pass_strips(chunk, r, c, card.receptive_field, batch, card.patch_size)]
+    with torch.inference_mode():
+        model.predict(batches[0])  # warm-up (lazy initialisation, caches, compilation)
+        sync(model.device)
+        t0 = time.perf_counter()
+        for b in batches:
+            model.predict(b)
+        sync(model.device)
+        seconds = time.perf_counter() - t0
+    return seconds, sum(b.shape[2] * b.shape[3] for b in batches)
+
+
 #: Stage timings of SegmentResult.timings shown in the tables: threads' busy seconds.
 BUSY_KEYS = ("read", "inference", "write", "flush", "sync")
 
 
 BUSY_HEADER = "busy read / inference / write (flush) / journal sync"
+
+
+def patches_cell(r: dict[str, Any]) -> str:
+    """The "patches" column: patches sent to the model, or for a one-pass model the pixels it computed ÷ the tile's."""
+    if r["pixels_computed"] is not None:
+        return f"none: {r['pixels_computed']:.2f}× the tile's px, once"
+    return str(r["n_patches"])
 
 
 def busy_cells(b: dict[str, float]) -> str:

@@ -1,7 +1,8 @@
 """The chunk writer: one chunk's merged outputs → product windows, preview pixels and statistics.
 
-Works strip by strip (:data:`STRIP_ROWS` rows: bounds the ``(C, rows, width)`` probability
-buffer) over what a :class:`.merger.ChunkProbabilities` yields, whatever the output kind.
+Works strip by strip (at most :data:`STRIP_ROWS` rows: bounds the ``(C, rows, width)`` probability
+buffer) over what a :class:`.merger.ChunkProbabilities` yields, whatever the output kind, in the
+strips it names (a one-pass model's strips follow its row pieces, so none is copied).
 On CUDA the writer's kernels run on their own stream, so that reading a chunk's products
 back waits for that chunk only, not for the batches queued after it.
 """
@@ -15,12 +16,13 @@ import torch
 
 from .grid import Chunk
 from .inferer import Inferred
+from .merger import STRIP_ROWS
 from .models.card import ModelCard
 from .preview import PreviewBuilder
 from .uncertainty import CLASS_NODATA, LOW_GAP, Confidence
 from .writer import FLOAT_PRODUCTS, ProductWriter
 
-STRIP_ROWS = 512  # rows blended at once: bounds the (C, rows, width) probability buffer
+__all__ = ["ChunkWriter", "STRIP_ROWS"]
 
 
 class ChunkWriter:
@@ -44,9 +46,8 @@ class ChunkWriter:
         with self._stream():
             self._receive(inferred)
             acc = torch.zeros((3, self.card.num_classes), dtype=torch.float64, device=inferred.tensors()[0].device)
-            for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
+            for r0, r1 in inferred.probabilities.strips():
                 self.check()
-                r1 = min(r0 + STRIP_ROWS, chunk.row1)
                 strip_valid = torch.from_numpy(valid[r0 - chunk.row0: r1 - chunk.row0]).to(acc.device)
                 probs, conf = inferred.probabilities.strip((r0, r1), strip_valid)
                 self._write_strip(conf, probs, strip_valid, r0, chunk.col0, acc)

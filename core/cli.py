@@ -64,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                          help="segment one tile (.SAFE folder, .zip, IMG_DATA or folder of band files)")
-    seg.add_argument("tile", help="a .SAFE folder or .zip, a folder of band files, a stacked raster (GeoTIFF/VRT) "
-                                  "or a STAC item (JSON file or http(s) URL)")  # str: a URL must keep its //
+    seg.add_argument("tile", nargs="+", metavar="TILE",
+                     help="a .SAFE folder or .zip, a folder of band files, a stacked raster (GeoTIFF/VRT), a STAC "
+                          "item (JSON file or http(s) URL), or band COGs: their http(s) URLs (several TILE values: "
+                          "…/B02.tif …/B03.tif …) or a .txt file listing them, one per line")  # str: a URL keeps its //
     seg.add_argument("output", type=Path, help="output folder")
     add_engine_options(seg)
     seg.set_defaults(run=_segment)
@@ -127,7 +129,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, interrupt)
     try:
-        result = segment(args.tile, args.output, model=model, config=config, progress=progress, cancel=cancel,
+        tile = args.tile[0] if len(args.tile) == 1 else args.tile  # several: band URLs
+        result = segment(tile, args.output, model=model, config=config, progress=progress, cancel=cancel,
                          log=lambda m: tqdm.write(m, file=sys.stderr))
     finally:
         signal.signal(signal.SIGINT, previous)

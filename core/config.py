@@ -22,6 +22,10 @@ RESUME_MODES = ("auto", "require", "never")
 #: Cloud/shadow/snow mask sources (:mod:`.mask`): ``auto`` = the scene classification when the tile
 #: has one, else the cloud model of its level when installed, else the spectral test; ``none`` = no mask.
 MASK_MODES = ("auto", "scl", "model", "spectral", "none")
+#: The mask of the command line and QGIS when the user names none: every map a user asks for is
+#: masked. :attr:`EngineConfig.mask` (the Python API) stays ``none``: a library call does what it is
+#: told, and ``auto`` would run a second model (the cloud U-Net) beside any model on an L1C tile.
+FRONT_END_MASK = "auto"
 
 
 def usable_cores() -> int:
@@ -104,7 +108,8 @@ class EngineConfig:
     #: write every raster product as a cloud-optimised GeoTIFF (:mod:`.cog`)
     cog: bool = False
     #: cloud/shadow/snow mask (:data:`MASK_MODES`, :mod:`.mask`): writes ``<tile>_mask.tif`` and sets the
-    #: land cover to nodata under clouds, shadows and snow
+    #: land cover to nodata under clouds, shadows and snow. ``none`` here; the CLI and QGIS default to
+    #: :data:`FRONT_END_MASK`
     mask: str = "none"
     #: keep the land cover under the mask (the mask is still written)
     keep_masked: bool = False

@@ -1,6 +1,6 @@
-"""Which reader discovers a tile: a STAC item (:mod:`.stac_input`), a stacked raster file
-(:mod:`.stack`) or a Sentinel-2 product (:mod:`.sentinel2`: .SAFE, its zip, IMG_DATA or a folder
-of band files)."""
+"""Which reader discovers a tile: band URLs (:mod:`.cog_urls`: URLs or a ``.txt`` list of them),
+a STAC item (:mod:`.stac_input`), a stacked raster file (:mod:`.stack`) or a Sentinel-2 product
+(:mod:`.sentinel2`: .SAFE, its zip, IMG_DATA or a folder of band files)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from .cog_urls import band_urls, discover_cogs
 from .errors import ConfigError
 from .sentinel2 import PLAUSIBLE_OFFSETS, BandSet, discover
 from .stac_input import discover_stac, is_stac_item
@@ -15,12 +16,21 @@ from .urls import redact
 from .stack import DN_PER_REFLECTANCE, discover_stack, is_stack
 
 
-def discover_input(path: str | Path, bands: str | Sequence[str] | None = None, scale: float | None = None,
-                   offset: float | None = None) -> BandSet:
-    """The bands of the tile at ``path``. ``bands`` (band ids in file order) applies to a stacked
-    raster only; ``scale``/``offset`` (reflectance = value × scale + offset) override what the
-    file or the product metadata says, for any input."""
+def discover_input(path: str | Path | Sequence[str], bands: str | Sequence[str] | None = None,
+                   scale: float | None = None, offset: float | None = None) -> BandSet:
+    """The bands of the tile at ``path`` (several band URLs: a list of them). ``bands`` (band ids
+    in file order) applies to a stacked raster only; ``scale``/``offset`` (reflectance = value ×
+    scale + offset) override what the file or the product metadata says, for any input."""
     _check_scale(scale, offset)
+    if isinstance(path, (list, tuple)) and len(path) == 1:
+        path = path[0]
+    urls = band_urls(path)
+    if urls is not None:
+        if bands is not None:
+            raise ConfigError("a band list applies to a stacked raster, not to band URLs (their file names name "
+                              "the bands)")
+        listed = None if isinstance(path, (list, tuple)) or str(path) in urls else Path(str(path)).expanduser()
+        return _with_scale(discover_cogs(urls, listed), scale, offset)
     if is_stac_item(path):
         if bands is not None:
             raise ConfigError(f"a band list applies to a stacked raster, not to the STAC item {redact(str(path))}")

@@ -15,16 +15,22 @@ Sources, chosen by :func:`resolve_mode` from ``EngineConfig.mask`` (:data:`.conf
   level is installed, else ``spectral`` when the tile has its bands, else no mask.
 
 ``scl`` and ``spectral`` are per pixel: the reader thread computes them on the chunk's output
-window only (:class:`ChunkMasker`). ``model`` reads the cloud model's own input region in the
-reader thread (a second read of the bands it shares with the land-cover model, from GDAL's block
-cache when it holds them) and infers in the inference thread, after the land cover. The codes
-travel with the chunk to the writer, which writes them and sets the land-cover products to nodata
-under :data:`HIDDEN` classes (unless ``keep_masked``).
+window only (:class:`ChunkMasker`). ``model`` reads the cloud model's inputs in the reader thread
+and infers in the inference thread, after the land cover. Its patches (768 px at 10 m, stride
+384) reach far past a chunk, so neighbouring chunks share patch rows and columns: each patch is
+computed once per run and kept (:class:`PatchReuse`) until the last chunk that needs it, in the
+run's chunk order, and a chunk reads only the region of the patches it computes (and of its own
+window, for the validity). After a resume the store starts empty and the first chunks compute
+what they need again: the same outputs, added to the chunk's canvas in the same (row-major)
+order, so the same bytes. The codes travel with the chunk to the writer, which writes them and
+sets the land-cover products to nodata under :data:`HIDDEN` classes (unless ``keep_masked``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import rasterio
@@ -34,9 +40,10 @@ from rasterio.errors import RasterioIOError
 from .chunkwriter import STRIP_ROWS
 from .config import MASK_MODES
 from .errors import ConfigError, InputError, ModelError
-from .feed import Normaliser
-from .grid import GridPlan, plan, plan_window, reflect_indices
+from .feed import Normaliser, patches_with_data
+from .grid import Chunk, GridPlan, plan, plan_window, reflect_indices
 from .inferer import ChunkInferer
+from .merger import ChunkProbabilities, DenseMerger
 from .models import available_cards
 from .models.base import SegmentationModel
 from .reader import ChunkPixels, ChunkReader, input_cache_bytes, read_nearest
@@ -76,6 +83,13 @@ def resolve_mode(mode: str, bandset: BandSet, mask_model: str | None = None) -> 
     :class:`InputError` when the tile lacks what an explicit mode needs."""
     if mode not in MASK_MODES:
         raise ConfigError(f"mask must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    source, note = _resolve(mode, bandset, mask_model)
+    if mode == "auto" and source != "none":  # the default of the CLI and QGIS: say what it chose and how to stop it
+        note = f"mask auto: {note}; to turn it off: --mask none (QGIS: Mask clouds, shadows and snow = none)"
+    return source, note
+
+
+def _resolve(mode: str, bandset: BandSet, mask_model: str | None) -> tuple[str, str]:
     if mode == "model" or (mode == "auto" and "SCL" not in bandset.layers
                            and (mask_model is not None or cloud_model_name(bandset.level) in available_cards())):
         name = mask_model or cloud_model_name(bandset.level)
@@ -190,14 +204,164 @@ def input_bytes(bandset: BandSet, card, grid: GridPlan) -> int:
     return input_cache_bytes(bandset, card.bands, card.name, rows, cols)
 
 
+class PatchReuse:
+    """Which of the cloud model's global patches each chunk computes, and the outputs kept for later chunks.
+
+    Planned once from the run's chunk ``order`` (the chunks not yet journaled, row-major): a chunk
+    computes the patches of its range that no earlier chunk of the run computed and takes the
+    others from the store; an output is stored only when a later chunk needs it and released
+    after the last one, so the store holds at most the patch rows (and columns) that neighbouring
+    chunks share: :attr:`capacity` patches. The plan is a pure function of ``order``: the reader
+    thread (what to read) and the inference thread (what to compute) follow it independently.
+    """
+
+    def __init__(self, grid: GridPlan, order: Sequence[int]):
+        self.grid = grid
+        self.y0, self.x0 = min(c.ky0 for c in grid.chunks), min(c.kx0 for c in grid.chunks)
+        shape = (max(c.ky1 for c in grid.chunks) - self.y0, max(c.kx1 for c in grid.chunks) - self.x0)
+        uses = np.zeros(shape, dtype=np.int32)  # chunks of the run still to come that need each patch
+        for index in order:  # a loop over chunks; each step is one slice over its patches
+            uses[self._window(grid.chunks[index])] += 1
+        self._uses = uses.copy()
+        held = np.zeros(shape, dtype=bool)
+        #: chunk index → bool (ny, nx): the patches of its range that it computes
+        self.compute: dict[int, np.ndarray] = {}
+        #: chunk index → bool (ny, nx): the patches it computes that a later chunk needs (stored)
+        self.keep: dict[int, np.ndarray] = {}
+        self.capacity = 0
+        for index in order:
+            window = self._window(grid.chunks[index])
+            compute = ~held[window]
+            uses[window] -= 1
+            keep = compute & (uses[window] > 0)
+            self.compute[index], self.keep[index] = compute, keep
+            self.capacity = max(self.capacity, int(held.sum() + keep.sum()))
+            held[window] |= keep
+            held &= uses > 0
+        self._slot = np.full(shape, -1, dtype=np.int64)  # store slot of each held patch output, -1: none
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self._pool: torch.Tensor | None = None
+        #: patches computed so far (with data), against :attr:`.grid.GridPlan.n_patches` for a whole-tile run
+        self.computed = 0
+
+    def _window(self, chunk: Chunk) -> tuple[slice, slice]:
+        return (slice(chunk.ky0 - self.y0, chunk.ky1 - self.y0), slice(chunk.kx0 - self.x0, chunk.kx1 - self.x0))
+
+    def region(self, index: int) -> Chunk:
+        """The patches of chunk ``index`` whose input region is read: the bounding box of those it
+        computes, grown to cover its output window (whose 10 m validity the mask needs)."""
+        chunk = self.grid.chunks[index]
+        s = chunk.stride
+        ky0, ky1 = chunk.row0 // s, math.ceil(chunk.row1 / s) - 1  # input rows (ky0·S, (ky1 + 1)·S) ⊇ the window
+        kx0, kx1 = chunk.col0 // s, math.ceil(chunk.col1 / s) - 1
+        rows, cols = np.flatnonzero(self.compute[index].any(axis=1)), np.flatnonzero(self.compute[index].any(axis=0))
+        if len(rows):
+            ky0, ky1 = min(ky0, chunk.ky0 + rows[0]), max(ky1, chunk.ky0 + rows[-1] + 1)
+            kx0, kx1 = min(kx0, chunk.kx0 + cols[0]), max(kx1, chunk.kx0 + cols[-1] + 1)
+        return replace(chunk, ky0=ky0, ky1=ky1, kx0=kx0, kx1=kx1)
+
+    def merger(self, chunk: Chunk, region: Chunk, todo: np.ndarray, card, device: torch.device) -> "ReuseMerger":
+        """A merger of chunk ``chunk``'s canvas from the store and from ``todo``, the patches computed
+        now (``(ky, kx)`` rows relative to ``region``, in the order the inferer sends them)."""
+        return ReuseMerger(self, chunk, region, todo, card, device)
+
+    def held(self, chunk: Chunk) -> np.ndarray:
+        """Chunk-relative ``(ky, kx)`` of the stored patch outputs in ``chunk``'s range, row-major."""
+        return np.argwhere(self._slot[self._window(chunk)] >= 0)
+
+    def take(self, chunk: Chunk, rel: np.ndarray, device: torch.device) -> torch.Tensor:
+        """The stored outputs of chunk-relative patches ``rel`` (``(n, 2)``)."""
+        slots = self._slot[rel[:, 0] + chunk.ky0 - self.y0, rel[:, 1] + chunk.kx0 - self.x0]
+        return self._pool[torch.as_tensor(slots, device=device)]
+
+    def store(self, chunk: Chunk, rel: np.ndarray, outputs: torch.Tensor) -> None:
+        """Keep ``outputs`` of chunk-relative patches ``rel`` for later chunks."""
+        if len(rel) == 0:
+            return
+        if self._pool is None:  # the capacity is planned; pages are touched as slots fill
+            self._pool = torch.empty((self.capacity, *outputs.shape[1:]), dtype=torch.float32, device=outputs.device)
+        slots = np.array(self._free[-len(rel):], dtype=np.int64)
+        del self._free[-len(rel):]
+        self._pool[torch.as_tensor(slots, device=outputs.device)] = outputs.to(torch.float32)
+        self._slot[rel[:, 0] + chunk.ky0 - self.y0, rel[:, 1] + chunk.kx0 - self.x0] = slots
+
+    def release(self, chunk: Chunk) -> None:
+        """Chunk ``chunk`` is merged: free the outputs that no later chunk needs."""
+        window = self._window(chunk)
+        self._uses[window] -= 1
+        done = (self._uses[window] <= 0) & (self._slot[window] >= 0)
+        self._free.extend(self._slot[window][done].tolist())
+        self._slot[window][done] = -1
+
+
+class ReuseMerger:
+    """A chunk's cloud-model canvas (:class:`.merger.DenseMerger` of the whole chunk) from stored and
+    newly computed patch outputs, added in row-major patch order whatever their source (the
+    canvas is a float sum: the order of the four patches over a pixel decides its last bits), so
+    a chunk gives the same bytes with or without the store."""
+
+    def __init__(self, reuse: PatchReuse, chunk: Chunk, region: Chunk, todo: np.ndarray, card, device: torch.device):
+        self.reuse, self.chunk, self.device = reuse, chunk, device
+        self.dense = DenseMerger(chunk, card, device, write_probs=False)
+        width = chunk.n_patches_x
+        self._rel = todo + np.array([region.ky0 - chunk.ky0, region.kx0 - chunk.kx0])  # chunk-relative
+        self._keys = self._rel[:, 0] * width + self._rel[:, 1]
+        self._keep = reuse.keep[chunk.index][self._rel[:, 0], self._rel[:, 1]] if len(todo) else np.zeros(0, bool)
+        self._held = reuse.held(chunk)
+        self._held_keys = self._held[:, 0] * width + self._held[:, 1]
+        self._next_new = 0  # position in todo of the next batch
+        self._next_held = 0  # position in _held of the next stored patch to add
+        self.added = 0
+        self._finished = False
+
+    def add(self, ky: torch.Tensor, kx: torch.Tensor, outputs: torch.Tensor) -> None:
+        start, count = self._next_new, outputs.shape[0]
+        keys = self._keys[start: start + count]
+        i = 0
+        while i < count:  # runs of new patches between stored ones (a few per patch row)
+            self._add_held(keys[i])
+            j = count if self._next_held >= len(self._held_keys) else \
+                i + int(np.searchsorted(keys[i:], self._held_keys[self._next_held]))
+            rel = torch.as_tensor(self._rel[start + i: start + j], device=self.device)
+            self.dense.add(rel[:, 0], rel[:, 1], outputs[i:j])
+            i = j
+        keep = np.flatnonzero(self._keep[start: start + count])
+        self.reuse.store(self.chunk, self._rel[start + keep], outputs[torch.as_tensor(keep, device=outputs.device)])
+        self.reuse.computed += count
+        self.added += count
+        self._next_new = start + count
+
+    def _add_held(self, before: float) -> None:
+        """Add the stored patches that come before key ``before`` (row-major)."""
+        stop = int(np.searchsorted(self._held_keys, before))
+        if stop > self._next_held:
+            rel = self._held[self._next_held: stop]
+            index = torch.as_tensor(rel, device=self.device)
+            self.dense.add(index[:, 0], index[:, 1], self.reuse.take(self.chunk, rel, self.device))
+            self.added += stop - self._next_held
+            self._next_held = stop
+
+    def result(self) -> ChunkProbabilities | None:
+        """The chunk's blended outputs (None when no patch of its range holds data). The first call
+        adds the remaining stored patches and releases what no later chunk needs (the inferer calls
+        it when it computed patches; :meth:`ModelMask.codes` always does)."""
+        if not self._finished:
+            self._add_held(math.inf)
+            self.reuse.release(self.chunk)
+            self._finished = True
+        return self.dense.result() if self.added else None
+
+
 class ModelMask:
     """A cloud / cloud-shadow model run as the mask beside the land-cover model, in the same pass.
 
     It has its own :class:`.grid.GridPlan` — the land-cover ``grid``'s chunks (same chunk size,
     same corner, same area of interest) over the cloud model's own global patches, at its own
     resolution — so a mask pixel is what a whole-tile run gives it, whatever the chunk size.
-    The reader thread reads a chunk's inputs with :meth:`reader` / :meth:`read`, the inference
-    thread turns them into mask codes with :meth:`codes`; nothing here starts a thread.
+    Patches shared by neighbouring chunks are computed once (:class:`PatchReuse`, planned by
+    :meth:`start` for the run's chunk order). The reader thread reads a chunk's inputs with
+    :meth:`reader` / :meth:`read`, the inference thread turns them into mask codes with
+    :meth:`codes`; nothing here starts a thread.
     """
 
     def __init__(self, model: SegmentationModel, bandset: BandSet, grid: GridPlan, batch_size: int, *,
@@ -211,6 +375,11 @@ class ModelMask:
         self.grid = mask_grid(grid, card)
         self.inferer = ChunkInferer(model, Normaliser(card, bandset, model.device), batch_size,
                                     asynchronous=asynchronous, check=check, log=log)
+        self.start(range(len(self.grid.chunks)))
+
+    def start(self, order: Sequence[int]) -> None:
+        """Plan the patch reuse for the chunks ``order`` of a run (before its threads start)."""
+        self.reuse = PatchReuse(self.grid, list(order))
 
     def reader(self, threads: int) -> ChunkReader:
         """A reader of the cloud model's bands onto its grid (close it, or use it with ``with``)."""
@@ -218,24 +387,31 @@ class ModelMask:
                            self.card.pixel_factor)
 
     def read(self, reader: ChunkReader, index: int) -> ChunkPixels:
-        """Chunk ``index``'s inputs for the cloud model (its halo is the cloud model's)."""
-        chunk = self.grid.chunks[index]
-        return reader.read(chunk.input_rows, chunk.input_cols)
+        """Chunk ``index``'s inputs for the cloud model: the region of the patches it computes."""
+        region = self.reuse.region(index)
+        return reader.read(region.input_rows, region.input_cols)
 
     def codes(self, index: int, pixels: ChunkPixels) -> np.ndarray:
         """uint8 mask codes of chunk ``index``'s output window from the cloud model's inputs."""
-        chunk = self.grid.chunks[index]
-        top, left = chunk.row0 - chunk.input_rows[0], chunk.col0 - chunk.input_cols[0]
+        chunk, region = self.grid.chunks[index], self.reuse.region(index)
+        top, left = chunk.row0 - region.input_rows[0], chunk.col0 - region.input_cols[0]
         valid = pixels.output_valid[top: top + chunk.height, left: left + chunk.width]
         codes = np.full((chunk.height, chunk.width), MASK_NODATA, dtype=np.uint8)
-        inferred = self.inferer.infer(chunk, pixels)
-        if inferred is None:  # no data under any of its patches
+        dy, dx = region.ky0 - chunk.ky0, region.kx0 - chunk.kx0
+        only = self.reuse.compute[index][dy: dy + region.n_patches_y, dx: dx + region.n_patches_x]
+        todo = np.argwhere(patches_with_data(pixels.valid, region.n_patches_y, region.n_patches_x, self.card.stride)
+                           & only)  # what the inferer computes, in its order
+        merger = self.reuse.merger(chunk, region, todo, self.card, self.model.device)
+        inferred = self.inferer.infer(region, pixels, only=only, merger=merger)
+        if inferred is not None:
+            inferred.raise_if_bad(self.card)
+        probabilities = merger.result()
+        if probabilities is None:  # no data under any of its patches
             return codes
-        inferred.raise_if_bad(self.card)
         for r0 in range(chunk.row0, chunk.row1, STRIP_ROWS):
             r1 = min(r0 + STRIP_ROWS, chunk.row1)
             strip_valid = valid[r0 - chunk.row0: r1 - chunk.row0]
-            _, conf = inferred.probabilities.strip((r0, r1), torch.from_numpy(strip_valid).to(self.model.device))
+            _, conf = probabilities.strip((r0, r1), torch.from_numpy(strip_valid).to(self.model.device))
             classes = conf.classes.cpu().numpy()
             codes[r0 - chunk.row0: r1 - chunk.row0] = np.where(
                 strip_valid, MODEL_TO_MASK[np.minimum(classes, len(MODEL_TO_MASK) - 1)], MASK_NODATA)

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config import DEVICES, MASK_MODES, EngineConfig
+from .config import DEVICES, FRONT_END_MASK, MASK_MODES, EngineConfig
 from .errors import DeviceUnavailable, OutputsExist, ResumeImpossible, S2SegError
 from .models import DEFAULT_MODEL
 from .models.zoo import ModelNotAvailable
@@ -116,10 +116,12 @@ MMU = Option(("--mmu",), dict(type=float, default=_DEFAULTS.mmu, metavar="HA",
                                    f"largest neighbour (default {_DEFAULTS.mmu}; 0 = none)"), "mmu")
 COG = Option(("--cog",), dict(action="store_true", default=_DEFAULTS.cog,
                               help="write every raster as a cloud-optimised GeoTIFF"), "cog")
-MASK = Option(("--mask",), dict(choices=MASK_MODES, default=_DEFAULTS.mask,
+MASK = Option(("--mask",), dict(choices=MASK_MODES, default=FRONT_END_MASK,
                                 help="mask clouds, shadows and snow (<tile>_mask.tif; the land cover is nodata "
-                                     "under them): scl = the L2A scene classification, spectral = a reflectance "
-                                     "test (clouds and snow only), auto = scl when the tile has it, else spectral"),
+                                     "under them): scl = the L2A scene classification, model = a cloud/shadow "
+                                     "model in the same pass, spectral = a reflectance test (clouds and snow "
+                                     "only), auto = scl when the tile has it, else the cloud model of its level "
+                                     f"when installed, else spectral; none = no mask (default {FRONT_END_MASK})"),
               "mask")
 MASK_MODEL = Option(("--mask-model",), dict(default=_DEFAULTS.mask_model, metavar="NAME|PATH",
                                             help="the cloud model of --mask model (clear, cloud, cloud shadow), run "

@@ -31,7 +31,7 @@ from .memory import release_freed_memory
 from .resample import block_mean
 from .sentinel2 import BandFile, BandSet
 from .stack import to_dn
-from .urls import redact
+from .urls import failed_read_reason, redact
 
 
 @dataclass
@@ -154,7 +154,8 @@ class ChunkReader:
             try:
                 self._datasets[i] = rasterio.open(self.files[i].path)
             except RasterioIOError as exc:
-                raise InputError(f"cannot open band file {redact(self.files[i].path)}: {redact(str(exc))}") from None
+                raise InputError(f"cannot open band file {redact(self.files[i].path)}: "
+                                 f"{failed_read_reason(self.files[i].path, str(exc))}") from None
         return self._datasets[i]
 
     def _read_band(self, i: int, ys: np.ndarray, xs: np.ndarray, out: np.ndarray, valid: np.ndarray,
@@ -182,7 +183,7 @@ class ChunkReader:
             block = self._dataset(i).read(band.index, window=window)
         except RasterioIOError as exc:
             raise InputError(f"cannot read band {band.band.id} from {redact(band.path)} (window rows {rows.lo}–{rows.hi}, "
-                             f"cols {cols.lo}–{cols.hi}): {redact(str(exc))}") from None  # a signed URL's token stays out
+                             f"cols {cols.lo}–{cols.hi}): {failed_read_reason(band.path, str(exc))}") from None  # without tokens
         if not band.stored_as_dn:  # a stack's reflectance, NaN or nodata value: DN, 0 = nodata
             block = to_dn(block, band)
         return block

@@ -12,8 +12,6 @@ baseline 04.00 (``s2:processing_baseline``) on.
 from __future__ import annotations
 
 import json
-import re
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +22,18 @@ from .bands import BAND_BY_ID, TILE_SIZE_PX
 from .errors import InputError
 from .sentinel2 import PRODUCT_DTYPE, BandFile, BandSet, _check_grids
 from .stack import band_id_of_name
-from .urls import redact
+from .urls import failed_read_reason, gdal_path, is_raster_url, is_url, redact
 
 #: The DN offset of products from processing baseline 04.00 on (BOA_ADD_OFFSET / RADIO_ADD_OFFSET).
 BASELINE_OFFSET_DN, OFFSET_BASELINE = -1000.0, "04.00"
-#: /vsicurl/ options: no directory listing (one request fewer per file, and none a server may refuse)
-_VSICURL_OPTIONS = "list_dir=no"
 
 
 def is_stac_item(path: str | Path) -> bool:
-    """An ``http(s)://`` URL, or a local JSON file holding a STAC Item (``"type": "Feature"`` with assets)."""
+    """An ``http(s)://`` URL that is not a raster's (``….tif``: :mod:`.cog_urls`), or a local JSON
+    file holding a STAC Item (``"type": "Feature"`` with assets)."""
     text = str(path)
-    if text.startswith(("http://", "https://")):
-        return True
+    if is_url(text):
+        return not is_raster_url(text)
     local = Path(text)
     if local.suffix.lower() != ".json" or not local.is_file():
         return False
@@ -46,15 +43,6 @@ def is_stac_item(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(content, dict) and content.get("type") == "Feature" and "assets" in content
-
-
-def gdal_path(href: str) -> str:
-    """The path GDAL reads an asset at: ``/vsicurl?…&url=…`` for http(s), the href for a local file."""
-    if href.startswith(("http://", "https://")):
-        return f"/vsicurl?{_VSICURL_OPTIONS}&url={urllib.parse.quote(href, safe='')}"
-    if href.startswith("file://"):
-        return urllib.parse.urlparse(href).path
-    return href
 
 
 def discover_stac(source: str | Path) -> BandSet:
@@ -71,7 +59,9 @@ def discover_stac(source: str | Path) -> BandSet:
     if not any(BAND_BY_ID[b].resolution == 10 for b in assets):
         raise InputError(f"STAC item {item.id} ({redact(str(source))}) has no 10 m band asset (B02/blue, B03/green, "
                          f"B04/red or B08/nir); assets: {', '.join(item.assets) or 'none'}")
-    files = {band_id: _open_asset(item.id, key, href, BAND_BY_ID[band_id]) for band_id, (key, href) in assets.items()}
+    files = {band_id: open_remote_band(BAND_BY_ID[band_id], href,
+                                       f"asset {key!r} of STAC item {item.id} ({redact(href)})")
+             for band_id, (key, href) in assets.items()}
     properties = item.properties
     baseline = properties.get("s2:processing_baseline")
     offset = 0.0
@@ -99,9 +89,11 @@ def _read_item(source: str):
         raise InputError(f"cannot read STAC item {redact(source)}: {redact(str(exc))}") from None
 
 
-def _open_asset(item_id: str, key: str, href: str, band) -> BandFile:
+def open_remote_band(band, href: str, where: str) -> BandFile:
+    """The band file at ``href`` (read through ``/vsicurl/`` when it is a URL): one tile's uint16
+    digital numbers; InputError starting with ``where`` (which names the asset and URL without
+    secrets) when it cannot be read or is not such a band."""
     path = gdal_path(href)
-    where = f"asset {key!r} of STAC item {item_id} ({redact(href)})"
     try:
         with rasterio.open(path) as ds:
             if ds.width > TILE_SIZE_PX or ds.height > TILE_SIZE_PX:
@@ -114,19 +106,7 @@ def _open_asset(item_id: str, key: str, href: str, band) -> BandFile:
             return BandFile(band, path, ds.width, ds.height, ds.transform, ds.crs, tuple(ds.block_shapes[0]),
                             np.dtype(ds.dtypes[0]).itemsize, dtype=ds.dtypes[0])
     except RasterioIOError as exc:
-        raise InputError(f"cannot read {where}: {_reason(str(exc))}") from None
-
-
-def _reason(message: str) -> str:
-    """GDAL's message, without secrets, with what an HTTP status or a connection error means."""
-    status = re.search(r"HTTP (?:response )?code:? ?(\d{3})", message)
-    if status and status.group(1) in ("401", "403"):
-        return (f"HTTP {status.group(1)}: access denied (a signed URL may have expired: sign the item again)")
-    if status:
-        return f"HTTP {status.group(1)}"
-    if re.search(r"resolve host|Connection refused|connect to|timed out|Couldn't connect", message, re.IGNORECASE):
-        return f"the host cannot be reached ({redact(message)})"
-    return redact(message)
+        raise InputError(f"cannot read {where}: {failed_read_reason(path, str(exc))}") from None
 
 
 def _level(item) -> str | None:

@@ -138,6 +138,18 @@ def test_output_folders_are_named_after_inputs_and_unique(tmp_path):
     assert plan_jobs([b, a], tmp_path / "out")[0].name == jobs[2].name  # stable across re-runs and orders
 
 
+def test_urls_are_tiles_kept_as_urls_named_after_their_last_segment(tmp_path):
+    item = "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2B_32UNU_20240612_0_L2A"
+    listing = tmp_path / "tiles.txt"
+    listing.write_text(f"{item}?sig=old\nhttps://example.org/stac/S2A_T32UNV.json\n", encoding="utf-8")
+    found = expand_inputs([item, f"@{listing}", f"{item}?sig=new"])  # a re-signed URL is the same tile
+    assert found == [item, "https://example.org/stac/S2A_T32UNV.json"]
+    jobs = plan_jobs(found, tmp_path / "out")
+    assert [j.source for j in jobs] == found  # a string: Path would fold https:// into https:/
+    assert [j.name for j in jobs] == ["S2B_32UNU_20240612_0_L2A", "S2A_T32UNV"]
+    assert tile_folder_name(f"{item}/") == "S2B_32UNU_20240612_0_L2A"
+
+
 def test_local_cluster_sizing():
     big = 64 * 2**30
     # CPU: one worker per core, one torch thread each; never more workers than tiles or memory allows.

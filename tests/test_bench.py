@@ -347,3 +347,20 @@ def test_blend_cases_take_the_pipelines_chunk_size_for_a_blended_model_of_each_k
     from s2seg.benchmarks.blending import default_chunk
 
     assert default_chunk("patch") == 2400 and default_chunk("dense") == 1440
+
+
+def test_mask_costs_are_measured_against_the_unmasked_run(result):
+    """Section 11: --mask scl against the unmasked run; --mask model against the land cover plus the cloud
+    model's compute floor, with the cloud patches the run computed against the tile's grid."""
+    from s2seg.core.models import available_cards
+
+    out, markdown = result
+    assert "Masking clouds, shadows and snow" in markdown
+    assert out.ratios["mask_scl_over_unmasked"] > 0
+    names = [t.name for t in out.targets]
+    assert any(n.startswith("--mask scl") for n in names) and any(n.startswith("--mask model") for n in names)
+    if "s2-cloud-l2a" in available_cards():
+        assert out.ratios["mask_model_over_parts"] > 0 and out.seconds["mask_cloud_floor"] > 0
+        row = next(r for s in out.sections if s.title.startswith("Masking") for r in s.rows if r[0] == "--mask model")
+        computed, grid = (int(n) for n in row[3].split(" / "))
+        assert computed == grid  # each cloud patch once

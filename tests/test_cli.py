@@ -11,7 +11,7 @@ import pytest
 
 from s2seg.core import cli, options
 from s2seg.core.batch import FAILED, BatchResult, TileJob, TileOutcome, command, run_tile
-from s2seg.core.config import EngineConfig
+from s2seg.core.config import FRONT_END_MASK, EngineConfig
 from s2seg.core.errors import DeviceUnavailable, InputError, OutputsExist, ResumeImpossible
 
 
@@ -41,17 +41,17 @@ def test_segment_and_batch_take_the_same_engine_options_with_the_same_defaults()
 
 
 def test_defaults_are_the_engine_config_defaults():
-    args = subparser("segment").parse_args(["T", "O"])
-    assert options.engine_config(args) == EngineConfig()
-    args = subparser("batch").parse_args(["T", "O"])
-    assert options.engine_config(args) == EngineConfig()
+    """All but the mask: the command line masks clouds, shadows and snow unless told not to (as QGIS)."""
+    for name in ("segment", "batch"):
+        args = subparser(name).parse_args(["T", "O"])
+        assert options.engine_config(args) == EngineConfig(mask=FRONT_END_MASK) != EngineConfig(), name
 
 
 def test_every_engine_option_reaches_the_config():
     argv = ["--chunk-size", "480", "--batch-size", "8", "--device", "cpu", "--half", "--probs", "--overwrite",
             "--no-resume"]
     expected = EngineConfig(chunk_size=480, batch_size=8, device="cpu", half=True, write_probs=True, overwrite=True,
-                            resume="never")
+                            resume="never", mask=FRONT_END_MASK)
     for name in ("segment", "batch"):
         args = subparser(name).parse_args(["T", "O", *argv])
         assert options.engine_config(args) == expected, name

@@ -76,7 +76,9 @@ def test_spectral_test_flags_snow_and_not_water():
 
 
 def test_auto_picks_scl_then_the_cloud_model_then_spectral(tile, tmp_path, monkeypatch):
-    assert mask_.resolve_mode("auto", discover(tile))[0] == "scl"
+    source, note = mask_.resolve_mode("auto", discover(tile))
+    assert source == "scl" and note.startswith("mask auto: cloud/shadow/snow mask from the scene classification")
+    assert "to turn it off: --mask none" in note  # the log says what auto chose and how to stop it
     l1c = discover(write_sample_tile(tmp_path, size=60, level="L1C"))
     assert mask_.resolve_mode("auto", l1c, "my-cloud-model")[0] == "model"
     monkeypatch.setattr(mask_, "available_cards", lambda: {"s2-cloud-l1c": None})
@@ -200,7 +202,8 @@ def test_cli_options_set_the_engine_config():
     add_engine_options(parser)
     config = engine_config(parser.parse_args(["--mask", "scl", "--keep-masked"]))
     assert (config.mask, config.keep_masked) == ("scl", True)
-    assert engine_config(parser.parse_args([])).mask == EngineConfig().mask
+    # the command line masks by default (as QGIS does); the Python API does what it is told
+    assert (engine_config(parser.parse_args([])).mask, EngineConfig().mask) == ("auto", "none")
     with pytest.raises(SystemExit):
         parser.parse_args(["--mask", "sky"])
 

@@ -48,9 +48,11 @@ class BrightCloudModel:
                               levels=("L1C", "L2A"))
         self.device = torch.device("cpu")
         self.calls = 0
+        self.patches = 0
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.patches += batch.shape[0]
         bright = batch[:, 0:3].mean(1)
         logits = [torch.zeros_like(bright), 60 * (bright - 0.2)] + [torch.full_like(bright, -10)] * (
             self.card.num_classes - 2)
@@ -91,6 +93,43 @@ def test_chunk_size_invariance(tile, reference, tmp_path):
     assert whole.n_chunks == 1
     for key in ("mask", "class", "maxprob"):
         assert np.array_equal(read(whole.products[key]), read(reference.products[key]), equal_nan=True), key
+
+
+def test_each_cloud_patch_is_computed_once_per_run(tile, tmp_path):
+    """9 chunks share the cloud model's 48 px (16 px at 30 m) patches with their neighbours: the run
+    computes each patch once, as many as one chunk over the whole tile, and says so in the log."""
+    counts, messages = {}, []
+    for chunk in (CHUNK, SIZE):
+        cloud = BrightCloudModel()
+        segment(tile, tmp_path / str(chunk), model=LandCover(), config=EngineConfig(chunk_size=chunk, mask="model"),
+                mask_model=cloud, log=messages.append)
+        counts[chunk] = cloud.patches
+    assert counts[CHUNK] == counts[SIZE] > 0
+    assert f"cloud model: {counts[CHUNK]} patches computed" in "\n".join(messages)
+
+
+@pytest.mark.parametrize("first", [0, 4])
+def test_patch_reuse_computes_every_patch_of_the_run_once_and_keeps_few(first):
+    """The plan for the chunks of a run (all of them, or those left after a resume): every patch of their
+    ranges computed by exactly one chunk, the first that needs it; the store never holds more than the
+    patch rows and columns neighbouring chunks share."""
+    from s2seg.core.grid import plan
+
+    grid = mask_.mask_grid(plan(960, 960, 32, 96), BrightCloudModel().card)  # 10 × 10 chunks, 16 px patches at 30 m
+    order = list(range(first * 10, len(grid.chunks)))
+    reuse = mask_.PatchReuse(grid, order)
+    computed = np.zeros((50, 50), dtype=int)
+    needed = np.zeros((50, 50), dtype=bool)
+    for index in order:
+        c = grid.chunks[index]
+        window = (slice(c.ky0 - reuse.y0, c.ky1 - reuse.y0), slice(c.kx0 - reuse.x0, c.kx1 - reuse.x0))
+        computed[window] += reuse.compute[index]
+        needed[window] = True
+    assert np.array_equal(computed, needed.astype(int))
+    assert reuse.compute[order[0]].all()  # after a resume the store is empty: the first chunk computes everything
+    shared_rows = grid.chunks[0].ky1 - grid.chunks[10].ky0  # with the chunk row below
+    shared_cols = grid.chunks[0].kx1 - grid.chunks[1].kx0  # with the next chunk in the row
+    assert reuse.capacity <= shared_rows * needed.shape[1] + shared_cols * grid.chunks[0].n_patches_y
 
 
 def test_cancel_then_resume_gives_the_same_products_and_joins_every_thread(tile, reference, tmp_path):

@@ -40,3 +40,55 @@ def test_strips_with_and_without_probabilities_agree_for_each_output_kind(kind):
         whole = blend_patch_level(mergers[0].grid, chunk, c.patch_size)
         assert torch.allclose(probs, whole[:, 10:50], atol=1e-6)
         assert torch.equal(confidence(whole[:, 10:50], valid).classes, conf.classes)
+
+
+def _one_pass_merger(write_probs):
+    from s2seg.core.grid import plan_one_pass
+    from s2seg.core.merger import OnePassMerger
+
+    c = card("dense")
+    chunk = plan_one_pass(300, 300, 96, 7, c.footprint).chunks[4]  # an inner chunk: halo on every side
+    return OnePassMerger(chunk, c, torch.device("cpu"), write_probs), chunk
+
+
+@pytest.mark.parametrize("write_probs", [True, False])
+def test_one_pass_strips_equal_the_confidence_of_the_whole_chunk(write_probs):
+    """The model's row pieces, as the inferer hands them over (views into larger outputs), give the writer the
+    confidence of the whole chunk's probabilities under the writer's own mask, which may hide more than the
+    input's (a cloud mask, an area of interest)."""
+    merger, chunk = _one_pass_merger(write_probs)
+    torch.manual_seed(1)
+    probs = torch.softmax(torch.randn((3, chunk.height, chunk.width)) * 3, dim=0)
+    input_valid = torch.rand((chunk.height, chunk.width)) > 0.1
+    for first, end in ((0, 40), (40, 41), (41, chunk.height)):  # odd heights: pieces need not match the strips
+        output = torch.zeros((1, 3, end - first + 14, chunk.width + 14))
+        output[0, :, 7:-7, 7:-7] = probs[:, first:end]
+        merger.add_rows(first, output[0, :, 7:-7, 7:-7], input_valid[first:end])
+    result = merger.result()
+    strips = list(result.strips())
+    assert strips[0][0] == chunk.row0 and strips[-1][1] == chunk.row1
+    assert all(a < b and b == c for (a, b), (c, _) in zip(strips, strips[1:]))
+    writer_valid = input_valid & (torch.rand(input_valid.shape) > 0.3)
+    expected = confidence(probs, writer_valid)
+    for r0, r1 in strips + [(chunk.row0 + 30, chunk.row0 + 50)]:  # the last across pieces (joined, not a view)
+        got_probs, conf = result.strip((r0, r1), writer_valid[r0 - chunk.row0: r1 - chunk.row0])
+        assert (got_probs is not None) == write_probs
+        for key in ("classes", "maxprob", "entropy", "gap"):
+            torch.testing.assert_close(getattr(conf, key), getattr(expected, key)[r0 - chunk.row0: r1 - chunk.row0],
+                                       equal_nan=True, rtol=0, atol=0)
+
+
+def test_one_pass_merger_copies_no_probabilities():
+    """With probabilities written, each strip is a view of the model's output (no chunk-sized copy); without,
+    no probability is held at all, only the 13 bytes a pixel of confidence products."""
+    merger, chunk = _one_pass_merger(True)
+    output = torch.softmax(torch.randn((1, 3, chunk.height + 14, chunk.width + 14)), dim=1)
+    merger.add_rows(0, output[0, :, 7:-7, 7:-7], torch.ones((chunk.height, chunk.width), dtype=torch.bool))
+    result = merger.result()
+    (r0, r1), = result.strips()
+    probs, _ = result.strip((r0, r1), torch.ones((r1 - r0, chunk.width), dtype=torch.bool))
+    assert probs.untyped_storage().data_ptr() == output.untyped_storage().data_ptr()
+    merger, chunk = _one_pass_merger(False)
+    merger.add_rows(0, output[0, :, 7:-7, 7:-7], torch.ones((chunk.height, chunk.width), dtype=torch.bool))
+    held = merger.result().tensors()
+    assert sum(t.numel() * t.element_size() for t in held) == 13 * chunk.height * chunk.width

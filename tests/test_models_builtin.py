@@ -69,3 +69,66 @@ def test_box_mean_depends_only_on_the_window():
     part = box_mean(x[:, 20:80, 25:90], 15)
     assert torch.equal(whole[:, 35:65, 40:75], part[:, 15:45, 15:50])
     assert torch.allclose(whole[0, 45, 50], x[0, 30:61, 35:66].mean())
+
+
+# --- the compiled CPU kernels (speed): the same probabilities as the torch steps ----------------------------
+
+needs_numba = pytest.mark.skipif(not __import__("s2seg.core.kernels", fromlist=["enabled"]).enabled(),
+                                 reason="numba not installed or switched off")
+
+
+def _sample_chunk(seed: int = 3) -> torch.Tensor:
+    """A 200² crop of a real-format sample tile, normalised as the engine feeds it (land, water, nodata edge)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from s2seg.core.feed import Normaliser
+    from s2seg.core.reader import ChunkReader
+    from s2seg.core.sample import write_sample_tile
+    from s2seg.core.sentinel2 import discover
+
+    with tempfile.TemporaryDirectory() as folder:
+        tile = write_sample_tile(Path(folder), size=200, seed=seed, level="L2A", layout="safe", nodata_corner=True)
+        bandset = discover(tile)
+        card = BUILTIN_CARD
+        with ChunkReader(bandset, card.bands, card.name, card.resampling) as reader:
+            pixels = reader.read((0, 200), (0, 200))
+        return Normaliser(card, bandset, torch.device("cpu"))(torch.from_numpy(pixels.data[None].astype(np.float32)))
+
+
+@needs_numba
+def test_compiled_kernels_give_the_torch_probabilities(monkeypatch):
+    x = _sample_chunk()
+    model = BuiltinModel(BUILTIN_CARD, torch.device("cpu"))
+    compiled = model.predict(x)
+    monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
+    reference = model.predict(x)
+    assert compiled.shape == reference.shape == (1, len(BIGEARTHNET19_NAMES), 200, 200)
+    torch.testing.assert_close(compiled, reference, rtol=0, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    water = torch.rand((2, 70, 90), generator=g)
+    monkeypatch.delenv("S2SEG_NO_NUMBA")
+    compiled_box = box_mean(water, 15)
+    monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
+    torch.testing.assert_close(compiled_box, box_mean(water, 15), rtol=0, atol=1e-6)
+
+
+@needs_numba
+def test_compiled_probabilities_depend_only_on_the_window_and_not_on_threads(monkeypatch):
+    """The receptive field's promise through the compiled path: a crop gives the whole image's bits beyond the
+    radius, wherever its pixels fall in the kernel's blocks, and splitting the pixels over threads changes nothing."""
+    from s2seg.core.models import prototype_kernels
+
+    x = _sample_chunk(seed=4)
+    model = BuiltinModel(BUILTIN_CARD, torch.device("cpu"))
+    whole = model.predict(x)
+    r = BUILTIN_CARD.receptive_field
+    part = model.predict(x[:, :, 13:187, 29:171].contiguous())  # 174 × 142: pixels shift in the 256-pixel blocks
+    assert torch.equal(whole[:, :, 13 + r: 187 - r, 29 + r: 171 - r], part[:, :, r: -r, r: -r])
+    features = model.net._features(x)
+    monkeypatch.setattr(prototype_kernels, "PARALLEL_MIN_PIXELS", 1000)  # 40,000 px: split them
+    one = prototype_kernels.mixture_probabilities(features, model.net.kernel_tables, 1)
+    three = prototype_kernels.mixture_probabilities(features, model.net.kernel_tables, 3)
+    assert torch.equal(one, three)

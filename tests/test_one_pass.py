@@ -157,10 +157,37 @@ def test_the_accelerator_path_gives_the_same_probabilities(tile):
         pixels = reader.read(chunk.input_rows, chunk.input_cols)
     results = []
     for asynchronous in (False, True):
-        inferer = ChunkInferer(model, Normaliser(card, bandset, torch.device("cpu")), 4, asynchronous=asynchronous)
+        inferer = ChunkInferer(model, Normaliser(card, bandset, torch.device("cpu")), 4, asynchronous=asynchronous,
+                               write_probs=True)
         inferred = inferer.infer(chunk, pixels)
         assert (inferred.extremes is not None) == asynchronous
         inferred.raise_if_bad(card)
         results.append(inferred.probabilities.probs)
     assert results[0].shape == (card.num_classes, chunk.height, chunk.width)
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_confidence_products_do_not_depend_on_writing_probabilities(tile, tmp_path):
+    """Without probabilities the one-pass path keeps only each strip's confidence (computed in the inference stage);
+    the products are those the writer computes from the probabilities, bit for bit."""
+    runs = [segment(tile, tmp_path / str(p), config=EngineConfig(chunk_size=60, write_probs=p)) for p in (True, False)]
+    for name in ("class", "maxprob", "entropy", "gap"):
+        with rasterio.open(runs[0].products[name]) as a, rasterio.open(runs[1].products[name]) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_the_bench_floors_the_strips_the_inferer_runs(tile, tmp_path):
+    """make bench's one-pass compute floor (benchmarks.engine_parts.one_pass_strips) runs the model on the same
+    strips as the inference stage."""
+    from s2seg.benchmarks.engine_parts import one_pass_strips
+
+    model = Recording(BUILTIN_CARD)
+    result = segment(tile, tmp_path / "out", model, EngineConfig(chunk_size=300, batch_size=2))  # one chunk, 2 strips
+    bandset = discover(tile)
+    grid = plan_one_pass(bandset.height, bandset.width, 300, OPEN_WATER_RADIUS, BUILTIN_CARD.footprint)
+    expected = [(z - a, chunk.input_cols[1] - chunk.input_cols[0]) for chunk in grid.chunks
+                for a, z in one_pass_strips(chunk, chunk.input_rows[1] - chunk.input_rows[0],
+                                            chunk.input_cols[1] - chunk.input_cols[0], OPEN_WATER_RADIUS, 2,
+                                            BUILTIN_CARD.patch_size)]
+    assert result.n_chunks == len(grid.chunks) and len(model.shapes) > len(grid.chunks)
+    assert sorted(shape[2:] for shape in model.shapes) == sorted(expected)

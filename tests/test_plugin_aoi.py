@@ -93,3 +93,41 @@ def test_a_stacked_raster_picked_as_the_tile_is_read_as_a_stack(s2seg_registered
         ds.write(np.stack([data, data]))
     assert tile_path(str(band)) == str(band.parent)
     assert tile_path(str(stack)) == str(stack)
+
+
+# --- the batch algorithm: the same parameters, passed to every tile --------------------------------
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    """An existing Dask cluster (workers as threads of this process: instant start)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=50) as cluster:
+        yield cluster.scheduler_address
+
+
+def batch_classes(out: Path, **parameters) -> tuple[np.ndarray, rasterio.Affine]:
+    results = processing.run("s2seg:segmenttiles", {**parameters, "DEVICE": "cpu", "OUTPUT_FOLDER": str(out)})
+    assert (results["OK"], results["FAILED"]) == (1, 0)
+    (path,) = out.rglob("*_class.tif")
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.transform
+
+
+@pytest.mark.parametrize("aoi", ["extent", "polygons"])
+def test_the_batch_algorithm_takes_the_same_extent_and_polygons(s2seg_registered, small_tile, scheduler, tmp_path,
+                                                                aoi):
+    given = ({"EXTENT": f"{LEFT + 405},{LEFT + 1195},{TOP - 1500},{TOP - 610} [EPSG:32632]"} if aoi == "extent"
+             else {"MASK": _triangle_layer()})
+    single, single_transform = classes(processing.run(ALG_ID, {"INPUT": str(small_tile), **given, "DEVICE": "cpu",
+                                                               "CLOUD_MASK": "none",  # the batch's engine default
+                                                               "OUTPUT_FOLDER": str(tmp_path / "single")}))
+    part, transform = batch_classes(tmp_path / "batch", INPUTS=str(small_tile), SCHEDULER=scheduler, **given)
+    assert part.shape == single.shape == ((89, 80) if aoi == "extent" else (170, 170))
+    assert transform == single_transform and np.array_equal(part, single)
+
+
+def test_a_batch_tile_outside_the_area_of_interest_fails_naming_it(s2seg_registered, small_tile, scheduler, tmp_path):
+    with pytest.raises(QgsProcessingException, match="Every tile failed.*outside the tile"):
+        processing.run("s2seg:segmenttiles", {"INPUTS": str(small_tile), "EXTENT": "0,10,0,10 [EPSG:32632]",
+                                              "SCHEDULER": scheduler, "OUTPUT_FOLDER": str(tmp_path)})

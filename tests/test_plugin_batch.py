@@ -60,13 +60,16 @@ def test_declared_interface(s2seg_provider):
     assert (alg.group(), alg.groupId()) == ("Segmentation", "segmentation")
     assert not alg.flags() & alg.FlagNoThreading and alg.flags() & alg.FlagCanCancel
     params = {p.name(): p for p in alg.parameterDefinitions()}
-    assert list(params) == ["INPUTS", "TILE_LIST", "MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
-                            "WRITE_PROBS", "OVERWRITE", "RESUME", "SCHEDULER", "WORKERS", "THREADS_PER_WORKER",
-                            "OUTPUT_FOLDER"]
+    assert list(params) == ["INPUTS", "TILE_LIST", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK", "KEEP_MASKED",
+                            "CHUNK_SIZE", "BATCH_SIZE",
+                            "DEVICE", "WRITE_PROBS", "BANDS", "SCALE", "OFFSET", "OVERWRITE", "RESUME", "SCHEDULER",
+                            "WORKERS", "THREADS_PER_WORKER", "OUTPUT_FOLDER"]
     # The engine options are those of s2seg:segmenttile, declared once (algorithms/common.py).
     single = {p.name(): p for p in QgsApplication.processingRegistry().algorithmById("s2seg:segmenttile")
               .parameterDefinitions()}
-    for name in ("MODEL", "MODEL_FILE", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE", "WRITE_PROBS", "RESUME"):
+    for name in ("EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK", "KEEP_MASKED", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
+                 "WRITE_PROBS",
+                 "BANDS", "SCALE", "OFFSET", "RESUME"):
         assert params[name].toVariantMap() == single[name].toVariantMap(), name
     assert "mps" in params["DEVICE"].options() and params["RESUME"].options() == ["auto", "require", "never"]
     assert isinstance(params["INPUTS"], QgsProcessingParameterString) and params["INPUTS"].multiLine()
@@ -98,6 +101,8 @@ def test_local_cluster_run_from_a_list_file_then_skip(s2seg_provider, tiles, tmp
     assert folder.name == tiles["good"].name.removesuffix(".SAFE")
     # Per-tile HTML report and .qml styles, as the single-tile algorithm writes them.
     assert list(folder.glob("*_report.html")) and list(folder.glob("*_class.qml"))
+    # The cloud mask follows the front ends' default (auto), as in s2seg:segmenttile and `s2seg batch`.
+    assert list(folder.glob("*_mask.tif"))
     summary = Path(results["SUMMARY"]).read_text(encoding="utf-8")
     assert "_report.html" in summary
 
@@ -139,6 +144,15 @@ def test_resume_mode_reaches_every_tile(s2seg_provider, tiles, scheduler, tmp_pa
         processing.run(ALG_ID, {"INPUTS": str(tiles["good"]), "SCHEDULER": scheduler, "DEVICE": "cpu",
                                 "RESUME": "require", "OUTPUT_FOLDER": str(tmp_path / "out")}, feedback=feedback)
     assert any("cannot resume" in e for e in feedback.errors), feedback.errors
+
+
+def test_cloud_mask_setting_reaches_every_tile(s2seg_provider, tiles, scheduler, tmp_path):
+    out = tmp_path / "out"
+    results = processing.run(ALG_ID, {"INPUTS": str(tiles["good"]), "SCHEDULER": scheduler, "DEVICE": "cpu",
+                                      "CLOUD_MASK": "none", "OUTPUT_FOLDER": str(out)})
+    assert results["OK"] == 1
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert list(folder.glob("*_class.tif")) and not list(folder.glob("*_mask.tif"))
 
 
 def test_cancel(s2seg_provider, scheduler, tmp_path):

@@ -77,14 +77,15 @@ def test_provider_and_algorithm_identity(s2seg_provider):
 def test_parameters(s2seg_provider):
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG_ID)
     params = {p.name(): p for p in alg.parameterDefinitions()}
-    assert list(params) == ["INPUT", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK", "KEEP_MASKED",
-                            "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
-                            "WRITE_PROBS", "PRODUCTS", "VECTOR", "MMU", "COG", "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
+    assert list(params) == ["INPUT", "STACK_LAYER", "EXTENT", "MASK", "MODEL", "MODEL_FILE", "CLOUD_MASK",
+                            "KEEP_MASKED", "CHUNK_SIZE", "BATCH_SIZE", "DEVICE",
+                            "WRITE_PROBS", "BANDS", "SCALE", "OFFSET", "PRODUCTS", "VECTOR", "MMU", "COG", "RESUME", "OVERWRITE", "OUTPUT_FOLDER"]
     assert isinstance(params["INPUT"], QgsProcessingParameterFile)
     # The … button picks files: a .zip, or a file inside a .SAFE or a band folder (see tile_path).
     assert params["INPUT"].behavior() == QgsProcessingParameterFile.File
     assert "*.zip" in params["INPUT"].fileFilter() and "manifest.safe" in params["INPUT"].fileFilter()
-    for typed in ("/data/T32UNU.SAFE", "/data/IMG_DATA", "/data/S2A.zip"):
+    for typed in ("/data/T32UNU.SAFE", "/data/IMG_DATA", "/data/S2A.zip", "/data/bands.txt",
+                  "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/S2B_32UNU_20240612_0_L2A"):
         assert params["INPUT"].checkValueIsAcceptable(typed), typed
     model = params["MODEL"]
     assert isinstance(model, QgsProcessingParameterEnum) and model.usesStaticStrings()

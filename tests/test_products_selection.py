@@ -70,7 +70,7 @@ def test_bad_selections_are_refused_before_any_work(small_tile, tmp_path, produc
 
 
 def test_the_output_options_are_shared_by_segment_and_batch():
-    argv = ["T", "O", "--products", "class, gap,vector", "--cog", "--mmu", "1.5", "--vector"]
+    argv = ["T", "O", "--products", "class, gap,vector", "--cog", "--mmu", "1.5", "--vector", "--mask", "none"]
     expected = EngineConfig(products=("class", "gap", "vector"), cog=True, mmu=1.5, vector=True)
     parser = _parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

@@ -307,8 +307,8 @@ def test_output_disk_full(tile, mount_tmpfs, model_file, capsys):
 
 def test_existing_outputs_need_overwrite(tile, tmp_path, model_file, capsys):
     out = tmp_path / "out"
-    assert cli(capsys, "segment", tile, out, "--model", model_file, "--quiet")[0] == 0
-    code, err = cli(capsys, "segment", tile, out, "--model", model_file, "--quiet")
+    assert cli(capsys, "segment", tile, out, "--model", model_file, "--mask", "none", "--quiet")[0] == 0
+    code, err = cli(capsys, "segment", tile, out, "--model", model_file, "--mask", "none", "--quiet")
     assert code == 1
     stac = f", {TILE_NAME}_stac.json" if (out / f"{TILE_NAME}_stac.json").exists() else ""  # with pystac installed
     assert (f"s2seg: error: outputs already exist ({TILE_NAME}_class.tif, {TILE_NAME}_maxprob.tif, {TILE_NAME}_entropy.tif, "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from s2seg.core.pipeline import segment
 from s2seg.core.products import DEFAULT_PRODUCTS
 from s2seg.core.sample import ORIGIN, write_sample_tile
 
+from range_server import Served, serve
 from rasters import read_products
 
 SIZE = 960
@@ -28,74 +27,16 @@ PRODUCTS = DEFAULT_PRODUCTS
 #: Earth Search asset names of the bands SpectralPatchModel reads, and a few others
 EARTH_SEARCH = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11"}
 SECRET = "sig=Zm9vYmFyc2VjcmV0"
-#: file names the server refuses with 403 from now on (a signed URL that expires mid-run)
-EXPIRED: set[str] = set()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    root: Path
-    sent: dict[str, int]
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _file(self) -> Path | None:
-        name = self.path.split("?", 1)[0].lstrip("/")
-        if name.startswith("forbidden/") or name in EXPIRED:
-            self.send_response(403)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        path = self.root / name
-        if not path.is_file():
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        return path
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        path = self._file()
-        if path is not None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(path.stat().st_size))
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self._file()
-        if path is None:
-            return
-        data = path.read_bytes()
-        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if match:
-            start = int(match.group(1))
-            end = min(int(match.group(2)) if match.group(2) else len(data) - 1, len(data) - 1)
-            body = data[start:end + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body)
-        self.sent[path.name] = self.sent.get(path.name, 0) + len(body)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base URL, served folder, bytes sent per file)."""
-    root = tmp_path_factory.mktemp("served")
-    sent: dict[str, int] = {}
-    handler = type("Handler", (_Handler,), {"root": root, "sent": sent})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, sent
-    httpd.shutdown()
-    httpd.server_close()
+def server(tmp_path_factory) -> Served:
+    yield from serve(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(autouse=True)
+def _server_reset(server) -> None:
+    server.reset()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +48,7 @@ def product(tmp_path_factory):
 def cogs(product, server):
     """The product's bands as COGs (256 px blocks, DEFLATE) in the served folder."""
     pytest.importorskip("pystac")
-    _, root, _ = server
+    root = server.root
     for band_id in EARTH_SEARCH.values():
         src = next(product.rglob(f"*_{band_id}_*.tif"))
         rasterio.shutil.copy(src, root / f"{band_id}.tif", driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE",
@@ -141,7 +82,7 @@ def earth_search_item(base: str, folder: Path, name: str = "item.json", query: s
 
 def test_an_earth_search_item_gives_the_products_of_the_safe_fetching_only_the_ranges_needed(product, server, cogs,
                                                                                                tmp_path):
-    base, root, sent = server
+    base, root, sent = server.base, server.root, server.sent
     item = earth_search_item(base, tmp_path)
     bandset = discover_input(item)
     assert set(bandset.files) == set(EARTH_SEARCH.values()) and bandset.offsets["B02"] == -1000
@@ -174,14 +115,14 @@ def test_an_earth_search_item_gives_the_products_of_the_safe_fetching_only_the_r
 
 
 def test_the_offset_follows_the_items_properties(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     applied = discover_input(earth_search_item(base, tmp_path, "a.json", **{"earthsearch:boa_offset_applied": True}))
     old = discover_input(earth_search_item(base, tmp_path, "b.json", **{"s2:processing_baseline": "03.01"}))
     assert applied.offsets == {} and old.offsets == {}
 
 
 def test_a_403_names_the_asset_and_url_without_the_signature(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     item = earth_search_item(base, tmp_path, query=f"?st=2024-06-12&se=2024-06-13&{SECRET}",
                              hrefs={"blue": {"href": f"{base}/forbidden/B02.tif?st=2024&{SECRET}", "roles": ["data"]}})
     with pytest.raises(InputError) as caught:
@@ -193,7 +134,7 @@ def test_a_403_names_the_asset_and_url_without_the_signature(server, cogs, tmp_p
 
 
 def test_signed_urls_are_read_and_kept_out_of_the_journal(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     item = earth_search_item(base, tmp_path, query=f"?st=2024-06-12&{SECRET}")
     out = tmp_path / "out"
     aoi = f"{ORIGIN[0]},{ORIGIN[1] - 600},{ORIGIN[0] + 600},{ORIGIN[1]}"
@@ -211,7 +152,7 @@ def test_signed_urls_are_read_and_kept_out_of_the_journal(server, cogs, tmp_path
 
 
 def test_an_unreachable_host_names_the_asset(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     item = earth_search_item(base, tmp_path, hrefs={"red": {"href": "http://127.0.0.1:9/B04.tif", "roles": ["data"]}})
     with pytest.raises(InputError, match=r"cannot read asset 'red' of STAC item .* \(http://127.0.0.1:9/B04.tif\): "
                                          r"the host cannot be reached"):
@@ -219,7 +160,7 @@ def test_an_unreachable_host_names_the_asset(server, cogs, tmp_path):
 
 
 def test_an_item_url_is_read_over_http(server, cogs, tmp_path):
-    base, root, _ = server
+    base, root = server.base, server.root
     earth_search_item(base, root, "served_item.json")
     bandset = discover_input(f"{base}/served_item.json")
     assert bandset.files["B02"].path.startswith("/vsicurl?")
@@ -238,7 +179,7 @@ def test_without_pystac_an_item_is_refused_naming_the_package(tmp_path, monkeypa
 
 
 def test_a_planetary_computer_item_with_band_keys_and_signed_hrefs(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     item = earth_search_item(base, tmp_path, hrefs={})
     content = json.loads(item.read_text())
     content["assets"] = {band_id: {"href": f"{base}/{band_id}.tif?st=2024&{SECRET}", "roles": ["data"]}
@@ -254,16 +195,15 @@ def test_a_planetary_computer_item_with_band_keys_and_signed_hrefs(server, cogs,
 
 
 def test_a_url_that_expires_during_the_run_names_the_band_without_the_signature(server, cogs, tmp_path):
-    base, _, _ = server
+    base = server.base
     item = earth_search_item(base, tmp_path, "expiring.json", query=f"?st=2024-06-12&{SECRET}")
     discover_input(item)  # the headers are read: the item is fine until now
-    EXPIRED.add("B08.tif")
-    try:
-        with pytest.raises(InputError) as caught:
-            segment(item, tmp_path / "out", model=SpectralPatchModel(),
-                    config=EngineConfig(aoi=f"{ORIGIN[0] + 3000},{ORIGIN[1] - 3600},{ORIGIN[0] + 3600},{ORIGIN[1] - 3000}"))
-    finally:
-        EXPIRED.clear()
+    server.expire_after["B08.tif"] = 1  # the first block read is still answered, the next ones get 403
+    with pytest.raises(InputError) as caught:
+        segment(item, tmp_path / "out", model=SpectralPatchModel(),
+                config=EngineConfig(chunk_size=240, aoi=f"{ORIGIN[0] + 3000},{ORIGIN[1] - 5400},{ORIGIN[0] + 5400},"
+                                                         f"{ORIGIN[1] - 3000}"))
     message = str(caught.value)
     assert re.search(r"cannot (read band B08 from|open band file) /vsicurl/http://127.0.0.1:\d+/B08.tif\?…", message), message
+    assert "HTTP 403: access denied (a signed URL may have expired" in message, message
     assert "Zm9vYmFy" not in message

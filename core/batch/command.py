@@ -17,7 +17,9 @@ from .summary import format_table, summary_line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``s2seg batch`` arguments: inputs, output folder, cluster options, then the shared options."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="tiles: .SAFE folders, .zip files, band folders, globs ('tiles/*.SAFE') or @list.txt (one per line)")
+                        help="tiles: .SAFE folders, .zip files, band folders, stacked rasters, STAC items (files or URLs), "
+                             ".txt lists of band URLs (one tile each), globs ('tiles/*.SAFE') or @list.txt (a list "
+                             "of tiles, one per line)")
     parser.add_argument("output", type=Path, metavar="OUT", help="output folder; each tile goes to OUT/<tile name>/")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="address of a running Dask scheduler (tcp://host:8786); default: start a local cluster")

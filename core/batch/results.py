@@ -16,7 +16,7 @@ LogCallback = Callable[[str], None]
 class TileJob:
     """One tile and the folder its products go to."""
 
-    source: Path
+    source: Path | str  # str: a URL (a STAC item's)
     name: str
     output_dir: Path
 

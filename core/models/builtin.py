@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..nomenclature import BIGEARTHNET19_NAMES, class_index
+from . import prototype_kernels
 from .base import apply_activation
 from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS, OPEN_WATER_RADIUS  # noqa: F401 - the card belongs to this model
 from .card import ModelCard
@@ -131,6 +132,8 @@ class SpectralPrototypeNet(torch.nn.Module):
         self.register_buffer("log_prior", log_prior.float())
         self.register_buffer("targets", _target_matrix().T.contiguous().float())  # (C, K)
         self.num_classes = len(BIGEARTHNET19_NAMES)
+        #: the same tables for the compiled CPU kernel (:mod:`.prototype_kernels`)
+        self.kernel_tables = prototype_kernels.MixtureTables(self.affine, self.targets)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 6, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction."""
@@ -159,7 +162,13 @@ class SpectralPrototypeNet(torch.nn.Module):
         return out.flatten(2)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1)."""
+        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, one compiled pass
+        per block of pixels (:mod:`.prototype_kernels`, the same ``affine`` and ``targets``); else the torch
+        steps below (the reference: the two agree within 1e-5)."""
+        if prototype_kernels.usable(x):
+            features = self._features(x)
+            return prototype_kernels.mixture_probabilities(features, self.kernel_tables, torch.get_num_threads()
+                                                           ).unflatten(2, x.shape[2:])
         z = torch.matmul(self.affine, self._features(x))  # (N, K, H·W) prototype scores
         z.sub_(z.amax(dim=1, keepdim=True)).exp_()  # stable: the best prototype scores exp(0) = 1
         total = z.sum(dim=1, keepdim=True)
@@ -175,7 +184,10 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean of ``x`` (N, H, W) over the (2r + 1)² square around each pixel, the image's edge pixels
     repeated beyond it. Separable, and each output sums its own window in a fixed order: the value at a
     pixel depends only on the pixels within ``radius``, bit for bit, wherever the image starts (what
-    the card's receptive field promises; a running sum would carry rounding from the image's start)."""
+    the card's receptive field promises; a running sum would carry rounding from the image's start).
+    On the CPU with numba a compiled kernel sums the same windows (:func:`.prototype_kernels.box_mean`)."""
+    if prototype_kernels.usable(x):
+        return prototype_kernels.box_mean(x, radius)
     k = 2 * radius + 1
     rows = torch.nn.functional.pad(x[:, None], (radius, radius, 0, 0), mode="replicate")
     rows = torch.nn.functional.avg_pool2d(rows, (1, k), stride=1)

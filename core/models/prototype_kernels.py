@@ -1,0 +1,241 @@
+"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
+distributions in one pass over the pixels, and the open-water box mean.
+
+The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
+once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
+
+torch evaluates the prototype mixture as separate whole-image steps (a ``(K, F + 1) × (F + 1, n)``
+product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step writes and reads a
+``K × n`` or ``C × n`` float32 array, so the model is bound by memory traffic (~0.8 s for a 1470²
+chunk on one core, measured). The kernel below keeps one block of :data:`BLOCK` pixels in cache
+from the features to the probabilities, and evaluates ``exp`` with a polynomial numba can vectorise
+(numba has no vectorised ``exp`` without Intel's SVML). It is generic over the model's tables: any
+number of features, prototypes and classes; each prototype's class distribution is a sparse row.
+
+Per-pixel results do not depend on where a pixel sits in the image or in a block: every block is
+padded to :data:`BLOCK` pixels (no scalar tail loop), and no fast-math flag lets LLVM fuse or reorder
+operations differently in vector and scalar code. So chunk sizes, strip heights and thread counts
+give the same bits (the card's receptive-field promise). Without numba (or ``S2SEG_NO_NUMBA=1``)
+and on accelerators the model's torch path runs; the two agree within 1e-5.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .. import kernels
+from ..buffers import empty
+
+#: Pixels per block: the block's ``K`` scores and ``C`` outputs (~55 × 4 B per pixel) stay in L2.
+BLOCK = 256
+#: Prototype scores more than this far below the best contribute < e⁻⁸⁰ (relative): clamped there, where
+#: the polynomial exp is still a normal float32.
+EXP_FLOOR = -80.0
+#: Below this many pixels one thread is quicker than handing the work out.
+PARALLEL_MIN_PIXELS = 1 << 16
+
+_njit = kernels.njit(frozenset())  # no fast-math: vector and scalar code give the same bits
+
+
+@_njit
+def _exp_nonpositive(x, out, scale_bits):  # pragma: no cover - compiled by numba
+    """``out = exp(x)`` for ``x ≤ 0`` (clamped at :data:`EXP_FLOOR`), relative error < 2e-7:
+    ``exp(x) = 2ⁿ · exp(r)``, ``n = round(x / ln 2)``, ``|r| ≤ ln 2 / 2``, ``exp(r)`` by its Taylor series to
+    r⁷ (error < 1e-8), ``2ⁿ`` built from its exponent bits. Lane-wise only, so LLVM vectorises it."""
+    log2e = np.float32(1.4426950408889634)
+    ln2_hi = np.float32(0.693145751953125)  # ln 2 split so that n · ln2_hi is exact
+    ln2_lo = np.float32(1.428606765330187e-06)
+    floor = np.float32(EXP_FLOOR)
+    half, one = np.float32(0.5), np.float32(1.0)
+    for b in range(x.shape[0]):
+        v = max(x[b], floor)
+        n = np.floor(v * log2e + half)
+        r = (v - n * ln2_hi) - n * ln2_lo
+        p = np.float32(1.0 / 5040.0)
+        p = p * r + np.float32(1.0 / 720.0)
+        p = p * r + np.float32(1.0 / 120.0)
+        p = p * r + np.float32(1.0 / 24.0)
+        p = p * r + np.float32(1.0 / 6.0)
+        p = p * r + half
+        p = p * r + one
+        out[b] = p * r + one
+        scale_bits[b] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    scale = scale_bits.view(np.float32)
+    for b in range(x.shape[0]):
+        out[b] = out[b] * scale[b]
+
+
+@_njit
+def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
+    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)``: the prototype scores
+    ``zₖ = Σ_f affine[k, f] · x_f + affine[k, F]`` (the model's own affine map), ``wₖ = exp(zₖ − max z) / Σ exp``,
+    ``p_c = Σₖ wₖ T_kc`` with ``T`` in compressed rows (``indptr``, ``classes``, ``weights``)."""
+    n_protos, n_affine = affine.shape
+    n_features = n_affine - 1
+    n_classes = out.shape[0]
+    f32 = np.float32
+    x = np.zeros((n_features, BLOCK), f32)  # the block's features (padding: 0)
+    z = np.empty((n_protos, BLOCK), f32)
+    best = np.empty(BLOCK, f32)
+    total = np.empty(BLOCK, f32)
+    acc = np.empty((n_classes, BLOCK), f32)
+    shifted = np.empty(BLOCK, f32)
+    bits = np.empty(BLOCK, np.int32)
+    for s in range(p0, p1, BLOCK):
+        nb = min(BLOCK, p1 - s)
+        for f in range(n_features):
+            row, xf = features[f], x[f]
+            for b in range(nb):
+                xf[b] = row[s + b]
+            for b in range(nb, BLOCK):
+                xf[b] = f32(0.0)
+        for k in range(n_protos):
+            zk = z[k]
+            bias = affine[k, n_features]
+            for b in range(BLOCK):
+                zk[b] = bias
+            for f in range(n_features):
+                a, xf = affine[k, f], x[f]
+                for b in range(BLOCK):
+                    zk[b] += a * xf[b]
+        for b in range(BLOCK):
+            best[b] = z[0, b]
+        for k in range(1, n_protos):
+            zk = z[k]
+            for b in range(BLOCK):
+                best[b] = max(best[b], zk[b])
+        for b in range(BLOCK):
+            total[b] = f32(0.0)
+        for c in range(n_classes):
+            ac = acc[c]
+            for b in range(BLOCK):
+                ac[b] = f32(0.0)
+        for k in range(n_protos):
+            zk = z[k]
+            for b in range(BLOCK):
+                shifted[b] = zk[b] - best[b]
+            _exp_nonpositive(shifted, zk, bits)
+            for b in range(BLOCK):
+                total[b] += zk[b]
+            for j in range(indptr[k], indptr[k + 1]):
+                ac, w = acc[classes[j]], weights[j]
+                for b in range(BLOCK):
+                    ac[b] += w * zk[b]
+        for c in range(n_classes):
+            ac, oc = acc[c], out[c]
+            for b in range(nb):
+                oc[s + b] = ac[b] / total[b]
+
+
+@_njit
+def _box_sum_rows(x, radius, out):  # pragma: no cover - compiled by numba
+    """``out[i, y, j] = Σ x[i, y, j … j + 2r]``, summed in that order (``x`` padded by ``r`` columns)."""
+    k = 2 * radius + 1
+    n, h, w = out.shape
+    for i in range(n):
+        for y in range(h):
+            src, dst = x[i, y], out[i, y]
+            for j in range(w):
+                dst[j] = src[j]
+            for t in range(1, k):
+                for j in range(w):
+                    dst[j] += src[j + t]
+
+
+@_njit
+def _box_sum_cols(x, radius, scale, out):  # pragma: no cover - compiled by numba
+    """``out[i, y, :] = scale · Σ x[i, y … y + 2r, :]``, summed in that order (``x`` padded by ``r`` rows)."""
+    k = 2 * radius + 1
+    n, h, w = out.shape
+    for i in range(n):
+        for y in range(h):
+            dst = out[i, y]
+            first = x[i, y]
+            for j in range(w):
+                dst[j] = first[j]
+            for t in range(1, k):
+                src = x[i, y + t]
+                for j in range(w):
+                    dst[j] += src[j]
+            for j in range(w):
+                dst[j] = dst[j] / scale
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Can the compiled kernels evaluate ``x`` (CPU float32, numba on)?"""
+    return kernels.enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+class MixtureTables:
+    """The prototype mixture's tables as the kernel takes them: the model's score map and its prototypes'
+    class distributions (sparse rows), float32 numpy."""
+
+    def __init__(self, affine: torch.Tensor, targets: torch.Tensor):
+        """``affine (K, F + 1)``: scores from the features and a constant 1; ``targets (C, K)``: column k is
+        prototype k's class distribution (:class:`.builtin.SpectralPrototypeNet`'s buffers)."""
+        self.affine = affine.detach().cpu().float().numpy().copy()
+        rows = targets.detach().cpu().float().T.numpy()  # (K, C)
+        self.n_classes = rows.shape[1]
+        k_idx, c_idx = np.nonzero(rows)
+        self.indptr = np.searchsorted(k_idx, np.arange(rows.shape[0] + 1)).astype(np.int64)
+        self.classes = c_idx.astype(np.int64)
+        self.weights = rows[k_idx, c_idx].astype(np.float32)
+
+
+def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads: int) -> torch.Tensor:
+    """``features (N, ≥ F, n)`` float32 (rows beyond the affine map's F, e.g. its row of ones, are ignored) →
+    probabilities ``(N, C, n)``, split over ``threads`` threads (each pixel's bits do not depend on the split)."""
+    n_images, _, n = features.shape
+    out = empty((n_images, tables.n_classes, n))  # huge pages: a strip's outputs are tens of MB, written once
+    f = features.detach()
+    if f.stride(2) != 1:
+        f = f.contiguous()
+    for i in range(n_images):
+        args = (f[i].numpy(), tables.affine, tables.indptr, tables.classes, tables.weights, out[i].numpy())
+        _split(_mixture_pixels, n, threads, args)
+    return out
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The mean of ``x (N, H, W)`` float32 over the (2r + 1)² square around each pixel, edges repeated
+    (what :func:`.builtin.box_mean` computes): each output sums its own window in a fixed order."""
+    n, h, w = x.shape
+    padded = torch.nn.functional.pad(x[:, None], (radius, radius, radius, radius), mode="replicate")[:, 0].contiguous()
+    rows = empty((n, h + 2 * radius, w))
+    _box_sum_rows(padded.numpy(), radius, rows.numpy())
+    out = empty((n, h, w))
+    _box_sum_cols(rows.numpy(), radius, np.float32((2 * radius + 1) ** 2), out.numpy())
+    return out
+
+
+def _split(kernel, n: int, threads: int, args: tuple) -> None:
+    """``kernel(*args, p0, p1)`` over pixels ``0 … n-1``, in ``threads`` shares on block boundaries; the calling
+    thread computes the first, workers started here (and joined before returning) the others."""
+    threads = max(1, min(threads, -(-n // PARALLEL_MIN_PIXELS)))
+    if threads == 1:
+        kernel(*args, 0, n)
+        return
+    step = -(-n // threads // BLOCK) * BLOCK
+    bounds = [min(n, i * step) for i in range(threads + 1)]
+    errors: list[BaseException] = []
+
+    def share(p0: int, p1: int) -> None:
+        try:
+            kernel(*args, p0, p1)
+        except BaseException as exc:  # re-raised by the caller, after every worker has ended
+            errors.append(exc)
+
+    workers = [threading.Thread(target=share, args=(a, b), name=f"s2seg-model-{i}", daemon=True)
+               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1) if a < b]
+    try:
+        for worker in workers:
+            worker.start()
+        share(bounds[0], bounds[1])
+    finally:
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+    if errors:
+        raise errors[0]
