@@ -31,13 +31,15 @@ Sections (each a table in ``docs/benchmarks.md``):
 9. **Peer** — the ukis-csmask L1C cloud U-Net on a 1536 × 768 crop of the demo scene
    (``bash tools/demo.sh``): Deepness's tiling re-implemented (:mod:`.peer`) at its 50 px
    overlap and at s2seg's 50 %, against ``segment``, interleaved in one run (:mod:`.peer_row`).
+9b. **Reading** — the read stage of the peer crop against ``gdal_translate -srcwin`` of the same native
+    windows (and in-process ``gdal.Translate``, rasterio), interleaved in one run (:mod:`.reading`).
 10. **Start-up and memory** — ``s2seg segment`` on a 600² tile against ``python -c "import torch"``;
     peak RSS of a small crop per model kind against its import baseline, fresh processes (:mod:`.startup`).
 11. **Masking clouds, shadows and snow** — ``--mask scl`` against the unmasked run, ``--mask model``
     against the land cover alone plus the cloud U-Net's compute floor, on a 2520² L2A sample (:mod:`.mask_cost`).
 
 Absolute seconds depend on the machine and its load; the targets are ratios. Modules: :mod:`.floors`
-(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.startup` (10),
+(1–3), :mod:`.blending` (4), :mod:`.sections` (5–7), :mod:`.overhead` (8), :mod:`.peer_row` (9), :mod:`.reading` (9b), :mod:`.startup` (10),
 :mod:`.mask_cost` (11), :mod:`.report` (tables), :mod:`.common` (targets,
 inputs, timing), :mod:`.engine_parts` (the only place that touches engine internals).
 """
@@ -58,6 +60,7 @@ from .floors import BUSY_HEADER, busy_cells, patches_cell, pipeline_note, run_re
 from .mask_cost import MASK_BENCH_SIZE, mask_section
 from .overhead import overhead_cases, overhead_section
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
+from .reading import reading_section
 from .startup import STARTUP_SIZE, memory_section, startup_section
 from .report import BenchResult, Section, Target
 from .sections import encoding_section, nodata_section, outputs_section, rss_section
@@ -191,6 +194,8 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
     if peer_scene is not None:
         log("[bench] peer: Deepness's tiling against segment, same ONNX model and scene")
         peer_section(result, work, log, scene=Path(peer_scene), repeats=1 if quick else 3)
+        log("[bench] reading: the read stage of the peer crop against gdal_translate")
+        reading_section(result, log, scene=Path(peer_scene), repeats=1 if quick else 3)
 
     if startup:
         log("[bench] start-up and peak RSS per model kind, fresh processes")

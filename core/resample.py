@@ -25,10 +25,28 @@ def block_mean(values: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.n
     if h % factor or w % factor:
         raise ValueError(f"a {h} × {w} region does not split into {factor} × {factor} blocks")
     shape = (h // factor, factor, w // factor, factor)
-    sums = np.where(valid, values, 0).astype(np.float32, copy=False).reshape(shape).sum(axis=(1, 3), dtype=np.float32)
-    counts = valid.reshape(shape).sum(axis=(1, 3), dtype=np.int32)
+    masked = np.where(valid, values, 0)
+    if np.issubdtype(values.dtype, np.integer) and factor * factor * np.iinfo(values.dtype).max < 2**24:
+        # Integers (nearest-sampled DN): float32 sums of the block are exact in any order, so the
+        # strided adds below give the bytes of the reduction over axes (1, 3), 3–4× faster.
+        sums = _block_sum(masked, factor, np.float32)
+    else:
+        sums = masked.astype(np.float32, copy=False).reshape(shape).sum(axis=(1, 3), dtype=np.float32)
+    counts = _block_sum(valid, factor, np.int32)
     means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
     return means, counts > 0
+
+
+def _block_sum(values: np.ndarray, factor: int, dtype: type) -> np.ndarray:
+    """Sums of ``factor × factor`` blocks by ``factor`` strided adds per axis (numpy reduces over small
+    non-contiguous axes slowly); exact only where ``dtype`` holds every partial sum exactly."""
+    cols = values[:, 0::factor].astype(dtype)
+    for k in range(1, factor):
+        cols += values[:, k::factor]
+    rows = cols[0::factor].copy()
+    for k in range(1, factor):
+        rows += cols[k::factor]
+    return rows
 
 
 def _axis(start: int, stop: int, first: int, factor: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

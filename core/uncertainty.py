@@ -176,6 +176,70 @@ def _blend_confidence_rows(rows, first, second, w_first, w_second, valid, classe
         _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap)
 
 
+#: Output rows the dense fused kernel blends together: each (patch, class) is then read as one contiguous
+#: run of up to ``DENSE_BAND_ROWS × P`` values (row by row, runs of P values at 1 MB strides left it waiting
+#: on memory: 0.20 s for 1440² × 19 classes, 0.10 s with bands of 16), and the band's scratch stays in L2.
+DENSE_BAND_ROWS = 16
+
+
+@_njit
+def _dense_confidence_rows(grid, window, top, left, stride, valid, classes, maxprob, entropy, gap, r0, r1):  # pragma: no cover
+    """Rows ``r0 … r1-1`` of the products of the dense overlap-add of ``grid (ny, nx, C, P, P)`` weighted by
+    ``window (P, P)`` (normalised: the weights of a pixel sum to 1), output row ``y`` being canvas row
+    ``top + y`` and column ``x`` canvas column ``left + x``, without a canvas. Each pixel sums its covering
+    patches in raster order from 0, as :class:`.blend.DenseCanvas` adds batches in raster order (same
+    float32 results), and each patch output is read once."""
+    ny, nx, n_classes, p, _ = grid.shape
+    w = valid.shape[1]
+    band = DENSE_BAND_ROWS
+    f32 = np.float32
+    buf = np.empty((band, w), f32)
+    mant = np.empty(w, np.uint32)
+    top1, top2 = np.empty((band, w), f32), np.empty((band, w), f32)
+    total, plogp = np.empty((band, w), f32), np.empty((band, w), f32)
+    arg = np.empty((band, w), np.int32)
+    has_data = np.empty(band, np.bool_)
+    kx_first = max(left // stride - 1, 0)
+    kx_last = min((left + w - 1) // stride, nx - 1)
+    y0 = r0
+    while y0 < r1:
+        k = (top + y0) // stride
+        # The band ends where the rows' covering patch rows change (a multiple of the stride).
+        y1 = min(r1, y0 + band, (k + 1) * stride - top)
+        n = y1 - y0
+        any_data = False
+        for b in range(n):
+            has_data[b] = _row_has_data(valid, y0 + b)
+            any_data = any_data or has_data[b]
+            _reset(top1[b], top2[b], arg[b], total[b], plogp[b])
+        if any_data:
+            for c in range(n_classes):
+                buf[:n] = f32(0.0)
+                for ky in range(max(k - 1, 0), min(k, ny - 1) + 1):
+                    ty0 = top + y0 - ky * stride
+                    for kx in range(kx_first, kx_last + 1):
+                        x0 = kx * stride - left  # the patch's first column, output coordinates
+                        a = max(x0, 0)
+                        e = min(x0 + p, w)
+                        src = grid[ky, kx, c]
+                        for b in range(n):
+                            # Slices, so that the loop below indexes from 0 (it vectorises; x - x0 did not).
+                            s_row = src[ty0 + b, a - x0: e - x0]
+                            w_row = window[ty0 + b, a - x0: e - x0]
+                            o_row = buf[b, a:e]
+                            for t in range(e - a):
+                                o_row[t] += s_row[t] * w_row[t]
+                for b in range(n):
+                    if has_data[b]:
+                        o_row = buf[b]
+                        for x in range(w):
+                            o_row[x] = max(o_row[x], f32(0.0))
+                        _accumulate(o_row, mant, top1[b], top2[b], arg[b], total[b], plogp[b], c)
+        for b in range(n):
+            _finish(y0 + b, valid, top1[b], top2[b], arg[b], total[b], plogp[b], n_classes, classes, maxprob, entropy, gap)
+        y0 = y1
+
+
 def _kernel():
     """The compiled confidence kernel, or None (see :func:`.kernels.enabled`)."""
     return _confidence_rows if kernels.enabled() else None
@@ -242,6 +306,22 @@ def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch
     _run_rows(_blend_confidence_rows, h, w, rows.to(torch.float32).contiguous().numpy(), first.to(torch.int64).numpy(),
               second.to(torch.int64).numpy(), w_first.to(torch.float32).numpy(), w_second.to(torch.float32).numpy(),
               valid_np, *arrays)
+    return out
+
+
+def dense_blend_confidence(grid: torch.Tensor, window: torch.Tensor, top: int, left: int, stride: int,
+                           valid: torch.Tensor, row0: int = 0) -> Confidence | None:
+    """Products of the dense overlap-add of ``grid (ny, nx, C, P, P)`` (normalised window ``(P, P)``) over
+    output rows ``row0 … row0 + h - 1`` (``h, w = valid.shape``; output ``(y, x)`` is canvas pixel
+    ``(top + y, left + x)``) in one fused pass (CPU, numba), reading every patch output once and making no
+    canvas; None when the fused kernel is not available. :func:`.blend.blend_dense_confidence` calls it."""
+    if not kernels.enabled() or grid.device.type != "cpu":
+        return None
+    h, w = valid.shape
+    out, arrays = _new_products(h, w)
+    valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
+    _run_rows(_dense_confidence_rows, h, w, grid.to(torch.float32).contiguous().numpy(),
+              window.to(torch.float32).contiguous().numpy(), top + row0, left, stride, valid_np, *arrays)
     return out
 
 

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark harness (`make bench`, :mod:`s2seg.benchmarks.bench`) on a tiny tile: every section runs, every ratio is
 computed, the three blending implementations agree. No timing assertions: seconds are machine noise."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -256,13 +257,21 @@ def test_peer_row_runs_the_same_model_on_the_same_scene(tmp_path):
     tile = write_sample_tile(tmp_path / "tile", size=768, level="L1C")
     out = bench.BenchResult(machine={})
     peer_section(out, tmp_path / "work", lambda m: None, scene=tile, window=(0, 0, 768, 768), repeats=1)
-    section = out.sections[-1]
-    assert section.title.startswith("Peer") and len(section.rows) == 3
+    section, decomposition = out.sections[-2:]
+    assert section.title.startswith("Peer: Deepness") and len(section.rows) == 3
     assert section.rows[0][2] == "1"  # one 256² tile covers 768² at 30 m
     for key in ("s2seg_over_peer", "s2seg_over_peer_same_overlap"):
         assert math.isfinite(out.ratios[key]) and out.ratios[key] > 0
     assert 0.0 <= out.agreement["peer_class_map"] <= 1.0
     assert [t.met is not None for t in out.targets[-2:]] == [True, True]
+    # The ratio splits into forward passes × seconds per pass × the rest, each measured in this run.
+    assert decomposition.title.startswith("Peer: where") and len(decomposition.rows) == 3
+    assert decomposition.rows[0][1] == "1" and int(decomposition.rows[2][1]) > 1
+    assert out.ratios["s2seg_over_peer_passes"] == int(decomposition.rows[2][1])
+    passes, per_pass, rest = (float(x) for x in re.search(r"= ([\d.]+) \(passes\) × ([\d.]+) \(s per pass\) × ([\d.]+)",
+                                                            decomposition.notes[0]).groups())
+    assert math.isclose(passes * per_pass * rest, out.ratios["s2seg_over_peer"], rel_tol=0.02)
+    assert "forward passes" in out.targets[-2].note and "at most" in out.targets[-2].note
 
 
 def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
@@ -272,6 +281,43 @@ def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
     peer_section(out, tmp_path, lambda m: None, scene=tmp_path / "no-such-scene")
     assert "not run" in out.sections[-1].notes[0] and "tools/demo.sh" in out.sections[-1].notes[0]
     assert [t.met for t in out.targets] == [None, None]
+
+
+def test_reading_row_compares_the_read_stage_with_gdal_translate(tmp_path):
+    """The reading section on a small L1C tile: s2seg's read of the crop's chunk regions against gdal_translate of
+    the same native windows, one ratio, and the windows are those the reader reads."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from s2seg.benchmarks.peer_row import PEER_MODEL
+    from s2seg.benchmarks.reading import reading_section
+    from s2seg.core.errors import S2SegError
+    from s2seg.core.models import resolve_card
+    from s2seg.core.sample import write_sample_tile
+
+    if shutil.which("gdal_translate") is None:
+        pytest.skip("gdal_translate is not installed")
+    try:
+        resolve_card(PEER_MODEL)
+    except S2SegError as exc:
+        pytest.skip(str(exc))
+    tile = write_sample_tile(tmp_path / "tile", size=768, level="L1C")
+    out = bench.BenchResult(machine={})
+    reading_section(out, lambda m: None, scene=tile, window=(0, 0, 384, 768), repeats=1)
+    section = out.sections[-1]
+    assert section.title.startswith("Reading") and len(section.rows) == 6
+    assert math.isfinite(out.ratios["read_over_gdal_translate"]) and out.ratios["read_over_gdal_translate"] > 0
+    assert out.targets[-1].met is not None
+    native = int(section.rows[0][1].replace(",", ""))
+    assert native == int(section.rows[1][1].replace(",", "")) > int(section.rows[5][1].replace(",", "")) > 0
+
+
+def test_reading_row_says_why_when_the_scene_is_missing(tmp_path):
+    from s2seg.benchmarks.reading import reading_section
+
+    out = bench.BenchResult(machine={})
+    reading_section(out, lambda m: None, scene=tmp_path / "no-such-scene")
+    assert "not run" in out.sections[-1].notes[0] and out.targets[-1].met is None
 
 
 def test_memory_section_measures_fresh_processes(tmp_path):

@@ -146,3 +146,69 @@ def test_cache_budget_never_exceeds_the_bands(tmp_path):
 
     _tiled(tmp_path / "s2_B02.tif", 300, 10, 128)
     assert input_cache_bytes(discover(tmp_path), ["B02"], "test", 2000, 2000) == 3 * 3 * 128 * 128 * 2
+
+
+def _nodata_tile(tmp_path):
+    b02, b11 = _tile(tmp_path)
+    b02[5, 7] = 0
+    b11[30, 3:9] = 0  # 20 m nodata: bilinear neighbours of several 10 m pixels
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0))
+    _write(tmp_path / "s2_B11.tif", b11, 20, (435720.0, 4179460.0))
+    return discover(tmp_path)
+
+
+def test_strips_give_the_bytes_of_one_pass(tmp_path, monkeypatch):
+    """Resampling band by band in strips of rows (a few per chunk, or one row at a time) gives the same
+    values and masks as one strip, for both resamplings and a coarser model grid."""
+    from s2seg.core import reader as reader_module
+
+    bands = _nodata_tile(tmp_path)
+    for resampling, factor in (("nearest", 1), ("bilinear", 1), ("nearest", 3), ("bilinear", 3)):
+        results = []
+        for strip_pixels in (1 << 30, 300 * 20, 1):
+            monkeypatch.setattr(reader_module, "STRIP_PIXELS", strip_pixels)
+            with ChunkReader(bands, ["B02", "B11"], "test", resampling=resampling, factor=factor) as reader:
+                results.append(reader.read((-6, 144), (-3, 117)))
+        for other in results[1:]:
+            assert other.data.dtype == results[0].data.dtype
+            assert other.data.tobytes() == results[0].data.tobytes(), (resampling, factor)
+            assert np.array_equal(other.valid, results[0].valid) and np.array_equal(other.output_valid, results[0].output_valid)
+        assert not results[0].output_valid.all()
+
+
+def test_reading_a_coarse_region_holds_no_region_sized_temporaries(tmp_path):
+    """Peak Python-visible memory while reading a 3000² region for a 30 m model: the result (2 bands on the
+    model grid and the 10 m mask) plus strip scratch, not several 10 m copies of the region per band."""
+    import tracemalloc
+
+    bands = _nodata_tile(tmp_path)
+    with ChunkReader(bands, ["B02", "B11"], "test", resampling="bilinear", factor=3) as reader:
+        reader.read((0, 300), (0, 300))  # opens the files first
+        tracemalloc.start()
+        try:
+            px = reader.read((-1500, 1500), (-1500, 1500))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    result = px.data.nbytes + px.output_valid.nbytes + px.valid.nbytes
+    assert peak < result + 24 * 2**20, (peak / 2**20, result / 2**20)  # region-sized temporaries: 100+ MB
+
+
+def test_native_windows_are_the_windows_read(tmp_path, monkeypatch):
+    """native_windows names, band by band, exactly the window read() asks GDAL for."""
+    import rasterio.io
+
+    _tile(tmp_path)
+    asked = []
+    original = rasterio.io.DatasetReader.read
+
+    def spy(self, *args, window=None, **kwargs):
+        asked.append((self.name, window))
+        return original(self, *args, window=window, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test", threads=1) as reader:
+        windows = reader.native_windows((-6, 50), (10, 130))
+        reader.read((-6, 50), (10, 130))
+    assert sorted((name.rsplit("/", 1)[-1], w) for name, w in asked) == sorted(zip(["s2_B02.tif", "s2_B11.tif"], windows))
+    assert windows[0].row_off == 0 and windows[0].col_off == 10 and windows[1].width < windows[0].width

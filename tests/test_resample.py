@@ -19,6 +19,21 @@ def test_block_mean_averages_valid_pixels_only():
     assert means[1, 1] == 0 and any_valid.tolist() == [[True, True], [True, False]]
 
 
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_block_mean_of_integers_gives_the_bytes_of_the_plain_reduction(factor):
+    """The strided block sums of DN (integers) equal numpy's reduction over the block axes bit for bit."""
+    rng = np.random.default_rng(factor)
+    values = rng.integers(0, 65536, (12 * factor, 10 * factor), dtype=np.uint16)
+    valid = rng.random(values.shape) > 0.2
+    valid[:factor, :factor] = False  # a block with no valid pixel
+    means, any_valid = block_mean(values, valid, factor)
+    shape = (12, factor, 10, factor)
+    sums = np.where(valid, values, 0).astype(np.float32).reshape(shape).sum(axis=(1, 3), dtype=np.float32)
+    counts = valid.reshape(shape).sum(axis=(1, 3), dtype=np.int32)
+    expected = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    assert means.tobytes() == expected.tobytes() and np.array_equal(any_valid, counts > 0) and not any_valid[0, 0]
+
+
 def test_block_mean_refuses_ragged_regions():
     with pytest.raises(ValueError, match=r"a 5 × 6 region does not split into 3 × 3 blocks"):
         block_mean(np.zeros((5, 6)), np.ones((5, 6), bool), 3)

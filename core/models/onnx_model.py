@@ -30,6 +30,7 @@ import torch
 
 from ..config import ThreadBudget
 from ..errors import ModelError
+from ..memory import release_freed_memory
 from ..nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
 from .base import apply_activation, check_output, smoke_test
 from .card import BASE_RESOLUTION, MAX_RESOLUTION, ModelCard
@@ -292,4 +293,7 @@ def load(card: ModelCard, device: torch.device, log: Log | None = None) -> OnnxM
                     f"libraries onnxruntime-gpu needs installed?): the ONNX model runs on the CPU")
     model = OnnxModel(card, device, session, path)
     smoke_test(model)
+    # Parsing and optimising the graph left freed heap on this thread (about 120 MB for a 40 MB U-Net)
+    # that the run's own threads never reuse: hand it back.
+    release_freed_memory()
     return model
