@@ -8,7 +8,7 @@ import numpy as np
 import processing
 import pytest
 import rasterio
-from qgis.core import QgsProcessingException, QgsRasterLayer
+from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
 from rasterio.enums import Resampling
 
 from plugin_feedback import RecordingFeedback
@@ -45,6 +45,17 @@ def raw_stack(small_tile, tmp_path_factory) -> Path:
     return write_stack(tmp_path_factory.mktemp("stack") / "raw_dn.tif", small_tile, 0)
 
 
+@pytest.fixture
+def stack_layer(raw_stack):
+    """The raw stack as a raster layer owned by the project, as QGIS holds it. A layer left to Python is
+    destroyed at interpreter exit, after QGIS has exited, and that crashed the test process (exit 139)."""
+    layer = QgsRasterLayer(str(raw_stack), "stack")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer, False)
+    yield layer
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
 @pytest.fixture(scope="module")
 def described_classes(s2seg_registered, small_tile, tmp_path_factory) -> np.ndarray:
     """The same pixels as a GEE export (offset removed, bands described B3, B4 …) picked as a file."""
@@ -55,9 +66,8 @@ def described_classes(s2seg_registered, small_tile, tmp_path_factory) -> np.ndar
 
 
 def test_a_raster_layer_with_band_list_scale_and_offset_reads_as_the_described_export(
-        s2seg_registered, raw_stack, described_classes, tmp_path):
-    layer = QgsRasterLayer(str(raw_stack), "stack")
-    assert layer.isValid()
+        s2seg_registered, stack_layer, described_classes, tmp_path):
+    layer = stack_layer
     feedback = RecordingFeedback()
     results = processing.run(ALG_ID, {"STACK_LAYER": layer, "BANDS": ",".join(BUILTIN_BANDS), "SCALE": 0.0001,
                                       "OFFSET": -0.1, "DEVICE": "cpu", "CLOUD_MASK": "none",
@@ -68,24 +78,24 @@ def test_a_raster_layer_with_band_list_scale_and_offset_reads_as_the_described_e
     assert "as given (reflectance = value × 0.0001 + -0.1)" in log, log
 
 
-def test_without_the_band_list_the_undescribed_layer_is_refused(s2seg_registered, raw_stack, tmp_path):
+def test_without_the_band_list_the_undescribed_layer_is_refused(s2seg_registered, stack_layer, tmp_path):
     with pytest.raises(QgsProcessingException, match=r"cannot tell which band of stacked raster .*raw_dn.tif"):
-        processing.run(ALG_ID, {"STACK_LAYER": QgsRasterLayer(str(raw_stack), "stack"), "DEVICE": "cpu",
+        processing.run(ALG_ID, {"STACK_LAYER": stack_layer, "DEVICE": "cpu",
                                 "OUTPUT_FOLDER": str(tmp_path)})
 
 
-def test_a_tile_and_a_layer_together_or_neither_are_refused(s2seg_registered, small_tile, raw_stack, tmp_path):
-    layer = QgsRasterLayer(str(raw_stack), "stack")
+def test_a_tile_and_a_layer_together_or_neither_are_refused(s2seg_registered, small_tile, stack_layer, tmp_path):
+    layer = stack_layer
     with pytest.raises(QgsProcessingException, match="either a tile .* or a stacked raster layer"):
         processing.run(ALG_ID, {"INPUT": str(small_tile), "STACK_LAYER": layer, "OUTPUT_FOLDER": str(tmp_path)})
     with pytest.raises(QgsProcessingException, match="No Sentinel-2 tile given"):
         processing.run(ALG_ID, {"OUTPUT_FOLDER": str(tmp_path)})
 
 
-def test_a_layer_that_is_not_a_file_is_refused_naming_it(s2seg_registered, raw_stack):
+def test_a_layer_that_is_not_a_file_is_refused_naming_it(s2seg_registered, raw_stack, stack_layer):
     from s2seg.algorithms.segment_tile import stack_layer_path
 
-    assert stack_layer_path(QgsRasterLayer(str(raw_stack), "stack")) == str(raw_stack)
+    assert stack_layer_path(stack_layer) == str(raw_stack)
 
     class Unsaved:  # a layer of another provider (WMS, a database …)
         def source(self) -> str:
