@@ -79,15 +79,16 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds:.2f}" if seconds < 10 else f"{seconds:.1f}"
 
 
-def sample_tile(work: Path, size: int, log: Log) -> Path:
+def sample_tile(work: Path, size: int, log: Log, seed: int = 0, name: str = "tile") -> Path:
+    """An L2A sample tile (with its scene classification) in ``work/<name>-<size>``, kept between runs."""
     from s2seg.core.sample import write_sample_tile
 
-    folder = work / f"tile-{size}"
+    folder = work / f"{name}-{size}"
     found = sorted(folder.glob("*.SAFE")) if folder.is_dir() else []
     if found:
         return found[0]
     log(f"[bench] writing a {size}² sample tile into {folder}")
-    return write_sample_tile(folder, size=size, seed=0, level="L2A", layout="safe")
+    return write_sample_tile(folder, size=size, seed=seed, level="L2A", layout="safe")
 
 
 def half_nodata_tile(work: Path, tile: Path) -> Path:

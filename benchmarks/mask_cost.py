@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Log, bench_config, fmt_s, in_thread
+from .common import Log, bench_config, fmt_s, in_thread, sample_tile
 from .floors import compute_floor
 from .report import BenchResult, Section, Target
 
@@ -31,15 +31,8 @@ _PATCHES = re.compile(r"cloud model: (\d+) patches computed \((\d+) in the whole
 
 
 def mask_tile(work: Path, size: int, log: Log) -> Path:
-    """An L2A sample tile with its scene classification (``SCL_20m``), kept between runs."""
-    from s2seg.core.sample import write_sample_tile
-
-    folder = work / f"mask-tile-{size}"
-    found = sorted(folder.glob("*.SAFE")) if folder.is_dir() else []
-    if found:
-        return found[0]
-    log(f"[bench] writing a {size}² L2A sample tile with SCL into {folder}")
-    return write_sample_tile(folder, size=size, seed=3, level="L2A", layout="safe")
+    """The L2A sample tile of the mask numbers (seed 3, with its ``SCL_20m``), kept between runs."""
+    return sample_tile(work, size, log, seed=3, name="mask-tile")
 
 
 def cloud_floor(model, tile: Path, n_patches: int, batch: int) -> float:

@@ -8,7 +8,8 @@ torch path. Kernels release the GIL, so the pipeline's threads run them side by 
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+import threading
+from typing import Callable, Sequence, TypeVar
 
 try:  # optional accelerator
     import numba
@@ -36,3 +37,31 @@ def njit(fastmath: frozenset[str] = FASTMATH_EXACT) -> Callable[[F], F]:
             return function
         return numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False, fastmath=set(fastmath))(function)
     return decorate
+
+
+def run_shares(kernel: Callable[..., None], args: tuple, bounds: Sequence[int], name: str) -> None:
+    """``kernel(*args, a, b)`` for each consecutive pair ``a < b`` of ``bounds``: the calling thread computes
+    the first share, threads started for this call the others (the kernels release the GIL).
+
+    They are joined before it returns, also when a share fails (the first error is re-raised then), so
+    nothing outlives the call and the thread count follows the cores usable now."""
+    errors: list[BaseException] = []
+
+    def share(a: int, b: int) -> None:
+        try:
+            kernel(*args, a, b)
+        except BaseException as exc:  # re-raised by the caller, after every worker has ended
+            errors.append(exc)
+
+    workers = [threading.Thread(target=share, args=(a, b), name=f"{name}-{i}", daemon=True)
+               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1) if a < b]
+    try:
+        for worker in workers:
+            worker.start()
+        share(bounds[0], bounds[1])
+    finally:
+        for worker in workers:
+            if worker.ident is not None:  # started (starting can fail: no thread left)
+                worker.join()
+    if errors:
+        raise errors[0]

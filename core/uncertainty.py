@@ -14,7 +14,6 @@ skipped (nodata costs nothing).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -252,38 +251,15 @@ def kernel_threads() -> int:
 
 
 def _run_rows(kernel: Callable[..., None], h: int, w: int, *args: object) -> None:
-    """``kernel(*args, r0, r1)`` over rows ``0 … h-1``, split over :func:`kernel_threads` threads when worth it.
-
-    The calling thread computes the first share; the others run on workers started for this call and
-    joined before it returns (also when a share fails), so nothing outlives the call and the thread
-    count follows the cores usable now. Starting and joining them costs 0.1 ms for one worker and
-    0.5 ms for seven (measured on a 2-core VM), against 16–30 ms of kernel work per 512 × 2520 strip.
-    """
+    """``kernel(*args, r0, r1)`` over rows ``0 … h-1``, split over :func:`kernel_threads` threads when worth it
+    (:func:`.kernels.run_shares`). Starting and joining the workers costs 0.1 ms for one and 0.5 ms for seven
+    (measured on a 2-core VM), against 16–30 ms of kernel work per 512 × 2520 strip."""
     threads = max(1, min(kernel_threads(), h))
     if threads == 1 or h * w < PARALLEL_MIN_PIXELS:
         kernel(*args, 0, h)
         return
     bounds = [int(b) for b in np.linspace(0, h, threads + 1).astype(int)]
-    errors: list[BaseException] = []
-
-    def share(r0: int, r1: int) -> None:
-        try:
-            kernel(*args, r0, r1)
-        except BaseException as exc:  # re-raised by the caller, after every worker has ended
-            errors.append(exc)
-
-    workers = [threading.Thread(target=share, args=(a, b), name=f"s2seg-confidence-{i}", daemon=True)
-               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1)]
-    try:
-        for worker in workers:
-            worker.start()
-        share(bounds[0], bounds[1])
-    finally:
-        for worker in workers:
-            if worker.ident is not None:  # started (starting can fail: no thread left)
-                worker.join()
-    if errors:
-        raise errors[0]
+    kernels.run_shares(kernel, args, bounds, "s2seg-confidence")
 
 
 def _new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:

@@ -20,7 +20,6 @@ and on accelerators the model's torch path runs; the two agree within 1e-5.
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import torch
@@ -211,31 +210,12 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def _split(kernel, n: int, threads: int, args: tuple) -> None:
-    """``kernel(*args, p0, p1)`` over pixels ``0 … n-1``, in ``threads`` shares on block boundaries; the calling
-    thread computes the first, workers started here (and joined before returning) the others."""
+    """``kernel(*args, p0, p1)`` over pixels ``0 … n-1``, in ``threads`` shares on block boundaries
+    (:func:`..kernels.run_shares`)."""
     threads = max(1, min(threads, -(-n // PARALLEL_MIN_PIXELS)))
     if threads == 1:
         kernel(*args, 0, n)
         return
     step = -(-n // threads // BLOCK) * BLOCK
     bounds = [min(n, i * step) for i in range(threads + 1)]
-    errors: list[BaseException] = []
-
-    def share(p0: int, p1: int) -> None:
-        try:
-            kernel(*args, p0, p1)
-        except BaseException as exc:  # re-raised by the caller, after every worker has ended
-            errors.append(exc)
-
-    workers = [threading.Thread(target=share, args=(a, b), name=f"s2seg-model-{i}", daemon=True)
-               for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]), start=1) if a < b]
-    try:
-        for worker in workers:
-            worker.start()
-        share(bounds[0], bounds[1])
-    finally:
-        for worker in workers:
-            if worker.ident is not None:
-                worker.join()
-    if errors:
-        raise errors[0]
+    kernels.run_shares(kernel, args, bounds, "s2seg-model")
