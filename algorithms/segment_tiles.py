@@ -87,7 +87,7 @@ class SegmentTilesAlgorithm(S2SegAlgorithm):
             "others go on; each tile's rasters cover the part of the area on that tile.</p>"
         ) + self.mask_help() + self.engine_parameters_help() + self.pixel_parameters_help() + self.tr(
             "<p><b>Re-run tiles that are already complete</b>: by default a tile whose outputs are complete "
-            "(its report exists, same model and probability setting) is skipped.</p>"
+            "(its report exists, same model, probability, cloud-mask and area-of-interest settings) is skipped.</p>"
         ) + self.resume_help() + self.tr(
             "<p>Resume applies to each tile that is not skipped, in its own sub-folder; with <i>require</i> a "
             "tile with nothing to resume fails and the others go on.</p>"

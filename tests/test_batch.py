@@ -218,8 +218,9 @@ def test_rerun_skips_complete_tiles_and_exits_1_for_the_broken_one(first_run, ti
     classes = sorted(out.glob("*/*_class.tif"))
     assert len(classes) == 2
     stamps = [p.stat().st_mtime_ns for p in classes]
+    # --mask none: the first run's setting (the API's default); the command line's default is auto.
     code = main(["batch", str(tiles["safe"]), str(tiles["zip"]), str(tiles["broken"]), str(out),
-                 "--scheduler", scheduler, "--device", "cpu", "--quiet"])
+                 "--scheduler", scheduler, "--device", "cpu", "--quiet", "--mask", "none"])
     assert code == 1
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines()[2:5]]
@@ -228,7 +229,7 @@ def test_rerun_skips_complete_tiles_and_exits_1_for_the_broken_one(first_run, ti
     assert [p.stat().st_mtime_ns for p in classes] == stamps  # nothing recomputed
     # --overwrite runs the complete tiles again.
     code = main(["batch", str(tiles["safe"]), str(out), "--scheduler", scheduler, "--device", "cpu",
-                 "--quiet", "--overwrite"])
+                 "--quiet", "--overwrite", "--mask", "none"])
     assert code == 0
     assert classes[0].stat().st_mtime_ns != stamps[0] or classes[1].stat().st_mtime_ns != stamps[1]
 
@@ -238,6 +239,10 @@ def test_a_different_model_or_setting_is_not_complete(first_run):
     assert completed_report(folder, "builtin", False) is not None
     assert completed_report(folder, "another-model", False) is None
     assert completed_report(folder, "builtin", True) is None  # probabilities asked for now
+    # Made unmasked: complete for the same settings, not for a masked run or another area.
+    assert completed_report(folder, "builtin", False, CONFIG) is not None
+    assert completed_report(folder, "builtin", False, CONFIG.with_(mask="scl")) is None
+    assert completed_report(folder, "builtin", False, CONFIG.with_(aoi="0,0,1,1")) is None
 
 
 def test_interrupted_tile_is_resumed_and_identical(tiles, tmp_path, scheduler):

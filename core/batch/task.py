@@ -38,11 +38,17 @@ def _cached_model(model: Any, device_name: str) -> Any:
         return _MODEL_CACHE[key]
 
 
-def completed_report(output_dir: Path, model_name: str | None = None, write_probs: bool | None = None) -> dict | None:
+#: Settings that change what a tile's products hold: a finished tile made with other values is not complete.
+PRODUCT_SETTINGS = ("mask", "keep_masked", "mask_model", "aoi")
+
+
+def completed_report(output_dir: Path, model_name: str | None = None, write_probs: bool | None = None,
+                     config: EngineConfig | None = None) -> dict | None:
     """The engine report of a finished tile in ``output_dir``, or None when the tile is not complete.
 
     Complete means: the report exists (written last, atomically), every product it lists
-    exists, and it was made with the same model and probability setting as asked now.
+    exists, and it was made with the same model and probability setting as asked now, and with the
+    same :data:`PRODUCT_SETTINGS` as ``config`` when given.
     """
     if not output_dir.is_dir():
         return None
@@ -56,10 +62,20 @@ def completed_report(output_dir: Path, model_name: str | None = None, write_prob
             continue
         if model_name is not None and (report.get("model") or {}).get("name") != model_name:
             continue
-        if write_probs is not None and bool((report.get("config") or {}).get("write_probs")) != write_probs:
+        made = report.get("config") or {}
+        if write_probs is not None and bool(made.get("write_probs")) != write_probs:
+            continue
+        if config is not None and any(not _same_setting(name, made.get(name), getattr(config, name))
+                                      for name in PRODUCT_SETTINGS):
             continue
         return report
     return None
+
+
+def _same_setting(name: str, made: Any, asked: Any) -> bool:
+    """Was a setting of a finished run (from its report) the one asked now? The report holds the mask
+    source ``auto`` resolved to, which is the one ``auto`` resolves to again on the same tile."""
+    return made == asked or (name == "mask" and asked == "auto")
 
 
 def _leftovers(output_dir: Path) -> bool:
@@ -123,7 +139,7 @@ def run_tile(job: TileJob, model: Any = "builtin", config: EngineConfig | None =
         from ..pipeline import segment
 
         card = resolve_card(model)
-        report = None if force else completed_report(job.output_dir, card.name, config.write_probs)
+        report = None if force else completed_report(job.output_dir, card.name, config.write_probs, config)
         if report is not None:
             return TileOutcome(**base, status=SKIPPED, seconds=time.perf_counter() - started,
                                device=str(report.get("device", "")), message="already complete")
