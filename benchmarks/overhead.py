@@ -4,7 +4,8 @@ on the same batches, in the same run (issue 23: ≤ 1.15 ×).
 The model's ``predict`` is wrapped (the instance attribute, nothing in the engine changes) to add up
 the seconds spent inside it; the inference stage's busy time (``SegmentResult.timings["inference"]``)
 covers the same batches plus everything around them: gathering patches, normalising, checking the
-outputs, merging (overlap-add of dense outputs, accumulation of patch vectors). Best of ``repeats``.
+outputs, merging (overlap-add of dense outputs, accumulation of patch vectors; on the one-pass path the
+confidence products of each strip). Best of ``repeats``.
 """
 from __future__ import annotations
 
@@ -59,9 +60,10 @@ def overhead_section(result: BenchResult, cases: list[tuple[str, str, Path, Any,
         section.rows.append([label, kind, str(patches), fmt_s(model_s), fmt_s(stage_s), f"{ratio:.2f}"])
         note = "" if ratio <= OVERHEAD_MAX else (
             f"{fmt_s(stage_s - model_s)} s outside the model on {patches} patches "
-            f"({(stage_s - model_s) / max(patches, 1) * 1000:.1f} ms each): next to a forward pass this cheap, the "
-            "overlap-add of its dense outputs, the input normalisation and the output check are a large share "
-            "(profile in benchmark-notes.md, issue 23)")
+            f"({(stage_s - model_s) / max(patches, 1) * 1000:.1f} ms each): next to a model this cheap, the stage's "
+            "other work is a large share: normalising the inputs, checking the outputs and merging them (on the "
+            "built-in's one-pass path, the confidence products of each strip, computed in this stage as it arrives; "
+            "about 17 % of the stage: benchmark-notes.md, issue 16)")
         result.targets.append(Target(f"inference stage ≤ {OVERHEAD_MAX} × model, {label}", f"{ratio:.2f}×",
                                      f"≤ {OVERHEAD_MAX}×", ratio <= OVERHEAD_MAX, note))
     result.sections.append(section)
@@ -71,7 +73,7 @@ def overhead_cases(builtin_tile: Path, builtin, heavy: tuple[Path, Any, Any] | N
                    log: Log) -> list[tuple[str, str, Path, Any, Any]]:
     """The built-in (torch, dense), the heavy model when loaded (torch, patch), and the ONNX cloud U-Net
     on the peer's crop when the demo scene and ukis-csmask are there."""
-    cases = [("built-in", "torch-dense", builtin_tile, builtin, bench_config())]
+    cases = [("built-in", "torch-one-pass", builtin_tile, builtin, bench_config())]
     if heavy is not None:
         tile, model, config = heavy
         cases.append(("heavy BEN v2", "torch-patch", tile, model, config))

@@ -97,7 +97,7 @@ def test_every_ratio_is_computed(result):
     out, _ = result
     for key in ("pipeline_over_floor_builtin", "pipeline_over_floor_heavy", "blend_seed_over_ours_patch",
                 "blend_seed_over_ours_dense", "blend_monai_over_ours_patch", "blend_monai_over_ours_dense",
-                "half_nodata_over_full", "inference_overhead_torch-dense", "inference_overhead_torch-patch"):
+                "half_nodata_over_full", "inference_overhead_torch-one-pass", "inference_overhead_torch-patch"):
         assert key in out.ratios and math.isfinite(out.ratios[key]) and out.ratios[key] > 0, key
     for key in ("builtin_io_floor", "builtin_compute_floor", "heavy_compute_floor", "builtin_pipeline"):
         assert out.seconds[key] > 0, key
