@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 
 @dataclass
 class Served:
@@ -105,3 +107,16 @@ def serve(root: Path) -> Iterator[Served]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Served]:
+    """A range server on 127.0.0.1 for the importing test module (import this fixture and
+    :func:`_server_reset` there), serving a fresh folder, stopped after the module."""
+    yield from serve(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(autouse=True)
+def _server_reset(server) -> None:
+    """Each test starts with the server's request counts and failure switches cleared."""
+    server.reset()

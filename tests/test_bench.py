@@ -2,6 +2,7 @@
 computed, the three blending implementations agree. No timing assertions: seconds are machine noise."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,19 +243,27 @@ def test_peer_plan_follows_deepness_tiling():
         assert (count == 1).all()
 
 
-def test_peer_row_runs_the_same_model_on_the_same_scene(tmp_path):
-    """The peer section on a small L1C tile: three rows, both ratios and the class-map agreement computed."""
+@pytest.fixture
+def peer_scene(tmp_path) -> Path:
+    """A 768² L1C sample tile for the peer model's sections (skips when that model is not installed)."""
     pytest.importorskip("onnxruntime")
-    from s2seg.benchmarks.peer_row import PEER_MODEL, peer_section
-    from s2seg.core.models import resolve_card
+    from s2seg.benchmarks.peer_row import PEER_MODEL
     from s2seg.core.errors import S2SegError
+    from s2seg.core.models import resolve_card
     from s2seg.core.sample import write_sample_tile
 
     try:
         resolve_card(PEER_MODEL)
     except S2SegError as exc:
         pytest.skip(str(exc))
-    tile = write_sample_tile(tmp_path / "tile", size=768, level="L1C")
+    return write_sample_tile(tmp_path / "tile", size=768, level="L1C")
+
+
+def test_peer_row_runs_the_same_model_on_the_same_scene(tmp_path, peer_scene):
+    """The peer section on a small L1C tile: three rows, both ratios and the class-map agreement computed."""
+    from s2seg.benchmarks.peer_row import peer_section
+
+    tile = peer_scene
     out = bench.BenchResult(machine={})
     peer_section(out, tmp_path / "work", lambda m: None, scene=tile, window=(0, 0, 768, 768), repeats=1)
     section, decomposition = out.sections[-2:]
@@ -283,25 +292,17 @@ def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
     assert [t.met for t in out.targets] == [None, None]
 
 
-def test_reading_row_compares_the_read_stage_with_gdal_translate(tmp_path):
+def test_reading_row_compares_the_read_stage_with_gdal_translate(peer_scene):
     """The reading section on a small L1C tile: s2seg's read of the crop's chunk regions against gdal_translate of
     the same native windows, one ratio, and the windows are those the reader reads."""
     import shutil
 
     pytest.importorskip("onnxruntime")
-    from s2seg.benchmarks.peer_row import PEER_MODEL
     from s2seg.benchmarks.reading import reading_section
-    from s2seg.core.errors import S2SegError
-    from s2seg.core.models import resolve_card
-    from s2seg.core.sample import write_sample_tile
 
     if shutil.which("gdal_translate") is None:
         pytest.skip("gdal_translate is not installed")
-    try:
-        resolve_card(PEER_MODEL)
-    except S2SegError as exc:
-        pytest.skip(str(exc))
-    tile = write_sample_tile(tmp_path / "tile", size=768, level="L1C")
+    tile = peer_scene
     out = bench.BenchResult(machine={})
     reading_section(out, lambda m: None, scene=tile, window=(0, 0, 384, 768), repeats=1)
     section = out.sections[-1]

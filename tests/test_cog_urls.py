@@ -10,7 +10,7 @@ import rasterio
 import rasterio.shutil
 
 from doubles import SpectralPatchModel
-from range_server import Served, serve
+from range_server import _server_reset, server  # noqa: F401 - fixtures: the module's range server
 from rasters import read_products
 from s2seg.core import cli
 from s2seg.core.config import EngineConfig
@@ -27,16 +27,6 @@ BANDS = ("B02", "B03", "B04", "B08", "B11")
 SECRET = "sig=Zm9vYmFyc2VjcmV0"
 #: the product's baseline (05.10) offset, given as an option: band URLs carry no metadata
 OFFSET = -0.1
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Served:
-    yield from serve(tmp_path_factory.mktemp("served"))
-
-
-@pytest.fixture(autouse=True)
-def _server_reset(server) -> None:
-    server.reset()
 
 
 @pytest.fixture(scope="module")

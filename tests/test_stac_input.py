@@ -19,7 +19,7 @@ from s2seg.core.pipeline import segment
 from s2seg.core.products import DEFAULT_PRODUCTS
 from s2seg.core.sample import ORIGIN, write_sample_tile
 
-from range_server import Served, serve
+from range_server import _server_reset, server  # noqa: F401 - fixtures: the module's range server
 from rasters import read_products
 
 SIZE = 960
@@ -27,16 +27,6 @@ PRODUCTS = DEFAULT_PRODUCTS
 #: Earth Search asset names of the bands SpectralPatchModel reads, and a few others
 EARTH_SEARCH = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "swir16": "B11"}
 SECRET = "sig=Zm9vYmFyc2VjcmV0"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Served:
-    yield from serve(tmp_path_factory.mktemp("served"))
-
-
-@pytest.fixture(autouse=True)
-def _server_reset(server) -> None:
-    server.reset()
 
 
 @pytest.fixture(scope="module")
