@@ -145,7 +145,7 @@ def test_part_files_grow_with_the_pixels_written_not_with_the_declared_size(tmp_
         assert np.isnan(ds.read(1, window=((block, 2 * block), (0, block)))).all()
 
 
-def test_overviews_are_built_under_the_runs_gdal_cache_limit(tmp_path, monkeypatch):
+def test_overviews_are_built_under_the_runs_gdal_cache_limit(tmp_path, monkeypatch, request):
     """Building the overviews reads every product back: under GDAL's default cache (5 % of the RAM) its decoded
     blocks raised a full tile's peak RSS from 1.36 to 1.95 GB. segment() keeps its own limit until the commit ends."""
     from s2seg.core.config import EngineConfig
@@ -154,7 +154,11 @@ def test_overviews_are_built_under_the_runs_gdal_cache_limit(tmp_path, monkeypat
 
     tile = write_sample_tile(tmp_path / "tile", size=240, seed=1, level="L2A", layout="safe")
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    default = gdal.GetCacheMax()
+    # A known process cache well above any run's limit (other tests may leave GDAL's at 64 MB, a run's size).
+    before = gdal.GetCacheMax()
+    default = 2 * 2**30
+    gdal.SetCacheMax(default)
+    request.addfinalizer(lambda: gdal.SetCacheMax(before))
     seen = []
     commit = ProductWriter.commit
     monkeypatch.setattr(ProductWriter, "commit", lambda self, *a, **k: (seen.append(gdal.GetCacheMax()), commit(self, *a, **k))[1])
