@@ -24,11 +24,12 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from . import kernels
 from .config import ThreadBudget
 from .errors import InputError
 from .grid import reflect_indices
 from .memory import release_freed_memory
-from .resample import block_mean
+from .resample import block_mean, exact_block_sums, nearest_block_means
 from .sentinel2 import BandFile, BandSet
 from .stack import to_dn
 from .urls import failed_read_reason, redact
@@ -103,6 +104,7 @@ class ChunkReader:
             if ds is not None:
                 ds.close()
         self._datasets = [None] * len(self.files)
+        release_freed_memory()
 
     def __enter__(self) -> "ChunkReader":
         return self
@@ -169,6 +171,19 @@ class ChunkReader:
         f = self.factor
         h = len(rows.index)
         step = max(f, STRIP_PIXELS // max(len(cols.index), 1) // f * f)
+        if f > 1 and self._samples_nearest(band) and exact_block_sums(block.dtype, f) and kernels.enabled():
+            # Straight from the native pixels to the model's (no 10 m values made); the 10 m validity only
+            # where the band has nodata in its window: elsewhere every 10 m pixel of it is valid.
+            if np.count_nonzero(block) == block.size:
+                nearest_block_means(block, rows.index, cols.index, f, out, None)
+                return
+            band_valid = np.empty((min(step, h), len(cols.index)), dtype=bool)
+            for r0 in range(0, h, step):
+                r1 = min(h, r0 + step)
+                nearest_block_means(block, rows.index[r0:r1], cols.index, f, out[r0 // f: r1 // f], band_valid[: r1 - r0])
+                with lock:
+                    valid[r0:r1] &= band_valid[: r1 - r0]
+            return
         for r0 in range(0, h, step):
             r1 = min(h, r0 + step)
             values, band_valid = self._resample(block, band, rows.rows(r0, r1), cols)
@@ -188,11 +203,15 @@ class ChunkReader:
             block = to_dn(block, band)
         return block
 
+    def _samples_nearest(self, band: BandFile) -> bool:
+        """Is ``band`` sampled at its nearest native pixel (bilinear only applies to coarser bands)?"""
+        return self.resampling == "nearest" or band.band.resolution == 10
+
     def _resample(self, block: np.ndarray, band: BandFile, rows: "_Sampling", cols: "_Sampling") -> tuple[np.ndarray, np.ndarray]:
         """The 10 m values and validity of the pixels ``rows`` × ``cols`` sample from ``block``."""
         nearest = np.take(np.take(block, rows.index, axis=0), cols.index, axis=1)  # = block[np.ix_(…)], 3× faster
         valid = nearest != 0
-        if self.resampling == "nearest" or band.band.resolution == 10:
+        if self._samples_nearest(band):
             return nearest, valid
         # Bilinear, separable: interpolate along rows, then along columns (only the native rows this strip needs).
         first, second = block[rows.index0], block[rows.index1]
