@@ -5,7 +5,7 @@ import torch
 
 from s2seg.core.grid import model_chunk, plan
 from s2seg.core import kernels
-from s2seg.core.resample import block_mean, nearest_block_means, to_10m
+from s2seg.core.resample import block_any, block_mean, nearest_block_means, to_10m
 
 
 def test_block_mean_averages_valid_pixels_only():
@@ -69,6 +69,14 @@ def test_nearest_block_means_refuses_what_it_cannot_sum_exactly():
         nearest_block_means(np.ones((6, 6), np.float32), np.arange(6), np.arange(6), 3, out, None)
     with pytest.raises(ValueError, match="do not fill"):
         nearest_block_means(np.ones((6, 6), np.uint16), np.arange(5), np.arange(6), 3, out, None)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_block_any_is_any_over_each_block(factor):
+    rng = np.random.default_rng(factor)
+    values = rng.random((7 * factor, 5 * factor)) < 0.02
+    values[:factor, :factor] = False
+    assert np.array_equal(block_any(values, factor), values.reshape(7, factor, 5, factor).any(axis=(1, 3)))
 
 
 def test_block_mean_refuses_ragged_regions():
