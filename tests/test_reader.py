@@ -282,3 +282,35 @@ def test_local_band_files_open_on_the_calling_thread(tmp_path, monkeypatch):
         reader.read((0, 60), (0, 60))
         reader.read((60, 120), (0, 60))
     assert len(opened_on) >= 2 and set(opened_on) == {threading.current_thread().name}, opened_on
+
+
+@pytest.mark.parametrize("profile", [{}, {"tiled": True, "blockxsize": 32, "blockysize": 32}, {"compress": "deflate"}],
+                         ids=["striped", "tiled", "deflate"])
+def test_uncompressed_geotiff_bands_bypass_the_block_cache_with_the_same_values(tmp_path, profile):
+    """Local uncompressed GeoTIFF bands are read straight into the reader's arrays (GTIFF_DIRECT_IO, set for the
+    opening thread only): the same values as GDAL's cached path, no input block left in GDAL's cache; a
+    compressed file keeps the cache; the option is not left set."""
+    from osgeo import gdal
+
+    from s2seg.core.reader import DIRECT_IO
+
+    rng = np.random.default_rng(1)
+    b02 = rng.integers(1, 5000, (120, 120), dtype=np.uint16)
+    b11 = rng.integers(1, 5000, (61, 61), dtype=np.uint16)
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0), **profile)
+    _write(tmp_path / "s2_B11.tif", b11, 20, (435720.0, 4179460.0), **profile)
+    bands = discover(tmp_path)
+    results = []
+    for user_setting in ("NO", None):  # the user's NO: GDAL's cached path, left alone
+        gdal.SetConfigOption(DIRECT_IO, user_setting)
+        try:
+            before = gdal.GetCacheUsed()
+            with ChunkReader(bands, ["B02", "B11"], "test", factor=3) as reader:
+                results.append(reader.read((-6, 126), (-3, 123)))
+                cached = gdal.GetCacheUsed() - before
+        finally:
+            gdal.SetConfigOption(DIRECT_IO, None)
+        assert gdal.GetThreadLocalConfigOption(DIRECT_IO) is None and gdal.GetConfigOption(DIRECT_IO) is None
+    assert results[0].data.tobytes() == results[1].data.tobytes()
+    assert np.array_equal(results[0].output_valid, results[1].output_valid)
+    assert (cached > 0) if "compress" in profile else (cached == 0)  # the last run's: direct I/O asked for
