@@ -6,7 +6,9 @@ native pixel): the centre of every 10 m pixel is mapped into the band's own
 grid, and the band is sampled there (nearest or bilinear). Pixels outside the
 tile are filled by symmetric reflection in 10 m coordinates, so a chunk's halo
 holds exactly the pixels a larger chunk would have read. For a model coarser than
-10 m the region is then averaged into the model's pixels (:func:`.resample.block_mean`).
+10 m the region is then averaged into the model's pixels (:func:`.resample.block_mean`); with
+nearest sampling and numba that is one compiled pass from the native pixels to the model's
+(:func:`.resample.nearest_block_means`: the same bytes, no 10 m values made).
 Each read thread resamples its band in strips of rows straight into the chunk's array and
 ANDs its validity into the chunk's mask, so its scratch is a few MB whatever the region
 (whole-region temporaries of a 3072 × 2304 region were about 60 MB per thread and band).
