@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import Log, fmt_s
+from .common import Log
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL
 from .report import BenchResult, Section, Target
 
@@ -146,17 +146,17 @@ def reading_section(result: BenchResult, log: Log, *, scene: Path = DEMO_SCENE, 
         for key, fn in runs.items():  # interleaved
             log(f"[bench] reading: {key}, round {i + 1}/{repeats}")
             best[key] = min(best[key], fn())
-    decode = best["model_res"]
+    denominator = best["model_res"]  # gdal.Translate of the same windows to the model's resolution
     native = sum(w.width * w.height for w in region_windows)
     native_crop = sum(w.width * w.height for w in crop_windows)
     f = card.pixel_factor
     out_px = sum((r[1] - r[0]) * (c[1] - c[0]) for r, c in regions) * len(files) // (f * f)
-    ratio = best["s2seg"] / decode
-    one_thread = best["s2seg_one_thread"] / decode
+    ratio = best["s2seg"] / denominator
+    one_thread = best["s2seg_one_thread"] / denominator
 
     def row(label: str, pixels: int | None, values: int | None, key: str) -> list[str]:
         return [label, "—" if pixels is None else f"{pixels:,}", "—" if values is None else f"{values:,}",
-                fmt_s(best[key]), f"{best[key] / decode:.2f}"]
+                f"{best[key]:.3f}", f"{best[key] / denominator:.2f}"]  # ms matter here
 
     section.rows += [
         row(f"s2seg ChunkReader.read, {len(regions)} chunk region(s) with patch halo → {res:g} m, {threads} read thread(s)",
@@ -182,9 +182,9 @@ def reading_section(result: BenchResult, log: Log, *, scene: Path = DEMO_SCENE, 
     result.sections.append(section)
     result.ratios["read_over_gdal_translate"] = ratio
     result.ratios["read_one_thread_over_gdal_translate"] = one_thread
-    result.seconds.update({"read_s2seg": best["s2seg"], "read_gdal_translate": decode})
-    note = (f"s2seg's read: {fmt_s(best['s2seg'])} s on {threads} thread(s), {fmt_s(best['s2seg_one_thread'])} s on one "
-            f"({one_thread:.2f}×); decoding the windows alone takes {fmt_s(best['rasterio'])} s (rasterio), the rest is "
+    result.seconds.update({"read_s2seg": best["s2seg"], "read_gdal_translate": denominator})
+    note = (f"s2seg's read: {best['s2seg']:.3f} s on {threads} thread(s), {best['s2seg_one_thread']:.3f} s on one "
+            f"({one_thread:.2f}×); decoding the windows alone takes {best['rasterio']:.3f} s (rasterio), the rest is "
             f"sampling {out_px * f * f:,} 10 m positions into {out_px:,} model pixels.")
     result.targets.append(Target(name, f"{ratio:.2f}×", f"≤ {READ_OVER_TRANSLATE_MAX}×", ratio <= READ_OVER_TRANSLATE_MAX, note))
 
