@@ -294,7 +294,7 @@ def test_peer_row_says_why_when_the_scene_is_missing(tmp_path):
 
 def test_reading_row_compares_the_read_stage_with_gdal_translate(peer_scene):
     """The reading section on a small L1C tile: s2seg's read of the crop's chunk regions against gdal_translate of
-    the same native windows, one ratio, and the windows are those the reader reads."""
+    the same native windows to the same (model) resolution, one ratio, and the windows are those the reader reads."""
     import shutil
 
     pytest.importorskip("onnxruntime")
@@ -306,11 +306,12 @@ def test_reading_row_compares_the_read_stage_with_gdal_translate(peer_scene):
     out = bench.BenchResult(machine={})
     reading_section(out, lambda m: None, scene=tile, window=(0, 0, 384, 768), repeats=1)
     section = out.sections[-1]
-    assert section.title.startswith("Reading") and len(section.rows) == 6
+    assert section.title.startswith("Reading") and len(section.rows) == 8
     assert math.isfinite(out.ratios["read_over_gdal_translate"]) and out.ratios["read_over_gdal_translate"] > 0
     assert out.targets[-1].met is not None
-    native = int(section.rows[0][1].replace(",", ""))
-    assert native == int(section.rows[1][1].replace(",", "")) > int(section.rows[5][1].replace(",", "")) > 0
+    native = [int(row[1].replace(",", "")) for row in section.rows if row[1] != "—"]
+    assert set(native[:-1]) == {native[0]} and native[0] > native[-1] > 0  # every row the same windows; the crop's last
+    assert section.rows[2][4] == "1.00" and "→ 30 m" in section.rows[2][0]  # the denominator: same windows, model grid
 
 
 def test_reading_row_says_why_when_the_scene_is_missing(tmp_path):

@@ -207,3 +207,22 @@ def test_load_model_on_cpu_has_nothing_to_say(dense_file, capfd):
     model = load_model(dense_file[0], "cpu", log=lines.append)
     assert model.predict(torch.zeros(1, 4, PATCH, PATCH)).shape == (1, 3, PATCH, PATCH)
     assert lines == [] and capfd.readouterr().err == ""
+
+
+def test_sessions_share_an_arena_grown_by_what_is_asked_and_plan_no_memory_pattern(dense_file):
+    """Peak memory (issue 23): every session opts into the process's shared CPU arena, registered once with
+    the same-as-requested extension (not powers of two), and runs without a memory pattern; two sessions
+    of one process both use it, and their outputs are the model's."""
+    path, net = dense_file
+    card = onnx_model.card_from_file(path)
+    models = [onnx_model.load(card, CPU) for _ in range(2)]
+    assert onnx_model._shared_arena is True
+    for model in models:
+        options = model.session.get_session_options()
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
+        assert options.enable_mem_pattern is False
+    x = torch.rand(3, len(BANDS), PATCH, PATCH) * 1000
+    with torch.no_grad():
+        expected = net(x)
+    for model in models:
+        torch.testing.assert_close(model.predict(x), expected, rtol=1e-4, atol=1e-4)

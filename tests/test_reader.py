@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import rasterio
 from rasterio.transform import from_origin
 
@@ -176,6 +177,39 @@ def test_strips_give_the_bytes_of_one_pass(tmp_path, monkeypatch):
         assert not results[0].output_valid.all()
 
 
+def test_coarse_nearest_read_goes_straight_to_the_model_grid_with_the_bytes_of_the_10m_path(tmp_path, monkeypatch):
+    """A coarser model with nearest sampling: the compiled pass (resample.nearest_block_means) makes the
+    bytes and masks the 10 m sampling + block_mean path makes, with and without nodata in a band's
+    window, in one strip or many, through the reflected halo; no 10 m values are made for it."""
+    from s2seg.core import kernels
+    from s2seg.core import reader as reader_module
+
+    if not kernels.enabled():
+        pytest.skip("the compiled kernels are off (numba missing or S2SEG_NO_NUMBA=1)")
+    bands = _nodata_tile(tmp_path)  # B02 and B11 have nodata pixels
+    calls = []
+    compiled = reader_module.nearest_block_means
+    monkeypatch.setattr(reader_module, "nearest_block_means", lambda *a: (calls.append(a[5] is not None), compiled(*a)))
+    region = ((-9, 141), (-6, 117))
+    for strip_pixels in (1 << 30, 300 * 20):
+        monkeypatch.setattr(reader_module, "STRIP_PIXELS", strip_pixels)
+        results = []
+        for numba_off in ("1", "0"):
+            monkeypatch.setenv("S2SEG_NO_NUMBA", numba_off)
+            with ChunkReader(bands, ["B02", "B11"], "test", factor=3) as reader:
+                results.append(reader.read(*region))
+        numpy_path, compiled_path = results
+        assert compiled_path.data.tobytes() == numpy_path.data.tobytes()
+        assert np.array_equal(compiled_path.valid, numpy_path.valid)
+        assert np.array_equal(compiled_path.output_valid, numpy_path.output_valid) and not numpy_path.output_valid.all()
+    assert calls and all(calls)  # every band had nodata: its validity tracked
+    calls.clear()
+    _tile(tmp_path)  # no nodata: the untracked pass, a mask of all True
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test", factor=3) as reader:
+        assert reader.read(*region).output_valid.all()
+    assert calls == [False, False]
+
+
 def test_reading_a_coarse_region_holds_no_region_sized_temporaries(tmp_path):
     """Peak Python-visible memory while reading a 3000² region for a 30 m model: the result (2 bands on the
     model grid and the 10 m mask) plus strip scratch, not several 10 m copies of the region per band."""
@@ -212,3 +246,71 @@ def test_native_windows_are_the_windows_read(tmp_path, monkeypatch):
         reader.read((-6, 50), (10, 130))
     assert sorted((name.rsplit("/", 1)[-1], w) for name, w in asked) == sorted(zip(["s2_B02.tif", "s2_B11.tif"], windows))
     assert windows[0].row_off == 0 and windows[0].col_off == 10 and windows[1].width < windows[0].width
+
+
+def test_closing_the_reader_hands_the_freed_block_cache_back(tmp_path, monkeypatch):
+    """Closing the datasets frees their cached blocks (decoded on the read threads' heaps, where no later
+    stage reuses them): close() trims the heap then, not the writer's trim after the chunk (issue 23: the
+    crop's 32 MB of input blocks stayed resident through inference and writing)."""
+    from s2seg.core import reader as reader_module
+
+    _tile(tmp_path)
+    events = []
+    monkeypatch.setattr(reader_module, "release_freed_memory", lambda: events.append("trim") or True)
+    reader = ChunkReader(discover(tmp_path), ["B02", "B11"], "test")
+    reader.read((0, 60), (0, 60))
+    original_close = reader._datasets[0].close
+    reader._datasets[0].close = lambda: (events.append("close"), original_close())
+    events.clear()
+    reader.close()
+    assert events == ["close", "trim"]
+
+
+def test_local_band_files_open_on_the_calling_thread(tmp_path, monkeypatch):
+    """Local files are opened by read() on its caller's thread (a fresh read thread's first GDAL/PROJ use
+    made each open 3 × slower); the read threads only decode and resample."""
+    import threading
+
+    from s2seg.core import reader as reader_module
+
+    _tile(tmp_path)
+    opened_on = []
+    original = reader_module.rasterio.open
+    monkeypatch.setattr(reader_module.rasterio, "open",
+                        lambda *a, **k: (opened_on.append(threading.current_thread().name), original(*a, **k))[1])
+    with ChunkReader(discover(tmp_path), ["B02", "B11"], "test", threads=2) as reader:
+        reader.read((0, 60), (0, 60))
+        reader.read((60, 120), (0, 60))
+    assert len(opened_on) >= 2 and set(opened_on) == {threading.current_thread().name}, opened_on
+
+
+@pytest.mark.parametrize("profile", [{}, {"tiled": True, "blockxsize": 32, "blockysize": 32}, {"compress": "deflate"}],
+                         ids=["striped", "tiled", "deflate"])
+def test_uncompressed_geotiff_bands_bypass_the_block_cache_with_the_same_values(tmp_path, profile):
+    """Local uncompressed GeoTIFF bands are read straight into the reader's arrays (GTIFF_DIRECT_IO, set for the
+    opening thread only): the same values as GDAL's cached path, no input block left in GDAL's cache; a
+    compressed file keeps the cache; the option is not left set."""
+    from osgeo import gdal
+
+    from s2seg.core.reader import DIRECT_IO
+
+    rng = np.random.default_rng(1)
+    b02 = rng.integers(1, 5000, (120, 120), dtype=np.uint16)
+    b11 = rng.integers(1, 5000, (61, 61), dtype=np.uint16)
+    _write(tmp_path / "s2_B02.tif", b02, 10, (435730.0, 4179460.0), **profile)
+    _write(tmp_path / "s2_B11.tif", b11, 20, (435720.0, 4179460.0), **profile)
+    bands = discover(tmp_path)
+    results = []
+    for user_setting in ("NO", None):  # the user's NO: GDAL's cached path, left alone
+        gdal.SetConfigOption(DIRECT_IO, user_setting)
+        try:
+            before = gdal.GetCacheUsed()
+            with ChunkReader(bands, ["B02", "B11"], "test", factor=3) as reader:
+                results.append(reader.read((-6, 126), (-3, 123)))
+                cached = gdal.GetCacheUsed() - before
+        finally:
+            gdal.SetConfigOption(DIRECT_IO, None)
+        assert gdal.GetThreadLocalConfigOption(DIRECT_IO) is None and gdal.GetConfigOption(DIRECT_IO) is None
+    assert results[0].data.tobytes() == results[1].data.tobytes()
+    assert np.array_equal(results[0].output_valid, results[1].output_valid)
+    assert (cached > 0) if "compress" in profile else (cached == 0)  # the last run's: direct I/O asked for

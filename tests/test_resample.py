@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from s2seg.core.grid import model_chunk, plan
-from s2seg.core.resample import block_mean, to_10m
+from s2seg.core import kernels
+from s2seg.core.resample import block_any, block_mean, nearest_block_means, to_10m
 
 
 def test_block_mean_averages_valid_pixels_only():
@@ -32,6 +33,50 @@ def test_block_mean_of_integers_gives_the_bytes_of_the_plain_reduction(factor):
     counts = valid.reshape(shape).sum(axis=(1, 3), dtype=np.int32)
     expected = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
     assert means.tobytes() == expected.tobytes() and np.array_equal(any_valid, counts > 0) and not any_valid[0, 0]
+
+
+@pytest.mark.skipif(not kernels.enabled(), reason="the compiled kernels are off (numba missing or S2SEG_NO_NUMBA=1)")
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_nearest_block_means_gives_the_bytes_of_sampling_then_block_mean(factor, dtype):
+    """The compiled pass from native pixels to the model's equals sampling the 10 m values (repeated and
+    reflected native indices, as a 20 m band and a halo make them) then block_mean, bit for bit, with the
+    same 10 m validity; a block without nodata gives the same means untracked."""
+    rng = np.random.default_rng(factor)
+    block = rng.integers(1, np.iinfo(dtype).max, (40, 50), dtype=dtype)
+    row_index = np.concatenate([np.arange(9, -1, -1), np.arange(40), np.arange(39, 29, -1)])[: 10 * factor]
+    col_index = np.repeat(np.arange(50), 2)[: 8 * factor]  # a coarser band: each native column twice
+    plain = np.empty((10, 8), np.float32)
+    nearest_block_means(block, row_index, col_index, factor, plain, None)
+    values = block[np.ix_(row_index, col_index)]
+    assert plain.tobytes() == block_mean(values, values != 0, factor)[0].tobytes()
+
+    block[rng.random(block.shape) < 0.3] = 0
+    block[row_index[:factor, None], col_index[None, :factor]] = 0  # a model pixel without any valid sample
+    means, valid = np.empty((10, 8), np.float32), np.empty((10 * factor, 8 * factor), bool)
+    nearest_block_means(block, row_index, col_index, factor, means, valid)
+    values = block[np.ix_(row_index, col_index)]
+    expected, any_valid = block_mean(values, values != 0, factor)
+    assert means.tobytes() == expected.tobytes() and means[0, 0] == 0 and not any_valid[0, 0]
+    assert np.array_equal(valid, values != 0)
+
+
+def test_nearest_block_means_refuses_what_it_cannot_sum_exactly():
+    if not kernels.enabled():
+        pytest.skip("the compiled kernels are off")
+    out = np.empty((2, 2), np.float32)
+    with pytest.raises(ValueError, match="not exact"):
+        nearest_block_means(np.ones((6, 6), np.float32), np.arange(6), np.arange(6), 3, out, None)
+    with pytest.raises(ValueError, match="do not fill"):
+        nearest_block_means(np.ones((6, 6), np.uint16), np.arange(5), np.arange(6), 3, out, None)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 6])
+def test_block_any_is_any_over_each_block(factor):
+    rng = np.random.default_rng(factor)
+    values = rng.random((7 * factor, 5 * factor)) < 0.02
+    values[:factor, :factor] = False
+    assert np.array_equal(block_any(values, factor), values.reshape(7, factor, 5, factor).any(axis=(1, 3)))
 
 
 def test_block_mean_refuses_ragged_regions():
