@@ -149,7 +149,8 @@ class ChunkInferer:
             def batch() -> torch.Tensor:
                 if resident is not None:
                     return resident[:, :, a:z]
-                return self.normaliser(torch.from_numpy(np.ascontiguousarray(data[None, :, a:z])))
+                # A view: the normaliser's first step makes the contiguous float32 input (one copy, not two).
+                return self.normaliser(torch.from_numpy(data[None, :, a:z]))
 
             if fused:  # the strip's products straight from the model: no (C, rows, w) probabilities
                 window = (top + row - a, left)
