@@ -100,3 +100,22 @@ def test_the_model_falls_back_where_the_kernels_cannot_run(model, monkeypatch):
     assert model.can_predict_confidence()
     monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
     assert not model.can_predict_confidence()
+
+
+def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
+    """Each thread's share of pixels (whole blocks) is written by it alone: nothing before or after is touched
+    (numba once stored class ids 8 bytes past a row: uncertainty._finish_pixels keeps them in a loop of their own)."""
+    x, valid = strip
+    features = model.net._features(x)[0].contiguous().numpy()
+    tables = model.net.kernel_tables
+    n = 200 * 200
+    guard = {"classes": np.full(n, 77, np.uint8), "maxprob": np.full(n, -5, np.float32),
+             "entropy": np.full(n, -5, np.float32), "gap": np.full(n, -5, np.float32)}
+    bad = np.zeros(1, np.uint8)
+    p0, p1 = prototype_kernels.BLOCK, 5 * prototype_kernels.BLOCK + 17  # a partial last block
+    prototype_kernels._mixture_confidence(features, 200, 0, 0, valid.numpy().copy(), tables.affine, tables.indptr,
+                                          tables.classes, tables.weights, tables.n_classes, *guard.values(), bad, p0, p1)
+    for name, array in guard.items():
+        sentinel = 77 if name == "classes" else -5
+        assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
+        assert not (array[p0:p1] == sentinel).any(), name
