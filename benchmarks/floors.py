@@ -244,10 +244,12 @@ def pipeline_note(r: dict[str, Any]) -> str:
     parts = [f"wall {fmt_s(r['pipeline'])} s against floors of {fmt_s(r['io_floor'])} s (I/O, of which {fmt_s(r['flush'])} s "
              f"fsync) and {fmt_s(r['compute_floor'])} s (compute)."]
     if busy["inference"] > 1.3 * r["compute_floor"]:
+        own = ("normalising each strip's rows, and the strips' confidence products unless the model makes them in its "
+               "own pass" if r["pixels_computed"] is not None else
+               "gathering and normalising patches, adding dense outputs into the chunk's canvas")
         parts.append(f"The inference stage was busy {fmt_s(busy['inference'])} s for {fmt_s(r['compute_floor'])} s of forward "
-                     "passes: the rest is the stage's own per-batch work (gathering and normalising patches, adding dense "
-                     "outputs into the chunk's canvas) and waiting for a core: the reader's decoding and the writer's "
-                     "blending, confidence and encoding run on the same cores.")
+                     f"passes: the rest is the stage's own per-batch work ({own}) and waiting for a core: the reader's "
+                     "decoding and the writer's blending, confidence and encoding run on the same cores.")
     bound = cpu_bound(r)
     if bound is not None:
         parts.append(f"Their CPU seconds ({fmt_s(r['io_cpu'])} s of the I/O floor, {fmt_s(r['compute_cpu'])} s of the compute "
