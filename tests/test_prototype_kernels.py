@@ -119,17 +119,3 @@ def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
         sentinel = 77 if name == "classes" else -5
         assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
         assert not (array[p0:p1] == sentinel).any(), name
-
-
-def test_the_features_run_on_half_the_threads_and_the_count_comes_back(strip, model, monkeypatch):
-    x, valid = strip
-    before = torch.get_num_threads()
-    seen = []
-    features = type(model.net)._features
-    monkeypatch.setattr(type(model.net), "_features", lambda net, t: seen.append(torch.get_num_threads()) or features(net, t))
-    torch.set_num_threads(4)
-    try:
-        model.predict_confidence(x, valid, (0, 0))
-        assert seen == [2] and torch.get_num_threads() == 4
-    finally:
-        torch.set_num_threads(before)
