@@ -190,9 +190,7 @@ class SpectralPrototypeNet(torch.nn.Module):
         compiled kernels cannot run (no numba, an accelerator)."""
         if not prototype_kernels.usable(x):
             return None
-        with prototype_kernels.few_torch_threads():
-            features = self._features(x)
-        return prototype_kernels.mixture_confidence(features, x.shape[3], window, valid, self.kernel_tables,
+        return prototype_kernels.mixture_confidence(self._features(x), x.shape[3], window, valid, self.kernel_tables,
                                                     torch.get_num_threads())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,8 @@ and on accelerators the model's torch path runs; the two agree within 1e-5.
 from __future__ import annotations
 
 
-import contextlib
 import os
 from types import ModuleType
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -299,27 +297,6 @@ def mixture_confidence(features: torch.Tensor, width: int, window: tuple[int, in
             tables.weights, tables.n_classes, *flat, bad)
     _split(_mixture_confidence, h * w, threads, args)
     return out, not bad[0]
-
-
-@contextlib.contextmanager
-def few_torch_threads() -> Iterator[None]:
-    """torch's intra-op threads at half the current count (at least 1) inside, for the model's elementwise torch
-    steps (the features) between two compiled passes. Those steps are memory-bound (≈ 5 ms of one core per
-    270 × 1470 strip) and each of their ~30 ops waits at a barrier for every OpenMP thread: after a compiled
-    pass the other threads sleep, and in the pipeline the reader and the writer hold cores, so each op waited
-    for a thread to be woken and scheduled. Measured on the 2-core VM, the one-pass compute floor over a
-    5040² tile (120 strips): features 8.6 s with 2 threads, 0.67 s with 1 (wall; CPU 7.7 → 2.2 s in all).
-    The compiled pass keeps every thread (its workers are joined, not spinning at barriers)."""
-    before = torch.get_num_threads()
-    fewer = max(1, before // 2)
-    if fewer == before:
-        yield
-        return
-    torch.set_num_threads(fewer)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
