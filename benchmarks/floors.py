@@ -156,7 +156,8 @@ def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int, wri
     calls it: ``predict_confidence`` for each strip's output rows when the model makes the confidence products itself
     (:class:`s2seg.core.models.base.ConfidenceModel`, probabilities not written; every pixel valid), else
     ``predict``. The pixels come from the ``sample`` chunk, cropped or repeated to each chunk's input shape (a
-    per-pixel model costs the same whatever the pixels). CPU seconds: ``time.process_time`` (every thread)."""
+    per-pixel model costs the same whatever the pixels). CPU seconds: the same calls again on one thread
+    (:func:`one_thread_cpu_seconds`)."""
     from s2seg.core.feed import Normaliser
     from s2seg.core.models.base import ConfidenceModel
 
@@ -185,18 +186,35 @@ def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int, wri
     with torch.inference_mode():
         run(calls[0])  # warm-up (lazy initialisation, caches, compilation)
         sync(model.device)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         for args in calls:
             run(args)
         sync(model.device)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        seconds = time.perf_counter() - t0
+        cpu = one_thread_cpu_seconds(lambda: [run(args) for args in calls]) if model.device.type == "cpu" else 0.0
     return seconds, sum(args[0].shape[2] * args[0].shape[3] for args in calls), cpu
 
 
+def one_thread_cpu_seconds(work) -> float:
+    """CPU seconds of ``work()`` on one torch thread (the count is restored; the harness runs alone here): the
+    work itself. With every thread, the seconds OpenMP threads spend waiting at each op's barrier for a core
+    count as CPU time too; on the loaded 2-core VM the one-pass compute floor measured 15 CPU s on two threads
+    against 2.1 on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c0 = time.process_time()
+        work()
+        return time.process_time() - c0
+    finally:
+        torch.set_num_threads(before)
+
+
 def cpu_bound(r: dict[str, Any]) -> float | None:
-    """A one-pass regime's CPU-bound lower bound on the wall time: the CPU seconds of its I/O floor and of its
-    compute floor (each measured alone, ``time.process_time`` of every thread) spread over the usable cores. The
-    pipeline does at least this work on these cores, so its wall time cannot be lower, whatever the overlap."""
+    """A one-pass regime's CPU-bound lower bound on the wall time: the CPU seconds of its I/O floor (``time.process_time``
+    of every thread: GDAL's too) and of its compute floor (on one thread: :func:`one_thread_cpu_seconds`), each
+    measured alone, spread over the usable cores. The pipeline does at least this work on these cores, so its wall
+    time cannot be lower, whatever the overlap."""
     if r.get("compute_cpu") is None:
         return None
     return (r["io_cpu"] + r["compute_cpu"]) / r["cores"]
@@ -208,7 +226,7 @@ def cpu_bound_target(r: dict[str, Any], label: str, goal: float) -> Target:
     floor = max(r["io_floor"], bound)
     ratio = r["pipeline"] / floor
     note = (f"CPU-bound floor ({fmt_s(r['io_cpu'])} s CPU of the I/O floor + {fmt_s(r['compute_cpu'])} s CPU of the "
-            f"compute floor) ÷ {r['cores']} cores = {fmt_s(bound)} s against the I/O floor's {fmt_s(r['io_floor'])} s wall.")
+            f"compute floor on one thread) ÷ {r['cores']} cores = {fmt_s(bound)} s against the I/O floor's {fmt_s(r['io_floor'])} s wall.")
     if bound > goal * r["io_floor"]:
         note += (f" The bound alone is {bound / r['io_floor']:.2f}× the I/O floor: on {r['cores']} cores no overlap can "
                  f"bring the pipeline to {goal}× its I/O floor; it needs ≥ {math.ceil((r['io_cpu'] + r['compute_cpu']) / (goal * r['io_floor']))} "
@@ -253,7 +271,7 @@ def pipeline_note(r: dict[str, Any]) -> str:
     bound = cpu_bound(r)
     if bound is not None:
         parts.append(f"Their CPU seconds ({fmt_s(r['io_cpu'])} s of the I/O floor, {fmt_s(r['compute_cpu'])} s of the compute "
-                     f"floor) need {fmt_s(bound)} s on {r['cores']} cores at best (the CPU-bound floor).")
+                     f"floor, one thread) need {fmt_s(bound)} s on {r['cores']} cores at best (the CPU-bound floor).")
     parts.append(f"The writer stage was busy {fmt_s(busy['write'])} s ({fmt_s(busy['flush'])} s flushing GDAL's cache; the "
                  f"journal thread's fsyncs took {fmt_s(busy['sync'])} s beside it).")
     work = busy["read"] + busy["inference"] + busy["write"]
