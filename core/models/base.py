@@ -4,13 +4,15 @@ from __future__ import annotations
 import builtins
 import math
 import re
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import DeviceUnavailable, ModelError
-from ..uncertainty import Confidence
 from .card import ModelCard
+
+if TYPE_CHECKING:  # annotations only: importing the kernels' module would import numba with every model
+    from ..uncertainty import Confidence
 
 
 @runtime_checkable
