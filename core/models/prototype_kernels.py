@@ -1,5 +1,6 @@
 """Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
-distributions in one pass over the pixels, and the open-water box mean.
+distributions in one pass over the pixels (or, when probabilities are not written, straight on to the
+confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
 
 The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
 once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
