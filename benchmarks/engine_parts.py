@@ -13,8 +13,8 @@ Uses today (all in ``s2seg.core.pipeline`` unless said):
   inference stage's work on one chunk), ``run(writer, record, done)`` (reader, inference, writer
   and journal threads, no commit) and ``busy`` (:class:`StageRun`);
 * ``s2seg.core.writer._overview_factors(width, height)`` (:func:`overview_factors`);
-* ``s2seg.core.inferer.one_pass_strip_rows`` and ``one_pass_span`` (:func:`one_pass_strips`): the row strips a
-  one-pass model is run in.
+* ``s2seg.core.inferer.one_pass_strip_rows`` and ``one_pass_span`` (:func:`one_pass_strips`,
+  :func:`one_pass_windows`): the row strips a one-pass model is run in, and their output rows.
 """
 from __future__ import annotations
 
@@ -48,6 +48,20 @@ def one_pass_strips(chunk: Any, rows_in: int, cols_in: int, halo: int, batch: in
         row, a, z = one_pass_span(chunk, row, strip, halo, rows_in)
         spans.append((a, z))
     return spans
+
+
+def one_pass_windows(chunk: Any, rows_in: int, cols_in: int, halo: int, batch: int, patch_size: int
+                     ) -> list[tuple[int, int, int, int]]:
+    """:func:`one_pass_strips` with each strip's output rows: ``(a, z, first, rows)``, the output rows being input
+    rows ``first … first + rows - 1`` (what the inference stage hands a ``ConfidenceModel``)."""
+    strip = one_pass_strip_rows(halo, batch, patch_size, cols_in)
+    top = chunk.row0 - chunk.input_rows[0]
+    windows, row = [], 0
+    while row < chunk.height:
+        end, a, z = one_pass_span(chunk, row, strip, halo, rows_in)
+        windows.append((a, z, top + row, end - row))
+        row = end
+    return windows
 
 
 def overview_factors(width: int, height: int) -> list[int]:

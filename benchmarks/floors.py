@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from s2seg.core.config import usable_cores
+
 from .common import PIPELINE_OVER_FLOOR_MAX, fmt_s, in_thread, sync
-from .engine_parts import auto_chunk_size, one_pass_strips
+from .engine_parts import auto_chunk_size, one_pass_windows
+from .report import Target
 
 
 def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any]:
@@ -38,8 +41,10 @@ def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any
     sync(model.device)
     result = segment(tile, out_dir, model=model, config=config)
     io = io_floor(bandset, card, grid, config, result.products, work / f"io-{key}-{bandset.width}")
+    compute_cpu = None
     if card.receptive_field:
-        compute, computed = in_thread(one_pass_compute_floor, model, card, bandset, io["sample"], io["inputs"], batch)
+        compute, computed, compute_cpu = in_thread(one_pass_compute_floor, model, card, bandset, io["sample"], io["inputs"],
+                                                   batch, config.write_probs)
         n_patches, pixels_computed = None, computed / (bandset.width * bandset.height)
     else:
         compute = in_thread(compute_floor, model, card, bandset, io["sample"], io["n_patches"], batch)
@@ -49,6 +54,7 @@ def run_regime(key: str, tile: Path, model, config, work: Path) -> dict[str, Any
         "pixels_computed": pixels_computed,
         "pipeline": result.seconds, "busy": {k: result.timings.get(k, 0.0) for k in BUSY_KEYS},
         "read": io["read"], "write": io["write"], "flush": io["flush"], "io_floor": io["read"] + io["write"], "compute_floor": compute,
+        "io_cpu": io["cpu"], "compute_cpu": compute_cpu, "cores": usable_cores(),
         "products": result.products, "grid": grid, "bandset": bandset, "config": config,
     }
 
@@ -69,6 +75,7 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
     io_dir.mkdir(parents=True)
     s = card.stride
     t_read = t_write = t_flush = 0.0
+    cpu = 0.0  # process CPU seconds (every thread: GDAL's decoding and encoding threads too) of the reads and writes
     n_patches = 0
     sample = None
     inputs = []  # one-pass: (chunk, input rows, input cols) of the chunks with data
@@ -81,9 +88,10 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
             writer = ProductWriter(io_dir, bandset.name, block=block_size(grid.chunk_size), **kwargs)  # the pipeline's blocks
             try:
                 for chunk in grid.chunks:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     pixels = reader.read(chunk.input_rows, chunk.input_cols)
                     t_read += time.perf_counter() - t0
+                    cpu += time.process_time() - c0
                     if card.receptive_field:  # no patches: the chunk's input, once
                         if pixels.valid.any():
                             inputs.append((chunk, *pixels.data.shape[1:]))
@@ -95,23 +103,26 @@ def io_floor(bandset, card, grid, config, products: dict[str, Path], io_dir: Pat
                             sample = (pixels, np.argwhere(todo))
                     window = Window(chunk.col0, chunk.row0, chunk.width, chunk.height)
                     arrays = {k: src.read(1, window=window) for k, src in sources.items() if k != "probs"}
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     for k, array in arrays.items():
                         writer.write(k, array, chunk.row0, chunk.col0)
                     t1 = time.perf_counter()  # as the pipeline does after every chunk (resume journal)
                     writer.flush()
                     t_flush += time.perf_counter() - t1
                     t_write += time.perf_counter() - t0
-                t0 = time.perf_counter()
+                    cpu += time.process_time() - c0
+                t0, c0 = time.perf_counter(), time.process_time()
                 writer.commit()
                 t_write += time.perf_counter() - t0
+                cpu += time.process_time() - c0
             except BaseException:
                 writer.abort()
                 raise
     finally:
         for src in sources.values():
             src.close()
-    return {"read": t_read, "write": t_write, "flush": t_flush, "n_patches": n_patches, "sample": sample, "inputs": inputs}
+    return {"read": t_read, "write": t_write, "flush": t_flush, "cpu": cpu, "n_patches": n_patches, "sample": sample,
+            "inputs": inputs}
 
 
 def compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> float:
@@ -138,32 +149,90 @@ def compute_floor(model, card, bandset, sample, n_patches: int, batch: int) -> f
         return time.perf_counter() - t0
 
 
-def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int) -> tuple[float, int]:
-    """``(seconds, input pixels)``: the model alone over every chunk's input in the strips the inference stage
-    runs (:func:`.engine_parts.one_pass_strips`), each already normalised on the device; the pixels come from
-    the ``sample`` chunk, cropped or repeated to each chunk's input shape (a per-pixel model costs the same
-    whatever the pixels)."""
+def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int, write_probs: bool = False
+                           ) -> tuple[float, int, float]:
+    """``(seconds, input pixels, CPU seconds)``: the model alone over every chunk's input in the strips the inference
+    stage runs (:func:`.engine_parts.one_pass_windows`), each already normalised on the device, called as the stage
+    calls it: ``predict_confidence`` for each strip's output rows when the model makes the confidence products itself
+    (:class:`s2seg.core.models.base.ConfidenceModel`, probabilities not written; every pixel valid), else
+    ``predict``. The pixels come from the ``sample`` chunk, cropped or repeated to each chunk's input shape (a
+    per-pixel model costs the same whatever the pixels). CPU seconds: the same calls again on one thread
+    (:func:`one_thread_cpu_seconds`)."""
     from s2seg.core.feed import Normaliser
+    from s2seg.core.models.base import ConfidenceModel
 
     if sample is None or not inputs:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     pixels = sample[0]
     rows = max(r for _, r, _ in inputs)
     cols = max(c for _, _, c in inputs)
     data = np.pad(pixels.data, ((0, 0), (0, max(0, rows - pixels.data.shape[1])), (0, max(0, cols - pixels.data.shape[2]))),
                   mode="wrap")
     x = Normaliser(card, bandset, model.device)(torch.from_numpy(np.ascontiguousarray(data[None])).to(model.device))
-    batches = [x[:, :, a:z, :c] for chunk, r, c in inputs
-               for a, z in one_pass_strips(chunk, r, c, card.receptive_field, batch, card.patch_size)]
+    fused = not write_probs and isinstance(model, ConfidenceModel) and model.can_predict_confidence()
+    calls = []
+    for chunk, r, c in inputs:
+        left = chunk.col0 - chunk.input_cols[0]
+        for a, z, first, n in one_pass_windows(chunk, r, c, card.receptive_field, batch, card.patch_size):
+            if fused:
+                valid = torch.ones((n, chunk.width), dtype=torch.bool, device=model.device)
+                calls.append((x[:, :, a:z, :c], valid, (first - a, left)))
+            else:
+                calls.append((x[:, :, a:z, :c],))
+
+    def run(args):
+        return model.predict_confidence(*args) if fused else model.predict(args[0])
+
     with torch.inference_mode():
-        model.predict(batches[0])  # warm-up (lazy initialisation, caches, compilation)
+        run(calls[0])  # warm-up (lazy initialisation, caches, compilation)
         sync(model.device)
         t0 = time.perf_counter()
-        for b in batches:
-            model.predict(b)
+        for args in calls:
+            run(args)
         sync(model.device)
         seconds = time.perf_counter() - t0
-    return seconds, sum(b.shape[2] * b.shape[3] for b in batches)
+        cpu = one_thread_cpu_seconds(lambda: [run(args) for args in calls]) if model.device.type == "cpu" else 0.0
+    return seconds, sum(args[0].shape[2] * args[0].shape[3] for args in calls), cpu
+
+
+def one_thread_cpu_seconds(work) -> float:
+    """CPU seconds of ``work()`` on one torch thread (the count is restored; the harness runs alone here): the
+    work itself. With every thread, the seconds OpenMP threads spend waiting at each op's barrier for a core
+    count as CPU time too; on the loaded 2-core VM the one-pass compute floor measured 15 CPU s on two threads
+    against 2.1 on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c0 = time.process_time()
+        work()
+        return time.process_time() - c0
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_bound(r: dict[str, Any]) -> float | None:
+    """A one-pass regime's CPU-bound lower bound on the wall time: the CPU seconds of its I/O floor (``time.process_time``
+    of every thread: GDAL's too) and of its compute floor (on one thread: :func:`one_thread_cpu_seconds`), each
+    measured alone, spread over the usable cores. The pipeline does at least this work on these cores, so its wall
+    time cannot be lower, whatever the overlap."""
+    if r.get("compute_cpu") is None:
+        return None
+    return (r["io_cpu"] + r["compute_cpu"]) / r["cores"]
+
+
+def cpu_bound_target(r: dict[str, Any], label: str, goal: float) -> Target:
+    """The issue-16 ratio measured against ``max(I/O floor, CPU-bound floor)`` (:func:`cpu_bound`), beside it."""
+    bound = cpu_bound(r)
+    floor = max(r["io_floor"], bound)
+    ratio = r["pipeline"] / floor
+    note = (f"CPU-bound floor ({fmt_s(r['io_cpu'])} s CPU of the I/O floor + {fmt_s(r['compute_cpu'])} s CPU of the "
+            f"compute floor on one thread) ÷ {r['cores']} cores = {fmt_s(bound)} s against the I/O floor's {fmt_s(r['io_floor'])} s wall.")
+    if bound > goal * r["io_floor"]:
+        note += (f" The bound alone is {bound / r['io_floor']:.2f}× the I/O floor: on {r['cores']} cores no overlap can "
+                 f"bring the pipeline to {goal}× its I/O floor; it needs ≥ {math.ceil((r['io_cpu'] + r['compute_cpu']) / (goal * r['io_floor']))} "
+                 "cores (or less CPU work per pixel).")
+    return Target(f"one-pass pipeline ≤ {goal} × max(I/O floor, CPU-bound floor), {label}", f"{ratio:.2f}×", f"≤ {goal}×",
+                  ratio <= goal, note)
 
 
 #: Stage timings of SegmentResult.timings shown in the tables: threads' busy seconds.
@@ -193,10 +262,16 @@ def pipeline_note(r: dict[str, Any]) -> str:
     parts = [f"wall {fmt_s(r['pipeline'])} s against floors of {fmt_s(r['io_floor'])} s (I/O, of which {fmt_s(r['flush'])} s "
              f"fsync) and {fmt_s(r['compute_floor'])} s (compute)."]
     if busy["inference"] > 1.3 * r["compute_floor"]:
+        own = ("normalising each strip's rows, and the strips' confidence products unless the model makes them in its "
+               "own pass" if r["pixels_computed"] is not None else
+               "gathering and normalising patches, adding dense outputs into the chunk's canvas")
         parts.append(f"The inference stage was busy {fmt_s(busy['inference'])} s for {fmt_s(r['compute_floor'])} s of forward "
-                     "passes: the rest is the stage's own per-batch work (gathering and normalising patches, adding dense "
-                     "outputs into the chunk's canvas) and waiting for a core: the reader's decoding and the writer's "
-                     "blending, confidence and encoding run on the same cores.")
+                     f"passes: the rest is the stage's own per-batch work ({own}) and waiting for a core: the reader's "
+                     "decoding and the writer's blending, confidence and encoding run on the same cores.")
+    bound = cpu_bound(r)
+    if bound is not None:
+        parts.append(f"Their CPU seconds ({fmt_s(r['io_cpu'])} s of the I/O floor, {fmt_s(r['compute_cpu'])} s of the compute "
+                     f"floor, one thread) need {fmt_s(bound)} s on {r['cores']} cores at best (the CPU-bound floor).")
     parts.append(f"The writer stage was busy {fmt_s(busy['write'])} s ({fmt_s(busy['flush'])} s flushing GDAL's cache; the "
                  f"journal thread's fsyncs took {fmt_s(busy['sync'])} s beside it).")
     work = busy["read"] + busy["inference"] + busy["write"]

@@ -22,7 +22,7 @@ from .errors import ModelError, S2SegError
 from .feed import Normaliser, PatchFeed, patches_with_data, to_device, widen
 from .grid import Chunk
 from .merger import ChunkProbabilities, Merger, OnePassMerger, merger_for
-from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
+from .models.base import ConfidenceModel, SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
 from .models.card import ModelCard
 from .reader import ChunkPixels
 
@@ -125,7 +125,8 @@ class ChunkInferer:
         above and below, so every output pixel is computed once. The strip holds about ``batch_size``
         patches' worth of pixels (at least 16 R rows, so the recomputed context stays under 1/8); halved on
         out-of-memory errors like the batch. The merger keeps views of the outputs (nothing is copied), or only
-        their confidence products when probabilities are not written."""
+        their confidence products when probabilities are not written: then a :class:`.models.base.ConfidenceModel`
+        (the built-in model on the CPU) makes them in its own pass, and no probability exists at all."""
         if not pixels.valid.any():
             return None
         card, device, halo = self.card, self.model.device, self.card.receptive_field
@@ -135,33 +136,34 @@ class ChunkInferer:
         resident = self.normaliser(widen(to_device(data, device))[None]) if self.asynchronous else None
         merger = OnePassMerger(chunk, card, device, self.write_probs)
         valid = torch.from_numpy(pixels.valid).to(device)
+        model = self.model
+        fused = not self.write_probs and isinstance(model, ConfidenceModel) and model.can_predict_confidence()
         span = None
         row, b = 0, 0
         while row < chunk.height:
             self.check()
             strip = one_pass_strip_rows(halo, self.batch_size, card.patch_size, data.shape[2])
             end, a, z = one_pass_span(chunk, row, strip, halo, rows_in)
+            out_valid = valid[top + row: top + end, left: left + chunk.width]
 
             def batch() -> torch.Tensor:
                 if resident is not None:
                     return resident[:, :, a:z]
-                return self.normaliser(torch.from_numpy(np.ascontiguousarray(data[None, :, a:z])))
+                # A view: the normaliser's first step makes the contiguous float32 input (one copy, not two).
+                return self.normaliser(torch.from_numpy(data[None, :, a:z]))
 
-            out = self._predict(chunk, batch)
-            if out is None:  # out of memory: the same rows again, in a strip half as high
-                continue
-            expected = (1, card.num_classes, z - a, data.shape[2])
-            if tuple(out.shape) != expected:
-                raise ModelError(f"model {card.name!r} returned shape {tuple(out.shape)} for an input of "
-                                 f"{z - a} × {data.shape[2]} px, expected {expected}: a card with a receptive_field "
-                                 f"declares a model with one output per input pixel")
-            pair = extremes(out)
-            if not self.asynchronous:
-                check_extremes(card, pair)
+            if fused:  # the strip's products straight from the model: no (C, rows, w) probabilities
+                window = (top + row - a, left)
+                products = self._predict(chunk, batch, lambda x: model.predict_confidence(x, out_valid, window))
+                if products is None:  # out of memory: the same rows again, in a strip half as high
+                    continue
+                merger.add_confidence(row, products)
             else:
-                span = pair if span is None else torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
-            merger.add_rows(row, out[0, :, top + row - a: top + end - a, left: left + chunk.width].float(),
-                            valid[top + row: top + end, left: left + chunk.width])
+                out = self._predict(chunk, batch)
+                if out is None:
+                    continue
+                span = self._check_one_pass(out, (1, card.num_classes, z - a, data.shape[2]), span)
+                merger.add_rows(row, out[0, :, top + row - a: top + end - a, left: left + chunk.width].float(), out_valid)
             row, b = end, b + 1
             if self.on_batch is not None:
                 self.on_batch(chunk, row, chunk.height, b, b + math.ceil((chunk.height - row) / strip))
@@ -171,16 +173,32 @@ class ChunkInferer:
             ready.record()
         return Inferred(merger.result(), span, ready)
 
-    def _predict(self, chunk: Chunk, make_batch: Callable[[], torch.Tensor]) -> torch.Tensor | None:
-        """The model's output for the batch ``make_batch()`` gives, or None after halving
-        ``self.batch_size`` because the device ran out of memory (the caller retries the same input)."""
+    def _check_one_pass(self, out: torch.Tensor, expected: tuple[int, ...], span: torch.Tensor | None) -> torch.Tensor | None:
+        """Check a one-pass strip's output shape (ModelError) and its extremes: now on the host, else folded into
+        the running device-side ``span`` (returned)."""
+        card = self.card
+        if tuple(out.shape) != expected:
+            raise ModelError(f"model {card.name!r} returned shape {tuple(out.shape)} for an input of "
+                             f"{expected[2]} × {expected[3]} px, expected {expected}: a card with a receptive_field "
+                             f"declares a model with one output per input pixel")
+        pair = extremes(out)
+        if not self.asynchronous:
+            check_extremes(card, pair)
+            return span
+        return pair if span is None else torch.stack([torch.minimum(span[0], pair[0]), torch.maximum(span[1], pair[1])])
+
+    def _predict(self, chunk: Chunk, make_batch: Callable[[], torch.Tensor],
+                 run: Callable[[torch.Tensor], Any] | None = None) -> Any:
+        """The model's output for the batch ``make_batch()`` gives (``run(batch)``, default ``model.predict``),
+        or None after halving ``self.batch_size`` because the device ran out of memory (the caller retries
+        the same input)."""
         device = self.model.device
         batch = None
         try:
             batch = make_batch()
             precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
             with torch.inference_mode(), precision:
-                return self.model.predict(batch)
+                return (run or self.model.predict)(batch)
         except S2SegError:
             raise
         except Exception as exc:

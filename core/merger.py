@@ -208,6 +208,12 @@ class OnePassMerger:
         else:
             self.pieces.append((row, None, confidence(outputs, valid)))
 
+    def add_confidence(self, row: int, products: Confidence) -> None:
+        """The chunk's rows from ``row`` on as their confidence products only, made by the model itself
+        (:class:`.models.base.ConfidenceModel`, probabilities not written): what :meth:`add_rows` keeps."""
+        assert not self.write_probs, "probabilities are written: add_rows"
+        self.pieces.append((row, None, products))
+
     def result(self) -> ChunkProbabilities:
         covered = sum(p.shape[1] if p is not None else c.classes.shape[0] for _, p, c in self.pieces)
         assert covered == self.chunk.height, f"one-pass pieces cover {covered} of {self.chunk.height} rows"

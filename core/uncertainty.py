@@ -102,27 +102,34 @@ def _accumulate(buf, mant, top1, top2, arg, total, plogp, c):  # pragma: no cove
 @_njit
 def _finish(y, valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap):  # pragma: no cover
     """Write row ``y`` of the products (nodata where not valid)."""
+    _finish_pixels(valid[y], top1, top2, arg, total, plogp, n_classes, classes[y], maxprob[y], entropy[y], gap[y])
+
+
+@_njit
+def _finish_pixels(valid, top1, top2, arg, total, plogp, n_classes, classes, maxprob, entropy, gap):  # pragma: no cover
+    """Write the products of pixels ``0 … len(valid)-1`` from their running values (nodata where not valid): one
+    row of an image, or one block of a model's pixels (:func:`.models.prototype_kernels.mixture_confidence`)."""
     ln2 = np.float32(0.6931471805599453)
     log2c = np.float32(math.log2(max(n_classes, 1)))
     tiny = np.float32(1.1754944e-38)
     nan = np.float32(np.nan)
-    for x in range(top1.shape[0]):
-        if valid[y, x]:
+    n = valid.shape[0]
+    for x in range(n):
+        if valid[x]:
             t_x = max(total[x], tiny)
             h_x = (np.float32(math.log(t_x)) - plogp[x] / t_x) / ln2
-            entropy[y, x] = min(max(h_x, np.float32(0.0)), log2c)
-            maxprob[y, x] = top1[x]
-            gap[y, x] = top1[x] - top2[x] if n_classes >= 2 else top1[x]
+            entropy[x] = min(max(h_x, np.float32(0.0)), log2c)
+            maxprob[x] = top1[x]
+            gap[x] = top1[x] - top2[x] if n_classes >= 2 else top1[x]
         else:
-            maxprob[y, x] = nan
-            entropy[y, x] = nan
-            gap[y, x] = nan
-    # Class ids in a loop of their own, through the row: with the uint8 store inside the loop above,
-    # numba 0.68.0 (numpy 2.5, a 16-core Xeon) wrote 8 bytes past the row (measured; the next row's
-    # first pixels, or past the array) — rows split over threads then lost their first 8 class ids.
-    row = classes[y]
-    for x in range(top1.shape[0]):
-        row[x] = np.uint8(arg[x]) if valid[y, x] else np.uint8(255)
+            maxprob[x] = nan
+            entropy[x] = nan
+            gap[x] = nan
+    # Class ids in a loop of their own: with the uint8 store inside the loop above, numba 0.68.0 (numpy 2.5,
+    # a 16-core Xeon) wrote 8 bytes past the row (measured; the next row's first pixels, or past the array) —
+    # rows split over threads then lost their first 8 class ids.
+    for x in range(n):
+        classes[x] = np.uint8(arg[x]) if valid[x] else np.uint8(255)
 
 
 @_njit
@@ -262,7 +269,7 @@ def _run_rows(kernel: Callable[..., None], h: int, w: int, *args: object) -> Non
     kernels.run_shares(kernel, args, bounds, "s2seg-confidence")
 
 
-def _new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
+def new_products(h: int, w: int) -> tuple[Confidence, tuple[np.ndarray, ...]]:
     """Uninitialised products of an ``h × w`` window and their numpy views, for the fused kernels to fill
     (large ones on huge pages: see :func:`.buffers.empty`)."""
     out = Confidence(classes=empty((h, w), torch.uint8), maxprob=empty((h, w)), entropy=empty((h, w)), gap=empty((h, w)))
@@ -277,7 +284,7 @@ def blend_rows_confidence(rows: torch.Tensor, first: torch.Tensor, second: torch
     if not kernels.enabled() or rows.device.type != "cpu":
         return None
     h, w = valid.shape
-    out, arrays = _new_products(h, w)
+    out, arrays = new_products(h, w)
     valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
     _run_rows(_blend_confidence_rows, h, w, rows.to(torch.float32).contiguous().numpy(), first.to(torch.int64).numpy(),
               second.to(torch.int64).numpy(), w_first.to(torch.float32).numpy(), w_second.to(torch.float32).numpy(),
@@ -294,7 +301,7 @@ def dense_blend_confidence(grid: torch.Tensor, window: torch.Tensor, top: int, l
     if not kernels.enabled() or grid.device.type != "cpu":
         return None
     h, w = valid.shape
-    out, arrays = _new_products(h, w)
+    out, arrays = new_products(h, w)
     valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
     _run_rows(_dense_confidence_rows, h, w, grid.to(torch.float32).contiguous().numpy(),
               window.to(torch.float32).contiguous().numpy(), top + row0, left, stride, valid_np, *arrays)
@@ -306,7 +313,7 @@ def _confidence_fused(probs: torch.Tensor, valid: torch.Tensor) -> Confidence:
     p = probs.detach()
     if p.stride(2) != 1:
         p = p.contiguous()
-    out, arrays = _new_products(h, w)
+    out, arrays = new_products(h, w)
     valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
     _run_rows(_confidence_rows, h, w, p.numpy(), valid_np, *arrays)
     return out

@@ -51,11 +51,11 @@ def _one_pass_merger(write_probs):
     return OnePassMerger(chunk, c, torch.device("cpu"), write_probs), chunk
 
 
-@pytest.mark.parametrize("write_probs", [True, False])
-def test_one_pass_strips_equal_the_confidence_of_the_whole_chunk(write_probs):
-    """The model's row pieces, as the inferer hands them over (views into larger outputs), give the writer the
-    confidence of the whole chunk's probabilities under the writer's own mask, which may hide more than the
-    input's (a cloud mask, an area of interest)."""
+@pytest.mark.parametrize("write_probs, pieces", [(True, "probabilities"), (False, "probabilities"), (False, "products")])
+def test_one_pass_strips_equal_the_confidence_of_the_whole_chunk(write_probs, pieces):
+    """The model's row pieces, as the inferer hands them over (views into larger outputs, or the products a
+    ConfidenceModel made of them), give the writer the confidence of the whole chunk's probabilities under the
+    writer's own mask, which may hide more than the input's (a cloud mask, an area of interest)."""
     merger, chunk = _one_pass_merger(write_probs)
     torch.manual_seed(1)
     probs = torch.softmax(torch.randn((3, chunk.height, chunk.width)) * 3, dim=0)
@@ -63,7 +63,10 @@ def test_one_pass_strips_equal_the_confidence_of_the_whole_chunk(write_probs):
     for first, end in ((0, 40), (40, 41), (41, chunk.height)):  # odd heights: pieces need not match the strips
         output = torch.zeros((1, 3, end - first + 14, chunk.width + 14))
         output[0, :, 7:-7, 7:-7] = probs[:, first:end]
-        merger.add_rows(first, output[0, :, 7:-7, 7:-7], input_valid[first:end])
+        if pieces == "products":
+            merger.add_confidence(first, confidence(output[0, :, 7:-7, 7:-7], input_valid[first:end]))
+        else:
+            merger.add_rows(first, output[0, :, 7:-7, 7:-7], input_valid[first:end])
     result = merger.result()
     strips = list(result.strips())
     assert strips[0][0] == chunk.row0 and strips[-1][1] == chunk.row1

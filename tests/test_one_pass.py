@@ -24,15 +24,22 @@ from s2seg.core.sentinel2 import discover
 
 
 class Recording(BuiltinModel):
-    """The built-in model, recording the shape of every input it is given."""
+    """The built-in model, recording the shape of every input it is given (and which of its methods ran)."""
 
     def __init__(self, card: ModelCard):
         super().__init__(card, torch.device("cpu"))
         self.shapes: list[tuple[int, ...]] = []
+        self.calls: list[str] = []
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         self.shapes.append(tuple(batch.shape))
+        self.calls.append("predict")
         return super().predict(batch)
+
+    def predict_confidence(self, batch: torch.Tensor, valid: torch.Tensor, window: tuple[int, int]):
+        self.shapes.append(tuple(batch.shape))
+        self.calls.append("predict_confidence")
+        return super().predict_confidence(batch, valid, window)
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +198,47 @@ def test_the_bench_floors_the_strips_the_inferer_runs(tile, tmp_path):
                                             BUILTIN_CARD.patch_size)]
     assert result.n_chunks == len(grid.chunks) and len(model.shapes) > len(grid.chunks)
     assert sorted(shape[2:] for shape in model.shapes) == sorted(expected)
+
+
+def _confidence_products(result) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ("class", "maxprob", "entropy", "gap"):
+        with rasterio.open(result.products[name]) as ds:
+            out[name] = ds.read()
+    return out
+
+
+needs_numba = pytest.mark.skipif(not __import__("s2seg.core.kernels", fromlist=["enabled"]).enabled(),
+                                 reason="numba not installed or switched off")
+
+
+@needs_numba
+def test_without_probabilities_the_model_makes_the_products_itself(tile, tmp_path):
+    """The fused path: no probabilities are asked of the model when they are not written; with them, only they are."""
+    for write_probs, method in ((False, "predict_confidence"), (True, "predict")):
+        model = Recording(BUILTIN_CARD)
+        segment(tile, tmp_path / str(write_probs), model, EngineConfig(chunk_size=120, write_probs=write_probs))
+        assert model.calls and set(model.calls) == {method}
+
+
+@needs_numba
+@pytest.mark.parametrize("chunk_size, batch_size", [(60, 1), (120, 3), (300, 2)])
+def test_fused_products_do_not_depend_on_chunk_size_or_strip_height(tile, tmp_path, chunk_size, batch_size):
+    whole = _confidence_products(segment(tile, tmp_path / "whole", config=EngineConfig(chunk_size=300, batch_size=64)))
+    other = _confidence_products(segment(tile, tmp_path / "other",
+                                         config=EngineConfig(chunk_size=chunk_size, batch_size=batch_size)))
+    for name, values in whole.items():
+        assert np.array_equal(values, other[name], equal_nan=True), name
+
+
+@needs_numba
+def test_the_torch_path_gives_the_fused_products(tile, tmp_path, monkeypatch):
+    """Without numba (or on an accelerator) the model's probabilities and confidence() make the products."""
+    fused = _confidence_products(segment(tile, tmp_path / "fused", config=EngineConfig(chunk_size=120)))
+    monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
+    model = Recording(BUILTIN_CARD)
+    plain = _confidence_products(segment(tile, tmp_path / "plain", model, EngineConfig(chunk_size=120)))
+    assert set(model.calls) == {"predict"}
+    assert (fused["class"] != plain["class"]).mean() < 1e-3  # ties within float rounding may flip
+    for name in ("maxprob", "entropy", "gap"):
+        np.testing.assert_allclose(fused[name], plain[name], atol=1e-5, equal_nan=True)

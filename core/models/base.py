@@ -4,12 +4,15 @@ from __future__ import annotations
 import builtins
 import math
 import re
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import DeviceUnavailable, ModelError
 from .card import ModelCard
+
+if TYPE_CHECKING:  # annotations only: importing the kernels' module would import numba with every model
+    from ..uncertainty import Confidence
 
 
 @runtime_checkable
@@ -25,6 +28,24 @@ class SegmentationModel(Protocol):
     device: torch.device
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ConfidenceModel(SegmentationModel, Protocol):
+    """A one-pass model (card ``receptive_field``) that can also make a strip's confidence products itself,
+    without materialising its ``(C, h, w)`` probabilities (the built-in model's compiled pass). The inferer asks
+    for them when probabilities are not written and :meth:`can_predict_confidence` says yes; else it calls
+    ``predict`` and :func:`..uncertainty.confidence`, which give the same products."""
+
+    def can_predict_confidence(self) -> bool:
+        """Can :meth:`predict_confidence` run on this model's device (and build)?"""
+        ...
+
+    def predict_confidence(self, batch: torch.Tensor, valid: torch.Tensor, window: tuple[int, int]) -> Confidence:
+        """The products of the output pixels ``valid (h, w)`` (nodata where False), whose first one is input
+        pixel ``window = (row, col)`` of ``batch (1, bands, H, W)``: what ``confidence(predict(batch)[0, :,
+        row:row + h, col:col + w], valid)`` gives. Raises ModelError on non-finite outputs."""
+        ...
 
 
 def apply_activation(logits: torch.Tensor, activation: str, dim: int = 1) -> torch.Tensor:

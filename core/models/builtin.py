@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ModelError
 from ..nomenclature import BIGEARTHNET19_NAMES, class_index
+from ..uncertainty import Confidence
 from . import prototype_kernels
-from .base import apply_activation
+from .base import apply_activation, non_finite_error
 from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS, OPEN_WATER_RADIUS  # noqa: F401 - the card belongs to this model
 from .card import ModelCard
 from .runlog import Log
@@ -179,6 +181,18 @@ class SpectralPrototypeNet(torch.nn.Module):
         # Each prototype's weight spread over its classes: one (C, K) × (K, H·W) product.
         return torch.matmul(self.targets, z).div_(total).unflatten(2, x.shape[2:])
 
+    def confidence(self, x: torch.Tensor, valid: torch.Tensor, window: tuple[int, int]
+                   ) -> tuple[Confidence, bool] | None:
+        """``(products, ok)`` of the output window ``valid (h, w)`` from input pixel ``window = (row, col)`` of
+        ``x (1, bands, H, W)``, made in the compiled mixture pass without the probabilities
+        (:func:`.prototype_kernels.mixture_confidence`; equal to :func:`..uncertainty.confidence` of
+        :meth:`probabilities`); ``ok`` False: a valid pixel's probabilities were not finite. None where the
+        compiled kernels cannot run (no numba, an accelerator)."""
+        if not prototype_kernels.usable(x):
+            return None
+        return prototype_kernels.mixture_confidence(self._features(x), x.shape[3], window, valid, self.kernel_tables,
+                                                    torch.get_num_threads())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (log-probabilities): their softmax is :meth:`probabilities`."""
         return torch.log(self.probabilities(x).clamp_min(1e-30))
@@ -212,6 +226,23 @@ class BuiltinModel:
             if self.card.activation == "softmax":  # the net's probabilities are the softmax of its logits
                 return self.net.probabilities(batch)
             return apply_activation(self.net(batch), self.card.activation)
+
+    def can_predict_confidence(self) -> bool:
+        """The compiled kernels run here (CPU, numba) and the card's activation is the net's own softmax."""
+        return (self.card.activation == "softmax" and self.device.type == "cpu"
+                and prototype_kernels.usable(torch.empty(0)))
+
+    def predict_confidence(self, batch: torch.Tensor, valid: torch.Tensor, window: tuple[int, int]) -> Confidence:
+        """:class:`.base.ConfidenceModel`: the products of one strip, without its probabilities."""
+        with torch.inference_mode():
+            made = self.net.confidence(batch, valid, window)
+        if made is None:
+            raise ModelError(f"model {self.card.name!r} cannot make confidence products on {batch.device} "
+                             f"({batch.dtype}): use predict")
+        products, ok = made
+        if not ok:
+            raise non_finite_error(self.card)
+        return products
 
 
 def load(card: ModelCard, device: torch.device, log: Log | None = None) -> BuiltinModel:  # noqa: ARG001 - nothing to tell

@@ -1,5 +1,6 @@
 """Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
-distributions in one pass over the pixels, and the open-water box mean.
+distributions in one pass over the pixels (or, when probabilities are not written, straight on to the
+confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
 
 The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
 once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
@@ -21,10 +22,13 @@ and on accelerators the model's torch path runs; the two agree within 1e-5.
 from __future__ import annotations
 
 
+import os
+from types import ModuleType
+
 import numpy as np
 import torch
 
-from .. import kernels
+from .. import kernels, uncertainty
 from ..buffers import empty
 
 #: Pixels per block: the block's ``K`` scores and ``C`` outputs (~55 × 4 B per pixel) stay in L2.
@@ -67,21 +71,64 @@ def _exp_nonpositive(x, out, scale_bits):  # pragma: no cover - compiled by numb
 
 
 @_njit
+def _mixture_block(x, affine, indptr, classes, weights, z, best, total, acc, shifted, bits):  # pragma: no cover - compiled by numba
+    """One block's prototype mixture: from its features ``x (F, BLOCK)`` the prototype scores
+    ``zₖ = Σ_f affine[k, f] · x_f + affine[k, F]`` (the model's own affine map), ``wₖ = exp(zₖ − max z)``,
+    ``total = Σₖ wₖ`` and ``acc[c] = Σₖ wₖ T_kc`` with ``T`` in compressed rows (``indptr``, ``classes``,
+    ``weights``): the class probabilities are ``acc[c] / total``. ``z``, ``best``, ``shifted``, ``bits``: scratch."""
+    n_protos, n_affine = affine.shape
+    n_features = n_affine - 1
+    n_classes = acc.shape[0]
+    f32 = np.float32
+    for k in range(n_protos):
+        zk = z[k]
+        bias = affine[k, n_features]
+        for b in range(BLOCK):
+            zk[b] = bias
+        for f in range(n_features):
+            a, xf = affine[k, f], x[f]
+            for b in range(BLOCK):
+                zk[b] += a * xf[b]
+    for b in range(BLOCK):
+        best[b] = z[0, b]
+    for k in range(1, n_protos):
+        zk = z[k]
+        for b in range(BLOCK):
+            best[b] = max(best[b], zk[b])
+    for b in range(BLOCK):
+        total[b] = f32(0.0)
+    for c in range(n_classes):
+        ac = acc[c]
+        for b in range(BLOCK):
+            ac[b] = f32(0.0)
+    for k in range(n_protos):
+        zk = z[k]
+        for b in range(BLOCK):
+            shifted[b] = zk[b] - best[b]
+        _exp_nonpositive(shifted, zk, bits)
+        for b in range(BLOCK):
+            total[b] += zk[b]
+        for j in range(indptr[k], indptr[k + 1]):
+            ac, w = acc[classes[j]], weights[j]
+            for b in range(BLOCK):
+                ac[b] += w * zk[b]
+
+
+@_njit
+def _block_scratch(n_features, n_protos, n_classes):  # pragma: no cover - compiled by numba
+    """A block's features (padding 0), scores, max, Σ, class sums, shifted scores and exponent bits."""
+    f32 = np.float32
+    return (np.zeros((n_features, BLOCK), f32), np.empty((n_protos, BLOCK), f32), np.empty(BLOCK, f32),
+            np.empty(BLOCK, f32), np.empty((n_classes, BLOCK), f32), np.empty(BLOCK, f32), np.empty(BLOCK, np.int32))
+
+
+@_njit
 def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
-    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)``: the prototype scores
-    ``zₖ = Σ_f affine[k, f] · x_f + affine[k, F]`` (the model's own affine map), ``wₖ = exp(zₖ − max z) / Σ exp``,
-    ``p_c = Σₖ wₖ T_kc`` with ``T`` in compressed rows (``indptr``, ``classes``, ``weights``)."""
+    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)`` (:func:`_mixture_block`)."""
     n_protos, n_affine = affine.shape
     n_features = n_affine - 1
     n_classes = out.shape[0]
-    f32 = np.float32
-    x = np.zeros((n_features, BLOCK), f32)  # the block's features (padding: 0)
-    z = np.empty((n_protos, BLOCK), f32)
-    best = np.empty(BLOCK, f32)
-    total = np.empty(BLOCK, f32)
-    acc = np.empty((n_classes, BLOCK), f32)
-    shifted = np.empty(BLOCK, f32)
-    bits = np.empty(BLOCK, np.int32)
+    x, z, best, total, acc, shifted, bits = _block_scratch(n_features, n_protos, n_classes)
     for s in range(p0, p1, BLOCK):
         nb = min(BLOCK, p1 - s)
         for f in range(n_features):
@@ -89,43 +136,76 @@ def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  #
             for b in range(nb):
                 xf[b] = row[s + b]
             for b in range(nb, BLOCK):
-                xf[b] = f32(0.0)
-        for k in range(n_protos):
-            zk = z[k]
-            bias = affine[k, n_features]
-            for b in range(BLOCK):
-                zk[b] = bias
-            for f in range(n_features):
-                a, xf = affine[k, f], x[f]
-                for b in range(BLOCK):
-                    zk[b] += a * xf[b]
-        for b in range(BLOCK):
-            best[b] = z[0, b]
-        for k in range(1, n_protos):
-            zk = z[k]
-            for b in range(BLOCK):
-                best[b] = max(best[b], zk[b])
-        for b in range(BLOCK):
-            total[b] = f32(0.0)
-        for c in range(n_classes):
-            ac = acc[c]
-            for b in range(BLOCK):
-                ac[b] = f32(0.0)
-        for k in range(n_protos):
-            zk = z[k]
-            for b in range(BLOCK):
-                shifted[b] = zk[b] - best[b]
-            _exp_nonpositive(shifted, zk, bits)
-            for b in range(BLOCK):
-                total[b] += zk[b]
-            for j in range(indptr[k], indptr[k + 1]):
-                ac, w = acc[classes[j]], weights[j]
-                for b in range(BLOCK):
-                    ac[b] += w * zk[b]
+                xf[b] = np.float32(0.0)
+        _mixture_block(x, affine, indptr, classes, weights, z, best, total, acc, shifted, bits)
         for c in range(n_classes):
             ac, oc = acc[c], out[c]
             for b in range(nb):
                 oc[s + b] = ac[b] / total[b]
+
+
+@_njit
+def _mixture_confidence(features, width_in, row_off, col_off, valid, affine, indptr, classes, weights, n_classes,
+                        class_out, maxprob, entropy, gap, bad, p0, p1):  # pragma: no cover - compiled by numba
+    """Confidence products of output pixels ``p0 … p1-1`` of a window ``valid (h, w)`` whose pixel ``(y, x)`` is
+    input pixel ``(row_off + y, col_off + x)`` of ``features (≥ F, H · width_in)``: each block's probabilities
+    (:func:`_mixture_block`, the same values :func:`_mixture_pixels` writes) are folded class by class into the
+    products by the confidence kernel's own functions (:mod:`..uncertainty`), so no ``(C, n)`` array exists.
+    Products are flat ``(h · w)``; blocks without a valid pixel are not computed (nodata). ``bad[0]`` is set to
+    1 when a valid pixel's probabilities are not finite or do not sum to 1."""
+    n_protos, n_affine = affine.shape
+    n_features = n_affine - 1
+    w = valid.shape[1]
+    flat_valid = valid.reshape(-1)
+    x, z, best, total, acc, shifted, bits = _block_scratch(n_features, n_protos, n_classes)
+    buf, mant, top1, top2, psum, plogp, arg = uncertainty._row_buffers(BLOCK)
+    src = np.empty(BLOCK, np.int64)
+    f32 = np.float32
+    for s in range(p0, p1, BLOCK):
+        nb = min(BLOCK, p1 - s)
+        any_valid = False
+        for b in range(nb):
+            any_valid = any_valid or flat_valid[s + b]
+        if any_valid:
+            y, c0 = s // w, s % w
+            for b in range(nb):  # the block's input pixels, across output rows
+                src[b] = (row_off + y) * width_in + col_off + c0
+                c0 += 1
+                if c0 == w:
+                    y, c0 = y + 1, 0
+            for f in range(n_features):
+                row, xf = features[f], x[f]
+                for b in range(nb):
+                    xf[b] = row[src[b]]
+                for b in range(nb, BLOCK):
+                    xf[b] = f32(0.0)
+            _mixture_block(x, affine, indptr, classes, weights, z, best, total, acc, shifted, bits)
+            uncertainty._reset(top1, top2, arg, psum, plogp)
+            for c in range(n_classes):
+                ac = acc[c]
+                for b in range(BLOCK):
+                    buf[b] = max(ac[b] / total[b], f32(0.0))
+                uncertainty._accumulate(buf, mant, top1, top2, arg, psum, plogp, c)
+            for b in range(nb):
+                if flat_valid[s + b] and not abs(psum[b] - f32(1.0)) <= f32(1e-3):  # NaN fails too
+                    bad[0] = 1
+        uncertainty._finish_pixels(flat_valid[s: s + nb], top1, top2, arg, psum, plogp, n_classes,
+                                   class_out[s: s + nb], maxprob[s: s + nb], entropy[s: s + nb], gap[s: s + nb])
+
+
+def _cache_depends_on(kernel, *modules: ModuleType) -> None:
+    """Make numba's on-disk cache of ``kernel`` stale when one of ``modules``' files changes, not only its own:
+    numba stamps a cached kernel with its own file's time and size, yet compiles the kernels it calls from
+    other files into it (an edit of :mod:`..uncertainty` would otherwise keep the old machine code running).
+    The stamp is numba's private ``IndexDataCacheFile._source_stamp``; without it nothing changes."""
+    cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+    if cache_file is None or not hasattr(cache_file, "_source_stamp"):
+        return
+    stamps = [(os.stat(m.__file__).st_mtime, os.stat(m.__file__).st_size) for m in modules]
+    cache_file._source_stamp = (cache_file._source_stamp, *stamps)
+
+
+_cache_depends_on(_mixture_confidence, uncertainty)
 
 
 @_njit
@@ -195,6 +275,29 @@ def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads
         args = (f[i].numpy(), tables.affine, tables.indptr, tables.classes, tables.weights, out[i].numpy())
         _split(_mixture_pixels, n, threads, args)
     return out
+
+
+def mixture_confidence(features: torch.Tensor, width: int, window: tuple[int, int], valid: torch.Tensor,
+                       tables: MixtureTables, threads: int) -> tuple[uncertainty.Confidence, bool]:
+    """``(products, ok)``: the confidence products ``(h, w)`` (``h, w = valid.shape``) of the output window whose
+    first pixel is input pixel ``window = (row, col)`` of ``features (1, ≥ F, H · width)``, made in the mixture
+    pass itself (:func:`_mixture_confidence`): equal to :func:`..uncertainty.confidence` of
+    :func:`mixture_probabilities`' output. ``ok`` is False when a valid pixel's probabilities were not finite.
+    Split over ``threads`` threads on block boundaries (each pixel's bits do not depend on the split)."""
+    h, w = valid.shape
+    out, arrays = uncertainty.new_products(h, w)
+    if h * w == 0:
+        return out, True
+    f = features.detach()[0]
+    if f.stride(1) != 1:
+        f = f.contiguous()
+    flat = tuple(a.reshape(-1) for a in arrays)
+    bad = np.zeros(1, np.uint8)
+    valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
+    args = (f.numpy(), width, window[0], window[1], valid_np, tables.affine, tables.indptr, tables.classes,
+            tables.weights, tables.n_classes, *flat, bad)
+    _split(_mixture_confidence, h * w, threads, args)
+    return out, not bad[0]
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:

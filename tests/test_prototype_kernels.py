@@ -1,0 +1,121 @@
+"""The built-in model's fused pass (prototype_kernels.mixture_confidence): the confidence products of a strip's
+output window made in the mixture pass, equal to confidence() of the probabilities, bit for bit."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2seg.core import kernels, uncertainty
+from s2seg.core.errors import ModelError
+from s2seg.core.feed import Normaliser
+from s2seg.core.models import prototype_kernels
+from s2seg.core.models.builtin import BuiltinModel
+from s2seg.core.models.builtin_card import BUILTIN_CARD
+from s2seg.core.reader import ChunkReader
+from s2seg.core.sample import write_sample_tile
+from s2seg.core.sentinel2 import discover
+from s2seg.core.uncertainty import confidence
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba not installed or switched off")
+
+PRODUCTS = ("classes", "maxprob", "entropy", "gap")
+
+
+@pytest.fixture(scope="module")
+def strip():
+    """A real-format 200² L2A chunk with a nodata corner, normalised as the inferer feeds it."""
+    with tempfile.TemporaryDirectory() as folder:
+        tile = write_sample_tile(Path(folder), size=200, seed=3, level="L2A", layout="safe", nodata_corner=True)
+        bandset = discover(tile)
+        with ChunkReader(bandset, BUILTIN_CARD.bands, BUILTIN_CARD.name, BUILTIN_CARD.resampling) as reader:
+            pixels = reader.read((0, 200), (0, 200))
+        x = Normaliser(BUILTIN_CARD, bandset, torch.device("cpu"))(torch.from_numpy(pixels.data[None].astype(np.float32)))
+        return x, torch.from_numpy(pixels.valid)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return BuiltinModel(BUILTIN_CARD, torch.device("cpu"))
+
+
+def _assert_equal(a, b):
+    for name in PRODUCTS:
+        assert np.array_equal(getattr(a, name).numpy(), getattr(b, name).numpy(), equal_nan=True), name
+
+
+@pytest.mark.parametrize("window", [(0, 0), (15, 15), (23, 7)], ids=["corner", "halo", "odd-offset"])
+def test_fused_products_equal_the_confidence_of_the_probabilities(strip, model, window):
+    x, valid = strip
+    r, c = window
+    h, w = 200 - r - 11, 200 - c - 5  # the window's pixels fall anywhere in the kernel's 256-pixel blocks
+    out_valid = valid[r:r + h, c:c + w]
+    assert (~out_valid).any() and out_valid.any()
+    fused = model.predict_confidence(x, out_valid, window)
+    reference = confidence(model.predict(x)[0, :, r:r + h, c:c + w], out_valid)
+    assert fused.classes.shape == (h, w) and fused.classes.dtype == torch.uint8
+    _assert_equal(fused, reference)
+    assert (fused.classes[~out_valid] == uncertainty.CLASS_NODATA).all() and fused.maxprob[~out_valid].isnan().all()
+
+
+def test_fused_products_do_not_depend_on_threads(strip, model, monkeypatch):
+    x, valid = strip
+    features = model.net._features(x)
+    monkeypatch.setattr(prototype_kernels, "PARALLEL_MIN_PIXELS", 1000)  # 40,000 px: split them
+    runs = [prototype_kernels.mixture_confidence(features, 200, (0, 0), valid, model.net.kernel_tables, threads)
+            for threads in (1, 3)]
+    assert runs[0][1] and runs[1][1]
+    _assert_equal(runs[0][0], runs[1][0])
+
+
+def test_a_window_without_valid_pixels_is_nodata_and_not_computed(strip, model):
+    x, _ = strip
+    nothing = torch.zeros((40, 200), dtype=torch.bool)
+    products = model.predict_confidence(x * float("nan"), nothing, (10, 0))  # NaN inputs: never looked at
+    assert (products.classes == uncertainty.CLASS_NODATA).all() and products.entropy.isnan().all()
+
+
+def test_non_finite_probabilities_of_a_valid_pixel_stop_the_run(strip, model):
+    x, valid = strip
+    x = x.clone()
+    x[0, :, 50, 60] = float("nan")
+    assert valid[50, 60]
+    with pytest.raises(ModelError, match="model 'builtin' produced NaN or Inf values"):
+        model.predict_confidence(x, valid, (0, 0))
+
+
+def test_the_fused_kernels_cache_goes_stale_with_the_confidence_kernels_file():
+    """numba stamps a cached kernel with its own file only; the fused kernel compiles uncertainty's functions
+    into it, so its stamp also holds uncertainty.py's (an edit there recompiles it)."""
+    stamp = prototype_kernels._mixture_confidence._cache._cache_file._source_stamp
+    st = os.stat(uncertainty.__file__)
+    assert (st.st_mtime, st.st_size) in stamp[1:]
+
+
+def test_the_model_falls_back_where_the_kernels_cannot_run(model, monkeypatch):
+    assert model.can_predict_confidence()
+    monkeypatch.setenv("S2SEG_NO_NUMBA", "1")
+    assert not model.can_predict_confidence()
+
+
+def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
+    """Each thread's share of pixels (whole blocks) is written by it alone: nothing before or after is touched
+    (numba once stored class ids 8 bytes past a row: uncertainty._finish_pixels keeps them in a loop of their own)."""
+    x, valid = strip
+    features = model.net._features(x)[0].contiguous().numpy()
+    tables = model.net.kernel_tables
+    n = 200 * 200
+    guard = {"classes": np.full(n, 77, np.uint8), "maxprob": np.full(n, -5, np.float32),
+             "entropy": np.full(n, -5, np.float32), "gap": np.full(n, -5, np.float32)}
+    bad = np.zeros(1, np.uint8)
+    p0, p1 = prototype_kernels.BLOCK, 5 * prototype_kernels.BLOCK + 17  # a partial last block
+    prototype_kernels._mixture_confidence(features, 200, 0, 0, valid.numpy().copy(), tables.affine, tables.indptr,
+                                          tables.classes, tables.weights, tables.n_classes, *guard.values(), bad, p0, p1)
+    for name, array in guard.items():
+        sentinel = 77 if name == "classes" else -5
+        assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
+        assert not (array[p0:p1] == sentinel).any(), name
