@@ -135,14 +135,9 @@ def _all_valid_block_means(block, row_index, col_index, factor, out):  # pragma:
 
 def block_any(values: np.ndarray, factor: int) -> np.ndarray:
     """``values (h, w)`` bool → is any of each ``factor × factor`` block True (``h``, ``w`` multiples of
-    ``factor``)? By strided ORs: numpy's ``any`` over the small block axes took 15–35 ms for a 2304 × 3072 mask."""
-    cols = values[:, 0::factor].copy()
-    for k in range(1, factor):
-        cols |= values[:, k::factor]
-    rows = cols[0::factor].copy()
-    for k in range(1, factor):
-        rows |= cols[k::factor]
-    return rows
+    ``factor``)? By :func:`_block_sum`'s strided adds, which are ORs on booleans: numpy's ``any`` over the small
+    block axes took 15–35 ms for a 2304 × 3072 mask."""
+    return _block_sum(values, factor, np.bool_)
 
 
 def _block_sum(values: np.ndarray, factor: int, dtype: type) -> np.ndarray:
