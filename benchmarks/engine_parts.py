@@ -41,13 +41,9 @@ def auto_chunk_size(card: Any, bandset: Any, device: torch.device) -> int:
 
 def one_pass_strips(chunk: Any, rows_in: int, cols_in: int, halo: int, batch: int, patch_size: int) -> list[tuple[int, int]]:
     """Input rows ``(a, z)`` of each strip the inference stage runs a one-pass model on, for a chunk whose input is
-    ``rows_in × cols_in`` px (at the default batch, no out-of-memory retry)."""
-    strip = one_pass_strip_rows(halo, batch, patch_size, cols_in)
-    spans, row = [], 0
-    while row < chunk.height:
-        row, a, z = one_pass_span(chunk, row, strip, halo, rows_in)
-        spans.append((a, z))
-    return spans
+    ``rows_in × cols_in`` px (at the default batch, no out-of-memory retry): :func:`one_pass_windows` without
+    the output rows."""
+    return [(a, z) for a, z, _, _ in one_pass_windows(chunk, rows_in, cols_in, halo, batch, patch_size)]
 
 
 def one_pass_windows(chunk: Any, rows_in: int, cols_in: int, halo: int, batch: int, patch_size: int
