@@ -159,7 +159,7 @@ def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int, wri
     per-pixel model costs the same whatever the pixels). CPU seconds: the same calls again on one thread
     (:func:`one_thread_cpu_seconds`)."""
     from s2seg.core.feed import Normaliser
-    from s2seg.core.models.base import ConfidenceModel
+    from s2seg.core.models.base import makes_own_confidence
 
     if sample is None or not inputs:
         return 0.0, 0, 0.0
@@ -169,7 +169,7 @@ def one_pass_compute_floor(model, card, bandset, sample, inputs, batch: int, wri
     data = np.pad(pixels.data, ((0, 0), (0, max(0, rows - pixels.data.shape[1])), (0, max(0, cols - pixels.data.shape[2]))),
                   mode="wrap")
     x = Normaliser(card, bandset, model.device)(torch.from_numpy(np.ascontiguousarray(data[None])).to(model.device))
-    fused = not write_probs and isinstance(model, ConfidenceModel) and model.can_predict_confidence()
+    fused = makes_own_confidence(model, write_probs)
     calls = []
     for chunk, r, c in inputs:
         left = chunk.col0 - chunk.input_cols[0]

@@ -22,7 +22,7 @@ from .errors import ModelError, S2SegError
 from .feed import Normaliser, PatchFeed, patches_with_data, to_device, widen
 from .grid import Chunk
 from .merger import ChunkProbabilities, Merger, OnePassMerger, merger_for
-from .models.base import ConfidenceModel, SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes
+from .models.base import SegmentationModel, check_extremes, check_output, check_shape, error_summary, extremes, makes_own_confidence
 from .models.card import ModelCard
 from .reader import ChunkPixels
 
@@ -137,7 +137,7 @@ class ChunkInferer:
         merger = OnePassMerger(chunk, card, device, self.write_probs)
         valid = torch.from_numpy(pixels.valid).to(device)
         model = self.model
-        fused = not self.write_probs and isinstance(model, ConfidenceModel) and model.can_predict_confidence()
+        fused = makes_own_confidence(model, self.write_probs)
         span = None
         row, b = 0, 0
         while row < chunk.height:

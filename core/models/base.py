@@ -48,6 +48,12 @@ class ConfidenceModel(SegmentationModel, Protocol):
         ...
 
 
+def makes_own_confidence(model: SegmentationModel, write_probs: bool) -> bool:
+    """Does the inference stage ask ``model`` for a strip's confidence products (:class:`ConfidenceModel`) instead of
+    its probabilities? Only when probabilities are not written and the model can make them here."""
+    return not write_probs and isinstance(model, ConfidenceModel) and model.can_predict_confidence()
+
+
 def apply_activation(logits: torch.Tensor, activation: str, dim: int = 1) -> torch.Tensor:
     """Turn raw outputs into probabilities as the card says."""
     if activation == "softmax":
