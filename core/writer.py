@@ -37,6 +37,8 @@ from .uncertainty import CLASS_NODATA
 
 PARTIAL_SUFFIX = ".part"
 FLOAT_PRODUCTS = ("maxprob", "entropy", "gap")
+#: Products of codes, not measures: no predictor, and overviews that pick a pixel instead of averaging (:func:`_halve`).
+CATEGORICAL_PRODUCTS = ("class", "mask")
 BLOCK = 512
 #: Overview block edge: a level holds back at most two block rows before writing (_OverviewPyramid).
 OVERVIEW_BLOCK = 128
@@ -152,6 +154,9 @@ class ProductWriter:
         self.class_colours = list(class_colours)
         self.width, self.height = width, height
         self._datasets: dict[str, Any] = {}
+        #: the overviews of a new file, fed as its windows are written (:class:`_OverviewFeed`; not ``probs``:
+        #: its first level, 19 bands of a chunk row, is too large to hold)
+        self._feeds: dict[str, _OverviewFeed] = {}
         specs = [ProductSpec("class", 1, "uint8", CLASS_NODATA)] + [ProductSpec(k, 1, "float32", math.nan) for k in FLOAT_PRODUCTS]
         specs.append(ProductSpec("probs", len(self.class_names), "float32", math.nan))
         specs.append(ProductSpec("mask", 1, "uint8", MASK_NODATA))
@@ -179,7 +184,7 @@ class ProductWriter:
         for stale in (path, Path(str(path) + ".aux.xml")):  # of another run; a link is removed, never written through
             stale.unlink(missing_ok=True)
         dtype = gdal.GDT_Byte if spec.dtype == "uint8" else gdal.GDT_Float32
-        options = _gdal_creation_options(spec.dtype, compress, spec.key in ("class", "mask"), block)
+        options = _gdal_creation_options(spec.dtype, compress, spec.key in CATEGORICAL_PRODUCTS, block)
         driver = gdal.GetDriverByName("GTiff")
         ds = _checked(path, lambda: driver.Create(str(path), self.width, self.height, spec.count, dtype, options))
         if ds is None:
@@ -212,6 +217,11 @@ class ProductWriter:
                     band.SetDescription(spec.key)
 
         _checked(path, describe)
+        if spec.key != "probs":
+            levels = _checked(path, lambda: _empty_overviews(ds))
+            if levels:
+                pyramid = _OverviewPyramid(levels, self.width, self.height, nearest=spec.key in CATEGORICAL_PRODUCTS)
+                self._feeds[spec.key] = _OverviewFeed(pyramid, spec.count, self.width, self.height, spec.dtype)
         return ds
 
     def _reopen(self, spec: ProductSpec, transform):
@@ -248,6 +258,8 @@ class ProductWriter:
             _checked(self.paths[key], lambda: self._datasets[key].GetRasterBand(1).WriteArray(array, xoff=col0, yoff=row0))
         else:
             _checked(self.paths[key], lambda: self._datasets[key].WriteArray(array, xoff=col0, yoff=row0))
+        if key in self._feeds:
+            _checked(self.paths[key], lambda: self._feeds[key].add(array.reshape(-1, *array.shape[-2:]), row0, col0))
 
     def read(self, key: str, row0: int, col0: int, height: int, width: int) -> np.ndarray:
         """Read back a window of a product (band 1) — used to rebuild the preview of resumed chunks."""
@@ -317,7 +329,7 @@ class ProductWriter:
         from osgeo import gdal
 
         keys = list(self._datasets)
-        self._close_all(raise_errors=True)
+        self._close_all(raise_errors=True)  # the feeds too: the commit builds the overviews from the files
         for key in keys:
             path = self._partial(key)
             self._datasets[key] = _checked(path, lambda: gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_UPDATE,
@@ -352,32 +364,29 @@ class ProductWriter:
         return dict(self.paths)
 
     def _finish(self, key: str, check: Callable[[], None] = lambda: None) -> None:
-        """Overviews (replacing any left by an earlier, failed commit) and, for the class raster,
-        class names as GDAL category names (kept in the standard .aux.xml beside the GeoTIFF).
+        """Overviews and, for the class raster, class names as GDAL category names (kept in the standard
+        .aux.xml beside the GeoTIFF).
 
-        GDAL creates the empty levels; :class:`_OverviewPyramid` fills them from the full-resolution
-        rows, read back strip by strip. Not ``BuildOverviews("AVERAGE")``: GDAL 3.6 reads the file
-        back with the dataset's decoding threads and, once its block cache is full, can deadlock
-        (a decoding thread evicts a dirty overview block whose compression waits for a free thread
-        of the same pool; seen here on 2 cores with GDAL_CACHEMAX set empty, i.e. no cache). Here a
-        second, read-only handle decodes on the calling thread, and only whole block rows of a level
-        are written. Measured on a full tile's four products: 31 s against 44 s for BuildOverviews.
+        A new file's overviews were filled as it was written (:class:`_OverviewFeed`). Otherwise (a resumed
+        run, ``probs``, a broken feed, an earlier failed commit) the levels are made again, empty, by GDAL and
+        :class:`_OverviewPyramid` fills them from the full-resolution rows, read back strip by strip. Not
+        ``BuildOverviews("AVERAGE")``: GDAL 3.6 reads the file back with the dataset's decoding threads and,
+        once its block cache is full, can deadlock (a decoding thread evicts a dirty overview block whose
+        compression waits for a free thread of the same pool; seen here on 2 cores with GDAL_CACHEMAX set
+        empty, i.e. no cache). Here a second, read-only handle decodes on the calling thread, and only whole
+        block rows of a level are written. Measured on a full tile's four products: 31 s against 44 s for
+        BuildOverviews.
         """
-        from osgeo import gdal
-
         ds = self._datasets[key]
         path = self._partial(key)
-        if ds.GetRasterBand(1).GetOverviewCount():
-            _checked(path, lambda: ds.BuildOverviews("NONE", []))
-        factors = _overview_factors(ds.RasterXSize, ds.RasterYSize)
-        if factors:
-            previous = gdal.GetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", None)
-            gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", str(OVERVIEW_BLOCK))
-            try:
-                _checked(path, lambda: ds.BuildOverviews("NONE", factors))  # empty levels
-            finally:
-                gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", previous)
-            _checked(path, lambda: self._fill_overviews(key, len(factors), check))
+        feed = self._feeds.pop(key, None)
+        if feed is None or not feed.complete:
+            del feed  # its band handles, before GDAL removes the levels
+            levels = _checked(path, lambda: _empty_overviews(ds, replace=True))
+            if levels:
+                pyramid = _OverviewPyramid(levels, ds.RasterXSize, ds.RasterYSize, nearest=key in CATEGORICAL_PRODUCTS)
+                _checked(path, lambda: self._fill_overviews(key, pyramid, check))
+                del pyramid, levels
         if key == "class":
             names = self.class_names + [""] * (CLASS_NODATA - len(self.class_names)) + ["nodata"]
             _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
@@ -385,14 +394,12 @@ class ProductWriter:
             names = list(MASK_CLASSES) + [""] * (MASK_NODATA - len(MASK_CLASSES)) + ["nodata"]
             _checked(path, lambda: ds.GetRasterBand(1).SetCategoryNames(names))
 
-    def _fill_overviews(self, key: str, n_levels: int, check: Callable[[], None] = lambda: None) -> None:
-        """Fill the ``n_levels`` empty overview levels of ``key`` from its full-resolution pixels on disk."""
+    def _fill_overviews(self, key: str, pyramid: _OverviewPyramid, check: Callable[[], None] = lambda: None) -> None:
+        """Fill the empty levels of ``pyramid`` from the full-resolution pixels of ``key`` on disk."""
         from osgeo import gdal
 
         ds = self._datasets[key]
         path = self._partial(key)
-        levels = [[ds.GetRasterBand(b).GetOverview(i) for b in range(1, ds.RasterCount + 1)] for i in range(n_levels)]
-        pyramid = _OverviewPyramid(levels, ds.RasterXSize, ds.RasterYSize, nearest=key in ("class", "mask"))
         source = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)  # no NUM_THREADS: see _finish
         if source is None:
             raise OutputError(f"cannot read back {path}")
@@ -421,6 +428,7 @@ class ProductWriter:
                 Path(str(self._partial(key)) + suffix).unlink(missing_ok=True)
 
     def _close_all(self, raise_errors: bool = False) -> None:
+        self._feeds.clear()  # their band handles keep a dataset open
         first: OutputError | None = None
         for key in list(self._datasets):
             holder = [self._datasets.pop(key)]
@@ -457,10 +465,9 @@ def _fsync(path: Path) -> None:
 
 
 class _OverviewPyramid:
-    """Overview levels filled top to bottom from full-resolution rows (``push``), each level made from
-    the one above by halving (2 × 2 NaN-ignoring mean; for class ids the top-left pixel, which GDAL's
-    NEAREST also picks where a size is even). A level holds back at most two of its block rows, and writes whole block rows only,
-    so no block is written twice and the memory is a few strips, whatever the tile size."""
+    """Overview levels filled top to bottom, each level made from the one above by halving
+    (:func:`_halve`). A level holds back less than one of its block rows and writes whole block rows
+    only, so no block is written twice and the memory is a few strips, whatever the tile size."""
 
     def __init__(self, levels: Sequence[Sequence[Any]], width: int, height: int, nearest: bool):
         self.levels = levels
@@ -472,41 +479,125 @@ class _OverviewPyramid:
             if (bands[0].XSize, bands[0].YSize) != (width, height):
                 raise OutputError(f"overview of {bands[0].XSize} × {bands[0].YSize} px where {width} × {height} was expected")
 
-    def push(self, rows: np.ndarray, level: int = 0, last: bool = False) -> None:
-        """Add ``rows`` (bands, rows, cols) of the level above ``level``; ``last``: nothing follows."""
+    def push(self, rows: np.ndarray, last: bool = False) -> None:
+        """Add full-resolution ``rows`` (bands, rows, cols), an even number unless ``last`` (nothing follows)."""
+        self.add(_halve(rows, self.nearest), 0, last)
+
+    def add(self, rows: np.ndarray, level: int = 0, last: bool = False) -> None:
+        """Add ``rows`` (bands, rows, cols) of overview ``level`` (0: the first, half the full resolution)."""
         if level == len(self.levels):
             return
         held = self.pending[level]
         pending = rows if held is None else np.concatenate([held, rows], axis=1)
-        step = 2 * self.levels[level][0].GetBlockSize()[1]
-        n = pending.shape[1] if last else pending.shape[1] // step * step
+        block = self.levels[level][0].GetBlockSize()[1]  # even: the next level halves whole row pairs
+        n = pending.shape[1] if last else pending.shape[1] // block * block
         self.pending[level] = pending[:, n:].copy()
         if n == 0 and not last:
             return
-        reduced = self._halve(pending[:, :n])
-        if reduced.shape[1]:
-            for band, plane in zip(self.levels[level], reduced):
+        if n:
+            for band, plane in zip(self.levels[level], pending[:, :n]):
                 band.WriteArray(plane, 0, self.written[level])
-            self.written[level] += reduced.shape[1]
-        self.push(reduced, level + 1, last)
+            self.written[level] += n
+        self.add(_halve(pending[:, :n], self.nearest), level + 1, last)
 
-    def _halve(self, x: np.ndarray) -> np.ndarray:
-        if self.nearest:
-            return np.ascontiguousarray(x[:, ::2, ::2])
-        bands, h, w = x.shape
-        if h % 2 or w % 2:  # an odd last row or column: its pair is missing (NaN, ignored)
-            padded = np.full((bands, h + h % 2, w + w % 2), np.nan, dtype=np.float32)
-            padded[:, :h, :w] = x
-            x = padded
-        total = np.zeros((bands, x.shape[1] // 2, x.shape[2] // 2), dtype=np.float32)
-        count = np.zeros_like(total)
-        for quarter in (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]):
-            valid = quarter == quarter  # not NaN
-            count += valid
-            total += np.where(valid, quarter, np.float32(0))
-        with np.errstate(invalid="ignore"):
-            total /= count  # 0 / 0: NaN where no pixel of the four is valid
+
+class _OverviewFeed:
+    """The first overview level of one product, halved from the windows as they are written (:meth:`add`)
+    and handed to its :class:`_OverviewPyramid` as soon as its rows are complete across the product.
+    No product is read back at the commit then; with chunks in row order, one chunk row of the first level
+    is held. A window that breaks the 2 × 2 pairs (odd origin or size inside the product) or covers pixels
+    written before stops the feed (:attr:`broken`): the commit then builds the overviews from the file."""
+
+    def __init__(self, pyramid: _OverviewPyramid, bands: int, width: int, height: int, dtype: str):
+        self.pyramid = pyramid
+        self.width, self.height = width, height
+        self.half_width, self.half_height = math.ceil(width / 2), math.ceil(height / 2)
+        self.top = 0  # the first row of the first level not yet handed over
+        self.rows = np.empty((bands, 0, self.half_width), dtype=dtype)  # from ``top`` on
+        self.filled = np.zeros(0, dtype=np.int64)  # pixels written in each of those rows
+        self.broken = False
+
+    @property
+    def complete(self) -> bool:
+        return not self.broken and self.top == self.half_height
+
+    def add(self, array: np.ndarray, row0: int, col0: int) -> None:
+        """``array`` (bands, rows, cols) was written at product pixel ``(row0, col0)``."""
+        if self.broken:
+            return
+        _, h, w = array.shape
+        if row0 % 2 or col0 % 2 or (h % 2 and row0 + h != self.height) or (w % 2 and col0 + w != self.width):
+            return self._break()
+        half = _halve(array, self.pyramid.nearest)
+        r0, c0 = row0 // 2 - self.top, col0 // 2
+        r1 = r0 + half.shape[1]
+        if r0 < 0:
+            return self._break()  # rows already handed over
+        if r1 > self.rows.shape[1]:  # a new row of chunks: room for it
+            grown = np.empty((self.rows.shape[0], r1, self.half_width), dtype=self.rows.dtype)
+            grown[:, : self.rows.shape[1]] = self.rows
+            self.rows = grown
+            self.filled = np.concatenate([self.filled, np.zeros(r1 - len(self.filled), dtype=np.int64)])
+        self.rows[:, r0:r1, c0: c0 + half.shape[2]] = half
+        self.filled[r0:r1] += half.shape[2]
+        if (self.filled[r0:r1] > self.half_width).any():
+            return self._break()  # a pixel written twice
+        done = int(np.argmin(self.filled == self.half_width)) if (self.filled < self.half_width).any() else len(self.filled)
+        if done:
+            self.top += done
+            self.pyramid.add(self.rows[:, :done], 0, last=self.top == self.half_height)
+            self.rows, self.filled = self.rows[:, done:].copy(), self.filled[done:].copy()
+
+    def _break(self) -> None:
+        self.broken = True
+        self.rows, self.filled = self.rows[:, :0], self.filled[:0]
+
+
+def _halve(x: np.ndarray, nearest: bool) -> np.ndarray:
+    """One overview level down: a 2 × 2 NaN-ignoring mean, or for class ids the top-left pixel (which GDAL's
+    NEAREST also picks where a size is even); an odd last row or column is halved with its missing pair."""
+    if nearest:
+        return np.ascontiguousarray(x[:, ::2, ::2])
+    bands, h, w = x.shape
+    if not h % 2 and not w % 2 and not np.isnan(x).any():  # the common case, in a third of the time
+        total = x[:, 0::2, 0::2] + np.float32(0)  # the same additions as below, from 0 (so -0.0 + 0 = +0.0)
+        total += x[:, 0::2, 1::2]
+        total += x[:, 1::2, 0::2]
+        total += x[:, 1::2, 1::2]
+        total /= np.float32(4)
         return total
+    if h % 2 or w % 2:  # an odd last row or column: its pair is missing (NaN, ignored)
+        padded = np.full((bands, h + h % 2, w + w % 2), np.nan, dtype=np.float32)
+        padded[:, :h, :w] = x
+        x = padded
+    total = np.zeros((bands, x.shape[1] // 2, x.shape[2] // 2), dtype=np.float32)
+    count = np.zeros_like(total)
+    for quarter in (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]):
+        valid = quarter == quarter  # not NaN
+        count += valid
+        total += np.where(valid, quarter, np.float32(0))
+    with np.errstate(invalid="ignore"):
+        total /= count  # 0 / 0: NaN where no pixel of the four is valid
+    return total
+
+
+def _empty_overviews(ds: Any, replace: bool = False) -> list[list[Any]]:
+    """Empty overview levels of ``ds`` (bands of each level), of :data:`OVERVIEW_BLOCK` px blocks, made by
+    GDAL; ``replace``: any levels the file has are removed first. None below 512 px (:func:`_overview_factors`)."""
+    from osgeo import gdal
+
+    if replace and ds.GetRasterBand(1).GetOverviewCount():
+        ds.BuildOverviews("NONE", [])
+    factors = _overview_factors(ds.RasterXSize, ds.RasterYSize)
+    if not factors:
+        return []
+    previous = gdal.GetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", None)
+    gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", str(OVERVIEW_BLOCK))
+    try:
+        ds.BuildOverviews("NONE", factors)
+    finally:
+        gdal.SetThreadLocalConfigOption("GDAL_TIFF_OVR_BLOCKSIZE", previous)
+    return [[ds.GetRasterBand(b).GetOverview(i) for b in range(1, ds.RasterCount + 1)] for i in range(len(factors))]
 
 
 def _overview_factors(width: int, height: int) -> list[int]:

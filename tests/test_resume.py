@@ -477,28 +477,29 @@ def test_a_failure_before_the_report_is_finished_by_the_next_run(tile, reference
 
 
 def test_cancel_while_building_overviews_stops_and_stays_resumable(tmp_path, monkeypatch):
-    """A tile large enough for overview levels: the cancel is seen between two strips of one product."""
+    """A tile large enough for overview levels: the cancel is seen between two strips of one product read
+    back at the commit (the probabilities: the other products' overviews are made as they are written)."""
     from s2seg.core import writer as writer_module
 
     tile = write_sample_tile(tmp_path / "tile", size=528, seed=5)
-    config = EngineConfig(chunk_size=240, write_probs=False)
+    config = EngineConfig(chunk_size=240, write_probs=True)
     expected = read_all(segment(tile, tmp_path / "reference", model=PatchModel(), config=config).products)
     cancel = threading.Event()
     push = writer_module._OverviewPyramid.push
     pushed = []
 
-    def push_then_cancel(self, rows, level=0, last=False):
-        pushed.append(level)
+    def push_then_cancel(self, rows, last=False):
+        pushed.append(rows.shape[0])
         cancel.set()  # as the CLI's Ctrl-C handler does
-        return push(self, rows, level, last)
+        return push(self, rows, last)
 
     monkeypatch.setattr(writer_module._OverviewPyramid, "push", push_then_cancel)
     out = tmp_path / "out"
     with pytest.raises(Cancelled, match=r"cancelled while finishing the outputs; 9 of 9 chunk\(s\) are saved in"):
         segment(tile, out, model=PatchModel(), config=config, cancel=cancel)
-    assert pushed.count(0) == 1  # stopped at the next strip, not after every product's overviews
+    assert pushed == [PatchModel().card.num_classes]  # stopped at the next strip of the probabilities
     parts, finished = partial_state(out)
-    assert finished == [] and len(parts) == 4 and journal_chunks(out) == 9
+    assert finished == [] and len(parts) == 5 and journal_chunks(out) == 9
     monkeypatch.setattr(writer_module._OverviewPyramid, "push", push)
     model = PatchModel()
     result = segment(tile, out, model=model, config=config)

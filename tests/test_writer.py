@@ -165,3 +165,83 @@ def test_overviews_are_built_under_the_runs_gdal_cache_limit(tmp_path, monkeypat
     segment(tile, tmp_path / "out", config=EngineConfig())
     assert seen and seen[0] < default
     assert gdal.GetCacheMax() == default  # put back afterwards
+
+
+def _write_chunks(writer, arrays, chunks, chunk=480, strip=120):
+    """Write ``arrays`` (key → 2-D) chunk by chunk (``chunks``: their (row0, col0)), in strips as the pipeline does."""
+    for row0, col0 in chunks:
+        for r0 in range(row0, min(row0 + chunk, H), strip):
+            window = np.s_[r0: min(r0 + strip, row0 + chunk), col0: col0 + chunk]
+            for key, array in arrays.items():
+                writer.write(key, array[window], r0, col0)
+
+
+def _all_levels(paths):
+    return {key: _levels(path)[0] for key, path in paths.items()}
+
+
+def _assert_same_levels(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert len(a[key]) == len(b[key]) > 0
+        for x, y in zip(a[key], b[key]):
+            assert x.dtype == y.dtype and np.array_equal(x.view(np.uint8), y.view(np.uint8)), key  # same bits
+
+
+def test_overviews_made_while_writing_equal_those_read_back_at_the_commit(tmp_path, monkeypatch):
+    """A new file's overviews are fed from the windows as they are written (_OverviewFeed): nothing is read
+    back at the commit, one row of chunks at most is held, and the levels are the bits a resumed run reads back."""
+    from s2seg.core import writer as writer_module
+
+    classes, maxprob, _ = _products(3)
+    arrays = {"class": classes, "maxprob": maxprob, "entropy": maxprob * 2, "gap": 1 - maxprob}
+    chunks = [(r, c) for r in range(0, H, 480) for c in range(0, W, 480)]
+    read_back = []
+    fill = writer_module.ProductWriter._fill_overviews
+    monkeypatch.setattr(writer_module.ProductWriter, "_fill_overviews",
+                        lambda self, key, *a: read_back.append(key) or fill(self, key, *a))
+
+    (tmp_path / "fed").mkdir()
+    (tmp_path / "resumed").mkdir()
+    fed = _writer(tmp_path / "fed", write_probs=False)
+    _write_chunks(fed, arrays, chunks[:3])  # the first row of chunks: its first-level rows are handed over
+    feed = fed._feeds["maxprob"]
+    assert feed.top == 240 and feed.rows.shape[1] == 0
+    _write_chunks(fed, arrays, chunks[3:5])  # part of the second row: held, at most one row of chunks
+    assert feed.top == 240 and feed.rows.shape[1] == 240
+    _write_chunks(fed, arrays, chunks[5:])
+    made = _all_levels(fed.commit())
+    assert read_back == []
+
+    resumed = _writer(tmp_path / "resumed", write_probs=False)
+    _write_chunks(resumed, arrays, chunks[:4])
+    resumed.flush()
+    assert resumed.close()
+    resumed = ProductWriter(tmp_path / "resumed", "T", width=W, height=H, crs=CRS.from_epsg(32633),
+                            transform=from_origin(500000, 6000000, 10, 10), class_names=["a", "b", "c"],
+                            class_colours=["#ff0000", "#00ff00", "#0000ff"], write_probs=False, block=240, resume=True)
+    _write_chunks(resumed, arrays, chunks[4:])
+    _assert_same_levels(made, _all_levels(resumed.commit()))
+    assert sorted(read_back) == sorted(arrays)
+    expected = maxprob.astype(np.float64)
+    for level in made["maxprob"]:
+        expected = _halve_mean(expected)
+        np.testing.assert_allclose(level, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_a_pixel_written_twice_stops_the_feed_and_the_commit_reads_the_file_back(tmp_path):
+    classes, maxprob, _ = _products(4)
+    writer = _writer(tmp_path, write_probs=False)
+    chunks = [(r, c) for r in range(0, H, 480) for c in range(0, W, 480)]
+    stale = {"class": np.zeros_like(classes), "maxprob": np.zeros_like(maxprob),
+             "entropy": np.zeros_like(maxprob), "gap": np.zeros_like(maxprob)}
+    _write_chunks(writer, stale, chunks[:1])  # overwritten below: the file holds the last values
+    _write_chunks(writer, {"class": classes, "maxprob": maxprob, "entropy": maxprob, "gap": maxprob}, chunks)
+    assert writer._feeds["maxprob"].broken
+    levels = _all_levels(writer.commit())
+    expected = maxprob.astype(np.float64)
+    for level in levels["maxprob"]:
+        expected = _halve_mean(expected)
+        np.testing.assert_allclose(level, expected, rtol=0, atol=1e-6, equal_nan=True)
+    for k, level in enumerate(levels["class"], start=1):
+        assert np.array_equal(level, classes[:: 2**k, :: 2**k])
