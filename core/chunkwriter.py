@@ -78,10 +78,12 @@ class ChunkWriter:
             writer.write("probs", torch.where(valid, probs, nan).cpu().numpy(), row0, col0)
         self.preview.add(classes, row0, col0)
         c = self.card.num_classes
-        cls = conf.classes[valid].long()
-        acc[0] += torch.bincount(cls, minlength=c).double()
-        acc[1] += torch.bincount(cls, weights=conf.maxprob[valid].double(), minlength=c)
-        acc[2] += torch.bincount(cls[conf.gap[valid] < LOW_GAP], minlength=c).double()
+        # Invalid pixels counted in an extra bin c, dropped: no boolean indexing (3 gathers a strip, 40 % of
+        # the writer's own time). The valid pixels are added in the same order, so the sums are the same bits.
+        binned = torch.where(valid, conf.classes.long(), c).ravel()
+        acc[0] += torch.bincount(binned, minlength=c + 1)[:c].double()
+        acc[1] += torch.bincount(binned, weights=conf.maxprob.double().ravel(), minlength=c + 1)[:c]
+        acc[2] += torch.bincount(torch.where(conf.gap.ravel() < LOW_GAP, binned, c), minlength=c + 1)[:c].double()
 
     def _write_nodata(self, chunk: Chunk) -> np.ndarray:
         h, w = chunk.height, chunk.width
