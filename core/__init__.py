@@ -5,4 +5,14 @@ Nothing below this package imports qgis. The public entry points are
 (:mod:`s2seg.core.cli`).
 """
 
+import os
+
 __version__ = "0.1.0"
+
+#: How idle OpenMP threads wait (torch's intra-op team, libgomp). By default they spin for milliseconds
+#: after every parallel region, taking a core from the engine's other stages (reader, writer, journal), which
+#: run beside the model: a 5040² built-in run here spent 15 % more CPU seconds and 12–22 % more wall time
+#: spinning (docs/benchmark-notes.md). libgomp reads it when torch loads it, so it is set on importing the
+#: engine, before torch; a value the user set is kept, and a process that loaded torch first is unchanged.
+OMP_WAIT_POLICY = "PASSIVE"
+os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)

@@ -41,3 +41,24 @@ def test_qgis_provider_load_imports_no_engine_runtime():
 def test_the_probe_sees_an_import():
     """The check can fail: importing the pipeline does load torch."""
     assert imported_after("import s2seg.core.pipeline")["torch"]
+
+
+def _wait_policy(code: str, env: dict[str, str]) -> str:
+    probe = f"{code}\nimport os\nprint(os.environ.get('OMP_WAIT_POLICY'))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("entry", ["import s2seg.core.cli", "import s2seg.benchmarks", "import s2seg.core.pipeline"])
+def test_the_engine_sets_the_openmp_wait_policy_before_torch_loads(entry):
+    """Idle OpenMP threads must not spin on the cores the reader and writer need (core/__init__.py): any
+    entry to the engine, the benchmark harness included, sets the policy on its first import."""
+    from s2seg.core import OMP_WAIT_POLICY
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _wait_policy(entry, env) == OMP_WAIT_POLICY == "PASSIVE"
+
+
+def test_a_wait_policy_set_by_the_user_is_kept():
+    assert _wait_policy("import s2seg.core.pipeline", {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
