@@ -38,6 +38,11 @@ from .card import ModelCard
 from .runlog import Log
 
 _FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water")
+#: Reflectances are raised to this before the ratios (no division by zero on nodata or dark pixels).
+_REFLECTANCE_FLOOR = 1e-4
+#: Water, whose extent around a pixel is the open-water feature: high MNDWI and dark in the NIR (snow has as
+#: high an MNDWI, the NDSI, but is bright): σ((MNDWI − 0.2) / 0.05) · σ((0.12 − NIR) / 0.02).
+_WATER_TEST = (0.2, 0.05, 0.12, 0.02)
 _FEATURE_SCALE = (0.15, 0.15, 0.15, 0.05, 0.07, 0.25)
 
 #: What a prototype says about the land cover: one class, or a spread over classes (weights summing to 1)
@@ -146,9 +151,13 @@ class SpectralPrototypeNet(torch.nn.Module):
         return self._features(x)[:, : len(_FEATURES)].unflatten(2, x.shape[2:])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, F + 1, H·W)``: the features and a row of ones (the affine map's bias input)."""
+        """``(N, F + 1, H·W)``: the features and a row of ones (the affine map's bias input). On the CPU with numba
+        in one compiled pass (:func:`.prototype_kernels.spectral_features`: the steps below, within 1e-6)."""
+        if prototype_kernels.usable(x):
+            return prototype_kernels.spectral_features(x, _REFLECTANCE_FLOOR, _WATER_TEST, OPEN_WATER_RADIUS,
+                                                       torch.get_num_threads())
         n, _, h, w = x.shape
-        green, red, nir, swir = x.clamp_min(1e-4).unbind(dim=1)
+        green, red, nir, swir = x.clamp_min(_REFLECTANCE_FLOOR).unbind(dim=1)
         out = torch.empty((n, len(_FEATURES) + 1, h, w), dtype=x.dtype, device=x.device)
         ndvi, mndwi, ndbi, visible, near, open_water, ones = out.unbind(dim=1)
 
@@ -161,8 +170,8 @@ class SpectralPrototypeNet(torch.nn.Module):
         ratio(swir, nir, ndbi)
         torch.add(green, red, out=visible).mul_(0.5)
         near.copy_(nir)
-        # Water: high MNDWI and dark in the NIR (snow has as high an MNDWI, the NDSI, but is bright).
-        water = torch.sigmoid((mndwi - 0.2) / 0.05) * torch.sigmoid((0.12 - nir) / 0.02)
+        mndwi_at, mndwi_width, nir_at, nir_width = _WATER_TEST
+        water = torch.sigmoid((mndwi - mndwi_at) / mndwi_width) * torch.sigmoid((nir_at - nir) / nir_width)
         open_water.copy_(box_mean(water, OPEN_WATER_RADIUS))
         ones.fill_(1.0)
         return out.flatten(2)
