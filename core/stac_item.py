@@ -76,6 +76,7 @@ def build_item(*, tile_name: str, source: str, crs, transform, width: int, heigh
     from pystac.extensions.raster import DataType, RasterBand, RasterExtension
     from rasterio.warp import transform_geom
 
+    checksums = _checksums([*rasters.values(), *([vector] if vector is not None else []), *others.values()])
     left, top = transform.c, transform.f
     right, bottom = left + transform.a * width, top + transform.e * height
     ring = [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
@@ -118,13 +119,13 @@ def build_item(*, tile_name: str, source: str, crs, transform, width: int, heigh
         RasterExtension.ext(asset).bands = bands
         if categorical:
             ClassificationExtension.ext(asset).classes = classes
-        _file_fields(asset, path)
+        _file_fields(asset, path, checksums)
     if vector is not None:
         asset = pystac.Asset(href=Path(vector).name, media_type=GEOPACKAGE, roles=["data"],
                              title=f"{tile_name} land-cover polygons")
         item.add_asset("vector", asset)
         ClassificationExtension.ext(asset).classes = classes
-        _file_fields(asset, vector)
+        _file_fields(asset, vector, checksums)
     for key, path in others.items():
         suffix = Path(path).suffix.lower()
         media = {".png": pystac.MediaType.PNG, ".json": pystac.MediaType.JSON, ".qml": pystac.MediaType.XML,
@@ -132,7 +133,7 @@ def build_item(*, tile_name: str, source: str, crs, transform, width: int, heigh
         roles = ["overview"] if suffix == ".png" else ["metadata"]
         asset = pystac.Asset(href=Path(path).name, media_type=media, roles=roles, title=key)
         item.add_asset(key.replace(".", "_"), asset)
-        _file_fields(asset, path)
+        _file_fields(asset, path, checksums)
     item.add_link(pystac.Link(rel="derived_from", target=Path(source).resolve().as_uri(),
                               title=f"Sentinel-2 product {Path(source).name}"))
     if model.get("source", "").startswith(("http://", "https://")):
@@ -146,12 +147,24 @@ def _points(geometry: Mapping) -> list:
     return [point for ring in rings for point in ring]
 
 
-def _file_fields(asset, path: Path) -> None:
+def _checksums(paths: list[Path]) -> dict[Path, str]:
+    """:func:`multihash_sha256` of each file, several at once (hashlib releases the GIL): the products of a
+    full tile are gigabytes, hashed after the last chunk where nothing else runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .config import usable_cores
+
+    paths = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max(1, min(len(paths), usable_cores())), thread_name_prefix="s2seg-checksum") as pool:
+        return dict(zip(paths, pool.map(multihash_sha256, paths)))
+
+
+def _file_fields(asset, path: Path, checksums: Mapping[Path, str]) -> None:
     from pystac.extensions.file import FileExtension
 
     file = FileExtension.ext(asset)
     file.size = Path(path).stat().st_size
-    file.checksum = multihash_sha256(Path(path))
+    file.checksum = checksums[Path(path)]
 
 
 def write_item(item, path: Path) -> Path:
