@@ -183,6 +183,8 @@ class _RowPieces:
 def masked(conf: Confidence, valid: torch.Tensor) -> Confidence:
     """``conf`` with nodata (class 255, NaN) where ``valid`` is False, as :func:`.uncertainty.confidence` of the same
     probabilities and ``valid`` gives (it is per pixel)."""
+    if bool(valid.all()):  # most strips: nothing to hide, no four copies
+        return conf
     nan = torch.tensor(float("nan"), device=conf.maxprob.device)
     return Confidence(classes=torch.where(valid, conf.classes, torch.tensor(CLASS_NODATA, dtype=torch.uint8, device=valid.device)),
                       maxprob=torch.where(valid, conf.maxprob, nan), entropy=torch.where(valid, conf.entropy, nan),
