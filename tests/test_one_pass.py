@@ -242,3 +242,31 @@ def test_the_torch_path_gives_the_fused_products(tile, tmp_path, monkeypatch):
     assert (fused["class"] != plain["class"]).mean() < 1e-3  # ties within float rounding may flip
     for name in ("maxprob", "entropy", "gap"):
         np.testing.assert_allclose(fused[name], plain[name], atol=1e-5, equal_nan=True)
+
+
+def test_overviews_are_made_as_the_strips_are_written(tmp_path, monkeypatch):
+    """A one-pass run's strips keep the overviews' 2 × 2 pairs whole (even strip heights, chunk origins), so its
+    products' overviews come from the writer's feed, not from reading them back at the commit: only the 19-band
+    probabilities are read back."""
+    import warnings
+
+    from s2seg.core import writer as writer_module
+
+    tile = write_sample_tile(tmp_path / "tile", size=600, seed=2, level="L2A", layout="safe", nodata_corner=True)
+    read_back = []
+    fill = writer_module.ProductWriter._fill_overviews
+    monkeypatch.setattr(writer_module.ProductWriter, "_fill_overviews",
+                        lambda self, key, *a: read_back.append(key) or fill(self, key, *a))
+    # 10 patches of 120² over the first chunk's 480 + 15 px wide input: strips of ⌈290.9⌉ = 291 rows, raised to 292
+    config = EngineConfig(chunk_size=480, write_probs=True, batch_size=10)
+    assert -(-10 * 120**2 // (480 + OPEN_WATER_RADIUS)) == 291
+    result = segment(tile, tmp_path / "out", config=config)
+    assert result.n_chunks == 4 and read_back == ["probs"]
+    with rasterio.open(result.products["maxprob"]) as ds:
+        assert ds.overviews(1) == [2]
+        full, level = ds.read(1), ds.read(1, out_shape=(300, 300))  # out_shape: the overview itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pairs of nodata only: NaN
+        expected = np.nanmean(full.reshape(300, 2, 300, 2).astype(np.float64), axis=(1, 3))
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    np.testing.assert_allclose(level, expected, atol=1e-6, equal_nan=True)
