@@ -1,7 +1,7 @@
 """The evaluation on real labelled BigEarthNet patches (benchmarks/evaluate.py), through the real engine path.
 
-The six BEN v1 GeoTIFF patches come from the ``bigearthnet-common`` wheel, fetched with ``pip download``
-into pytest's cache once; without the package registry the tests that need them are skipped.
+The six BEN v1 GeoTIFF patches come from the ``bigearthnet-common`` wheel (fixture ``real_patches`` of
+conftest.py, fetched into pytest's cache once; without the package registry the tests that need them are skipped).
 """
 from __future__ import annotations
 
@@ -11,23 +11,12 @@ import numpy as np
 import pytest
 
 from s2seg.benchmarks.evaluate import GROUPS, PatchScore, group_shares, score_patches, summary, tables
-from s2seg.benchmarks.evaluation_data import DataUnavailable, EvalPatch, geotiff_patches
+from s2seg.benchmarks.evaluation_data import EvalPatch
 from s2seg.core.nomenclature import BIGEARTHNET19_NAMES, LABEL_GROUPS, class_index
 
 #: Targets of issue 16 (mean over the patches), checked on the six GeoTIFF patches.
 PRECISION_MIN = 0.90
 RECALL_MIN = 0.85
-
-
-@pytest.fixture(scope="session")
-def real_patches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[EvalPatch]:
-    # pytest's cache keeps the 7 MB wheel between sessions; without the cache plugin, one download per session.
-    cache_plugin = getattr(request.config, "cache", None)
-    cache = Path(cache_plugin.mkdir("s2seg-eval")) if cache_plugin is not None else tmp_path_factory.mktemp("s2seg-eval")
-    try:
-        return geotiff_patches(cache)
-    except DataUnavailable as exc:
-        pytest.skip(f"the BigEarthNet patches could not be fetched from the package registry (unreachable?): {exc}")
 
 
 @pytest.fixture(scope="session")
