@@ -81,3 +81,41 @@ def test_ben_v1_pickles_are_read_without_running_code():
         _PatchUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
     array = np.arange(6, dtype=np.uint16).reshape(2, 3)
     np.testing.assert_array_equal(_PatchUnpickler(io.BytesIO(pickle.dumps(array))).load(), array)
+
+
+def test_a_patch_left_without_valid_pixels_by_the_mask_is_listed_not_scored() -> None:
+    """The 5 % rule: a patch with fewer than MIN_VALID_SHARE of its pixels valid is "masked": its row
+    says so, and the mean and the subsets leave it out and say how many."""
+    from s2seg.benchmarks.evaluate import MIN_VALID_SHARE
+
+    labels = ("Mixed forest",)
+    forest = tuple(1.0 if g == "forest" else 0.0 for g in GROUPS)
+    water = tuple(1.0 if g == "water" else 0.0 for g in GROUPS)
+    seen = PatchScore(EvalPatch("seen", Path("."), "test", "X", "summer", "L2A", False, labels), forest, 900, 0.8,
+                      1000, 0.1)
+    under = int(MIN_VALID_SHARE * 1000) - 1
+    snowed = PatchScore(EvalPatch("snowed", Path("."), "test", "X", "winter", "L2A", True, labels), water, under, 0.5,
+                        1000, 1 - under / 1000)
+    assert not seen.masked and snowed.masked
+    text = tables([seen, snowed], "masked")
+    assert "Mean over 1 patches: label-group precision 100.0 %" in text
+    assert "1 of 2 patches have fewer than 5% of their pixels valid" in text
+    assert "| snowed | test | X | winter | yes | forest | water 100.0 | masked | masked | – |" in text
+    assert "| season winter | 0 | – | – | 1 |" in text
+
+
+def test_evaluation_under_the_default_mask_leaves_the_snowy_patch_out(real_patches: list[EvalPatch]) -> None:
+    """``--mask auto`` (the command line's default) on the six GeoTIFF patches: the snow-covered Finnish
+    February patch is masked (it was scored as 72 % water before the snow test); masked pixels are not
+    counted as valid; the codes are recorded for every patch."""
+    from s2seg.core import mask as mask_
+
+    masks: dict[str, np.ndarray] = {}
+    scores = score_patches(real_patches, "builtin", mask="auto", masks=masks)
+    assert set(masks) == {p.name for p in real_patches}
+    for s in scores:
+        assert s.valid == int((~mask_.hidden(masks[s.patch.name]) & (masks[s.patch.name] != 255)).sum())
+        assert s.masked_share == pytest.approx(1 - s.valid / s.pixels)
+    snowy = [s for s in scores if s.patch.snow]
+    assert snowy and all(s.masked for s in snowy), tables(scores, "auto")
+    assert not any(s.masked for s in scores if not s.patch.snow)
