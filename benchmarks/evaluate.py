@@ -146,6 +146,8 @@ def _mean(values: list[float]) -> float:
 
 
 def summary(scores: list[PatchScore]) -> dict[str, float]:
+    """Mean precision and recall over the scored patches (those a mask left out, :attr:`PatchScore.masked`, are not)."""
+    scores = [s for s in scores if not s.masked]
     return {"patches": len(scores), "precision": _mean([s.precision for s in scores]),
             "recall": _mean([s.recall for s in scores])}
 
@@ -183,7 +185,7 @@ def tables(all_scores: list[PatchScore], title: str) -> str:
                     f"level {s.patch.level}", f"snow {'yes' if s.patch.snow else 'no'}"):
             subsets[key].append(s)
     for key in sorted(subsets):
-        sub = summary([s for s in subsets[key] if not s.masked])
+        sub = summary(subsets[key])
         lines.append(f"| {key} | {sub['patches']} | {_pct(sub['precision'])} | {_pct(sub['recall'])} |"
                      + (f" {sum(s.masked for s in subsets[key])} |" if masking else ""))
     lines += ["", "Per group — *recall*: share of the patches labelled with the group where it is predicted on ≥ "
