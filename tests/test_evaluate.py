@@ -106,7 +106,7 @@ def test_a_patch_left_without_valid_pixels_by_the_mask_is_listed_not_scored() ->
 
 def test_evaluation_under_the_default_mask_leaves_the_snowy_patch_out(real_patches: list[EvalPatch]) -> None:
     """``--mask auto`` (the command line's default) on the six GeoTIFF patches: the snow-covered Finnish
-    February patch is masked (it was scored as 72 % water before the snow test); masked pixels are not
+    February patch (snow from edge to edge) is masked: without the snow test the U-Net left it clear; masked pixels are not
     counted as valid; the codes are recorded for every patch."""
     from s2seg.core import mask as mask_
 
