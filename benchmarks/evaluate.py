@@ -117,7 +117,9 @@ def score_patches(patches: Iterable[EvalPatch], model: str = "builtin", workdir:
                 bandset = discover(patch.folder)
                 if mask_.resolve_mode(mask, bandset)[0] == "model":
                     name = mask_.cloud_model_name(bandset.level)
-                    cloud = cloud_models.get(name) or cloud_models.setdefault(name, load_model(name, device))
+                    if name not in cloud_models:
+                        cloud_models[name] = load_model(name, device)
+                    cloud = cloud_models[name]
             result = segment(patch.folder, out_root / patch.name, loaded, config, mask_model=cloud)
             with rasterio.open(result.products["class"]) as src:
                 classes = src.read(1)
