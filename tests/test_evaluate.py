@@ -1,7 +1,7 @@
 """The evaluation on real labelled BigEarthNet patches (benchmarks/evaluate.py), through the real engine path.
 
-The six BEN v1 GeoTIFF patches come from the ``bigearthnet-common`` wheel, fetched with ``pip download``
-into pytest's cache once; without the package registry the tests that need them are skipped.
+The six BEN v1 GeoTIFF patches come from the ``bigearthnet-common`` wheel (fixture ``real_patches`` of
+conftest.py, fetched into pytest's cache once; without the package registry the tests that need them are skipped).
 """
 from __future__ import annotations
 
@@ -11,23 +11,12 @@ import numpy as np
 import pytest
 
 from s2seg.benchmarks.evaluate import GROUPS, PatchScore, group_shares, score_patches, summary, tables
-from s2seg.benchmarks.evaluation_data import DataUnavailable, EvalPatch, geotiff_patches
+from s2seg.benchmarks.evaluation_data import EvalPatch
 from s2seg.core.nomenclature import BIGEARTHNET19_NAMES, LABEL_GROUPS, class_index
 
 #: Targets of issue 16 (mean over the patches), checked on the six GeoTIFF patches.
 PRECISION_MIN = 0.90
 RECALL_MIN = 0.85
-
-
-@pytest.fixture(scope="session")
-def real_patches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[EvalPatch]:
-    # pytest's cache keeps the 7 MB wheel between sessions; without the cache plugin, one download per session.
-    cache_plugin = getattr(request.config, "cache", None)
-    cache = Path(cache_plugin.mkdir("s2seg-eval")) if cache_plugin is not None else tmp_path_factory.mktemp("s2seg-eval")
-    try:
-        return geotiff_patches(cache)
-    except DataUnavailable as exc:
-        pytest.skip(f"the BigEarthNet patches could not be fetched from the package registry (unreachable?): {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +81,41 @@ def test_ben_v1_pickles_are_read_without_running_code():
         _PatchUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
     array = np.arange(6, dtype=np.uint16).reshape(2, 3)
     np.testing.assert_array_equal(_PatchUnpickler(io.BytesIO(pickle.dumps(array))).load(), array)
+
+
+def test_a_patch_left_without_valid_pixels_by_the_mask_is_listed_not_scored() -> None:
+    """The 5 % rule: a patch with fewer than MIN_VALID_SHARE of its pixels valid is "masked": its row
+    says so, and the mean and the subsets leave it out and say how many."""
+    from s2seg.benchmarks.evaluate import MIN_VALID_SHARE
+
+    labels = ("Mixed forest",)
+    forest = tuple(1.0 if g == "forest" else 0.0 for g in GROUPS)
+    water = tuple(1.0 if g == "water" else 0.0 for g in GROUPS)
+    seen = PatchScore(EvalPatch("seen", Path("."), "test", "X", "summer", "L2A", False, labels), forest, 900, 0.8,
+                      1000, 0.1)
+    under = int(MIN_VALID_SHARE * 1000) - 1
+    snowed = PatchScore(EvalPatch("snowed", Path("."), "test", "X", "winter", "L2A", True, labels), water, under, 0.5,
+                        1000, 1 - under / 1000)
+    assert not seen.masked and snowed.masked
+    text = tables([seen, snowed], "masked")
+    assert "Mean over 1 patches: label-group precision 100.0 %" in text
+    assert "1 of 2 patches have fewer than 5% of their pixels valid" in text
+    assert "| snowed | test | X | winter | yes | forest | water 100.0 | masked | masked | – |" in text
+    assert "| season winter | 0 | – | – | 1 |" in text
+
+
+def test_evaluation_under_the_default_mask_leaves_the_snowy_patch_out(real_patches: list[EvalPatch]) -> None:
+    """``--mask auto`` (the command line's default) on the six GeoTIFF patches: the snow-covered Finnish
+    February patch (snow from edge to edge) is masked: without the snow test the U-Net left it clear; masked pixels are not
+    counted as valid; the codes are recorded for every patch."""
+    from s2seg.core import mask as mask_
+
+    masks: dict[str, np.ndarray] = {}
+    scores = score_patches(real_patches, "builtin", mask="auto", masks=masks)
+    assert set(masks) == {p.name for p in real_patches}
+    for s in scores:
+        assert s.valid == int((~mask_.hidden(masks[s.patch.name]) & (masks[s.patch.name] != 255)).sum())
+        assert s.masked_share == pytest.approx(1 - s.valid / s.pixels)
+    snowy = [s for s in scores if s.patch.snow]
+    assert snowy and all(s.masked for s in snowy), tables(scores, "auto")
+    assert not any(s.masked for s in scores if not s.patch.snow)

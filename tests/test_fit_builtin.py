@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import rasterio
 import torch
 
@@ -44,3 +45,28 @@ def test_engine_inputs_are_what_the_model_sees(small_tile: Path, tmp_path: Path)
     with rasterio.open(result.products["class"]) as src:
         written = torch.from_numpy(src.read(1).astype("int64"))
     assert (classes == written).float().mean() > 0.999
+
+
+def test_scores_under_a_mask_leave_out_masked_pixels_and_masked_patches():
+    """``fit_builtin --mask``: the same table scored on the pixels the evaluation's mask leaves, with its 5 % rule."""
+    from s2seg.benchmarks.evaluate import MIN_VALID_SHARE, summary
+    from s2seg.benchmarks.evaluation_data import EvalPatch
+    from s2seg.benchmarks.fit_builtin import Data, patch_scores
+    from s2seg.core import mask as mask_
+
+    table = Table()
+    g = torch.Generator().manual_seed(0)
+    features = table.centres0[torch.randint(len(table.centres0), (2, 100), generator=g)].transpose(1, 2)  # (2, F, 100)
+    patches = [EvalPatch(name, Path("."), "test", "X", "summer", "L2A", False, ("Mixed forest",)) for name in "ab"]
+    data = Data(features, torch.ones((2, 1), dtype=torch.bool), patches, features[0])
+    codes = torch.full((2, 100), int(mask_.CLEAR))
+    codes[0, :30] = int(mask_.SNOW)
+    codes[0, 30:40] = int(mask_.MASK_NODATA)
+    codes[1, int(MIN_VALID_SHARE * 100) - 1:] = int(mask_.CLOUD)
+    chosen = torch.ones(2, dtype=torch.bool)
+    alone, masked = patch_scores(table, data, chosen), patch_scores(table, data, chosen, codes)
+    assert [s.valid for s in alone] == [100, 100] and not any(s.masked for s in alone)
+    assert masked[0].valid == 60 and masked[0].pixels == 90 and masked[0].masked_share == pytest.approx(1 / 3)
+    kept = Data(features[:1, :, 40:], data.truth[:1], patches[:1], features[0])
+    assert masked[0].shares == patch_scores(table, kept, torch.ones(1, dtype=torch.bool))[0].shares
+    assert masked[1].masked and summary(masked)["patches"] == 1

@@ -3,6 +3,7 @@ chunk-size invariance, resume after a cancel and after kill -9, cancel, threads,
 the real cloud U-Nets on the issue's sample and on a crop smaller than their patch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from s2seg.core.models.base import apply_activation
 from s2seg.core.models.card import ModelCard
 from s2seg.core.pipeline import segment
 from s2seg.core.sample import cloud_truth_window, write_sample_tile
+from s2seg.core.sentinel2 import discover
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::FutureWarning")]
 SIZE = 240
@@ -188,6 +190,61 @@ def test_a_chunk_size_off_the_cloud_models_grid_is_refused(tile, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+# ------------------------------------------------------------------ snow: the cloud models know none
+class ConstantCloudModel(BrightCloudModel):
+    """A cloud model double that gives one class everywhere (0 clear, 1 cloud, 2 cloud shadow)."""
+
+    def __init__(self, cls: int):
+        super().__init__()
+        self.cls = cls
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((batch.shape[0], 3, *batch.shape[2:]), -10.0)
+        logits[:, self.cls] = 10.0
+        return apply_activation(logits, "softmax")
+
+
+@pytest.fixture(scope="module")
+def snowy_patch(real_patches):
+    """The real Finnish February BEN v1 patch (GeoTIFF band folder): snow over fields and forest."""
+    return next(p for p in real_patches if p.snow).folder
+
+
+@pytest.mark.parametrize("cls, code", [(0, mask_.SNOW), (1, mask_.CLOUD), (2, mask_.SHADOW)])
+def test_snow_where_the_cloud_model_says_clear_and_the_snow_test_says_snow(snowy_patch, tmp_path, cls, code):
+    """On a real snowy patch, a cloud model that says clear everywhere gives snow exactly where the
+    spectral test of ``--mask spectral`` does, on the same 10 m pixels (before: all clear); cloud and
+    shadow stay what the model says."""
+    result = segment(snowy_patch, tmp_path, model=LandCover(), config=EngineConfig(mask="model"),
+                     mask_model=ConstantCloudModel(cls))
+    codes = read(result.products["mask"])
+    with mask_.ChunkMasker(discover(snowy_patch), "spectral") as masker:
+        spectral = masker.read((0, codes.shape[0]), (0, codes.shape[1]))
+    snow = spectral == mask_.SNOW
+    assert snow.mean() > 0.5  # the patch is snow, and the test sees it
+    expected = np.where(snow, code, mask_.CLEAR) if cls == 0 else np.full_like(codes, code)
+    assert np.array_equal(codes, expected)
+    assert np.array_equal(read(result.products["class"]) == 255, mask_.hidden(codes))
+
+
+def test_snow_test_needs_its_bands_and_says_so_without_them(tmp_path):
+    """A custom cloud model on a tile without B11: the cloud mask runs, snow is not tested, the log says why."""
+    from s2seg.benchmarks.evaluation_data import _write_band_folder
+
+    rng = np.random.default_rng(0)
+    bands = {b: rng.integers(500, 3000, (120, 120), dtype=np.uint16) for b in ("B02", "B03", "B04", "B08")}
+    _write_band_folder(tmp_path / "four", "four", bands, 32633)
+    model = ConstantCloudModel(0)
+    model.card = dataclasses.replace(model.card, bands=("B02", "B03", "B04", "B08"))
+    land = LandCover()
+    land.card = dataclasses.replace(land.card, bands=("B02", "B03", "B04", "B08"))
+    messages: list[str] = []
+    result = segment(tmp_path / "four", tmp_path / "out", model=land, config=EngineConfig(mask="model"),
+                     mask_model=model, log=messages.append)
+    assert (read(result.products["mask"]) == mask_.CLEAR).all()
+    assert any("snow is not masked: the tile lacks the bands of the snow test (B03, B08, B11)" in m for m in messages)
+
+
 # ------------------------------------------------------------------ the shipped cloud U-Nets
 needs_csmask = pytest.mark.skipif("s2-cloud-l2a" not in available_cards(), reason="ukis-csmask not installed")
 
@@ -203,6 +260,18 @@ def test_real_cloud_model_on_the_issue_sample(tmp_path):
     assert hidden[clouds].mean() >= 0.95
     assert hidden[shadows].mean() >= 0.80
     assert hidden[clear].mean() <= 0.05
+    codes = read(result.products["mask"])
+    assert (codes[clouds] == mask_.CLOUD).mean() >= 0.95  # the snow test turns clear into snow, never cloud
+
+
+@needs_csmask
+def test_real_cloud_model_masks_snow_on_a_real_snowy_patch(snowy_patch, tmp_path):
+    """The U-Nets know clear, cloud and shadow only: on the real Finnish February patch (snow from
+    edge to edge) ``--mask model`` masked nothing before; now the snow is snow."""
+    result = segment(snowy_patch, tmp_path, model=LandCover(), config=EngineConfig(mask="model", device="cpu"))
+    codes = read(result.products["mask"])
+    assert (codes == mask_.SNOW).mean() >= 0.5
+    assert result.mask["shares"]["snow/ice"] >= 0.5
 
 
 @needs_csmask
