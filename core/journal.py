@@ -83,7 +83,8 @@ def _public(signature: list[Any]) -> list[Any]:
 
 def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: str, block: int,
                products: Sequence[str] | None = None, aoi: dict[str, Any] | None = None,
-               mask: str = "none", keep_masked: bool = False, mask_card=None) -> dict[str, Any]:
+               mask: str = "none", keep_masked: bool = False, mask_card=None,
+               snow_test: dict[str, float] | None = None) -> dict[str, Any]:
     """Everything that changes the output pixels or the chunk numbering, as plain JSON values.
 
     Not included, on purpose: batch size, device, read threads, queue size and the
@@ -118,6 +119,8 @@ def run_fields(bandset, card, *, chunk_size: int, write_probs: bool, compress: s
             fields["mask"]["model"] = {"card": _resolved_card(mask_card), "weights": weights_signature(mask_card.path)}
             fields["mask"]["bands"] = {b: _public(file_signature(bandset.files[b].path, bandset.source))
                                        for b in mask_card.bands}
+        if snow_test is not None:  # the spectral snow test beside the cloud model (its thresholds)
+            fields["mask"]["snow_test"] = dict(snow_test)
     return fields
 
 

@@ -73,6 +73,8 @@ CLOUD_VISIBLE_MIN = 0.2
 NDSI_SNOW_MIN = 0.4
 SNOW_NIR_MIN = 0.11
 SNOW_GREEN_MIN = 0.1
+#: The snow test's thresholds, as the resume key records them (a change starts a masked run over).
+SNOW_TEST = {"ndsi_min": NDSI_SNOW_MIN, "nir_min": SNOW_NIR_MIN, "green_min": SNOW_GREEN_MIN}
 SPECTRAL_NAME = "spectral cloud test"
 SNOW_NAME = "spectral snow test"
 _QUANTIFICATION = 10000.0  # DN per unit reflectance (after the baseline offset), as in feed.Normaliser

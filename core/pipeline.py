@@ -151,7 +151,7 @@ def segment(
     fields = run_fields(bandset, card, chunk_size=grid.chunk_size, write_probs=config.write_probs,
                         compress=config.compress, block=block, products=selection.rasters,
                         aoi=None if aoi is None else aoi.fields(), mask=config.mask, keep_masked=config.keep_masked,
-                        mask_card=mask_card)
+                        mask_card=mask_card, snow_test=mask_.SNOW_TEST if mask_card is not None else None)
     with Resume(output_dir, bandset.name, fields, grid, card, config.resume, log) as resume:
         resume.check_outputs([*paths.values(), preview_path, report_path, *derived], config.overwrite)
         loaded = preloaded or load_model(card, device, log=log)  # before touching any partial file

@@ -134,7 +134,7 @@ def test_patch_reuse_computes_every_patch_of_the_run_once_and_keeps_few(first):
     assert reuse.capacity <= shared_rows * needed.shape[1] + shared_cols * grid.chunks[0].n_patches_y
 
 
-def test_cancel_then_resume_gives_the_same_products_and_joins_every_thread(tile, reference, tmp_path):
+def test_cancel_then_resume_gives_the_same_products_and_joins_every_thread(tile, reference, tmp_path, monkeypatch):
     before = set(threading.enumerate())
     cancel = threading.Event()
 
@@ -153,6 +153,11 @@ def test_cancel_then_resume_gives_the_same_products_and_joins_every_thread(tile,
     with pytest.raises(ResumeImpossible):
         segment(tile, tmp_path, model=LandCover(), config=config.with_(resume="require"),
                 mask_model=BrightCloudModel(name="other-cloud-model"))
+    with monkeypatch.context() as m:  # nor is one whose snow test changed (its chunks' snow would differ)
+        m.setattr(mask_, "SNOW_TEST", {**mask_.SNOW_TEST, "ndsi_min": 0.42})
+        with pytest.raises(ResumeImpossible, match="snow_test"):
+            segment(tile, tmp_path, model=LandCover(), config=config.with_(resume="require"),
+                    mask_model=BrightCloudModel())
     cloud = BrightCloudModel()
     resumed = segment(tile, tmp_path, model=LandCover(), config=config, mask_model=cloud)
     assert resumed.resumed_chunks == journaled
