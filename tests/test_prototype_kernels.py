@@ -13,7 +13,7 @@ import torch
 from s2seg.core import kernels, uncertainty
 from s2seg.core.errors import ModelError
 from s2seg.core.feed import Normaliser
-from s2seg.core.models import builtin, prototype_kernels
+from s2seg.core.models import prototype_kernels
 from s2seg.core.models.builtin import BuiltinModel
 from s2seg.core.models.builtin_card import BUILTIN_CARD
 from s2seg.core.reader import ChunkReader
@@ -119,36 +119,3 @@ def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
         sentinel = 77 if name == "classes" else -5
         assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
         assert not (array[p0:p1] == sentinel).any(), name
-
-
-def _torch_features(model, x, monkeypatch):
-    with monkeypatch.context() as m:
-        m.setenv("S2SEG_NO_NUMBA", "1")  # the model's torch steps, the reference
-        return model.net._features(x)
-
-
-def test_compiled_features_equal_the_torch_features(strip, model, monkeypatch):
-    """One compiled pass for the features (prototype_kernels.spectral_features): the ratios, brightness and NIR
-    are the same IEEE operations (same bits); the open-water fraction differs by the sigmoid's rounding only."""
-    x, _ = strip
-    compiled, reference = model.net._features(x), _torch_features(model, x, monkeypatch)
-    assert compiled.shape == reference.shape == (1, 7, 200 * 200)
-    exact = [0, 1, 2, 3, 4, 6]  # NDVI, MNDWI, NDBI, visible, NIR, ones
-    assert torch.equal(compiled[:, exact], reference[:, exact])
-    assert (compiled[:, 5] - reference[:, 5]).abs().max() <= 1e-6
-    assert ((compiled[:, 5] >= 0) & (compiled[:, 5] <= 1)).all()  # a fraction of the neighbourhood
-
-
-def test_compiled_features_do_not_depend_on_threads_or_on_the_images_extent(strip, model):
-    """Same bits for any split over threads, and for a crop: each pixel's features depend on its own reflectances,
-    its open-water fraction on the pixels within the receptive field only (the card's promise)."""
-    x, _ = strip
-    radius = BUILTIN_CARD.receptive_field
-    args = (builtin._REFLECTANCE_FLOOR, builtin._WATER_TEST, radius)
-    one, two = (prototype_kernels.spectral_features(x, *args, threads=t) for t in (1, 2))
-    assert torch.equal(one, two)
-    crop = x[:, :, 40:160, 30:170]
-    inner = prototype_kernels.spectral_features(crop.contiguous(), *args, threads=2).unflatten(2, (120, 140))
-    whole = one.unflatten(2, (200, 200))[:, :, 40:160, 30:170]
-    core = np.s_[:, :, radius: 120 - radius, radius: 140 - radius]
-    assert torch.equal(inner[core], whole[core])

@@ -151,11 +151,7 @@ class SpectralPrototypeNet(torch.nn.Module):
         return self._features(x)[:, : len(_FEATURES)].unflatten(2, x.shape[2:])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, F + 1, H·W)``: the features and a row of ones (the affine map's bias input). On the CPU with numba
-        in one compiled pass (:func:`.prototype_kernels.spectral_features`: the steps below, within 1e-6)."""
-        if prototype_kernels.usable(x):
-            return prototype_kernels.spectral_features(x, _REFLECTANCE_FLOOR, _WATER_TEST, OPEN_WATER_RADIUS,
-                                                       torch.get_num_threads())
+        """``(N, F + 1, H·W)``: the features and a row of ones (the affine map's bias input)."""
         n, _, h, w = x.shape
         green, red, nir, swir = x.clamp_min(_REFLECTANCE_FLOOR).unbind(dim=1)
         out = torch.empty((n, len(_FEATURES) + 1, h, w), dtype=x.dtype, device=x.device)

@@ -1,7 +1,6 @@
-"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): its per-pixel features (:func:`spectral_features`),
-prototype scores → softmax → class distributions in one pass over the pixels (or, when probabilities are not
-written, straight on to the confidence products in the same pass: :func:`mixture_confidence`), and the
-open-water box mean.
+"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
+distributions in one pass over the pixels (or, when probabilities are not written, straight on to the
+confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
 
 The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
 once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
@@ -69,50 +68,6 @@ def _exp_nonpositive(x, out, scale_bits):  # pragma: no cover - compiled by numb
     scale = scale_bits.view(np.float32)
     for b in range(x.shape[0]):
         out[b] = out[b] * scale[b]
-
-
-@_njit
-def _features_pixels(x, floor, water, out, p0, p1):  # pragma: no cover - compiled by numba
-    """The built-in model's per-pixel features of pixels ``p0 … p1-1``: from reflectances ``x (4, n)`` (green, red,
-    NIR, SWIR, each raised to ``floor``) into ``out (7, n)``: NDVI, MNDWI, NDBI, visible brightness, NIR, the
-    water indicator (before its box mean) and ones; the operations of :meth:`.builtin.SpectralPrototypeNet._features`
-    in the same order, but each sigmoid from :func:`_exp_nonpositive` (relative error < 2e-7). ``water``:
-    (MNDWI centre, width, NIR centre, width): ``σ((MNDWI − a) / b) · σ((c − NIR) / d)``."""
-    f32 = np.float32
-    one, half = f32(1.0), f32(0.5)
-    lo = f32(floor)
-    m_at, m_width, n_at, n_width = f32(water[0]), f32(water[1]), f32(water[2]), f32(water[3])
-    t_m, t_n = np.empty(BLOCK, f32), np.empty(BLOCK, f32)
-    e_m, e_n = np.empty(BLOCK, f32), np.empty(BLOCK, f32)
-    bits = np.empty(BLOCK, np.int32)
-    for s in range(p0, p1, BLOCK):
-        nb = min(BLOCK, p1 - s)
-        for b in range(BLOCK):  # padded: every block the same vector code
-            i = s + b if b < nb else s
-            g, r, n, w = x[0, i], x[1, i], x[2, i], x[3, i]
-            g = lo if g < lo else g  # clamp_min: NaN stays NaN
-            r = lo if r < lo else r
-            n = lo if n < lo else n
-            w = lo if w < lo else w
-            mndwi = (g - w) / (g + w)
-            if b < nb:
-                out[0, i] = (n - r) / (n + r)
-                out[1, i] = mndwi
-                out[2, i] = (w - n) / (w + n)
-                out[3, i] = (g + r) * half
-                out[4, i] = n
-                out[6, i] = one
-            t_m[b] = (mndwi - m_at) / m_width
-            t_n[b] = (n_at - n) / n_width
-        for b in range(BLOCK):  # σ(t) = 1 / (1 + e^−t) = e^t / (1 + e^t): exp of −|t| only
-            e_m[b] = -abs(t_m[b])
-            e_n[b] = -abs(t_n[b])
-        _exp_nonpositive(e_m, e_m, bits)
-        _exp_nonpositive(e_n, e_n, bits)
-        for b in range(nb):
-            sm = (one if t_m[b] >= 0 else e_m[b]) / (one + e_m[b])
-            sn = (one if t_n[b] >= 0 else e_n[b]) / (one + e_n[b])
-            out[5, s + b] = sm * sn
 
 
 @_njit
@@ -306,24 +261,6 @@ class MixtureTables:
         self.indptr = np.searchsorted(k_idx, np.arange(rows.shape[0] + 1)).astype(np.int64)
         self.classes = c_idx.astype(np.int64)
         self.weights = rows[k_idx, c_idx].astype(np.float32)
-
-
-def spectral_features(x: torch.Tensor, floor: float, water: tuple[float, float, float, float], radius: int,
-                      threads: int) -> torch.Tensor:
-    """``(N, 7, H·W)`` from reflectances ``x (N, 4, H, W)`` float32 (green, red, NIR, SWIR): NDVI, MNDWI, NDBI,
-    visible brightness, NIR, open water (the water indicator's mean over the (2·``radius`` + 1)² square,
-    :func:`box_mean`) and ones, in one compiled pass (:func:`_features_pixels`) split over ``threads`` threads
-    (each pixel's bits do not depend on the split); the model's torch features within 1e-6."""
-    n_images, _, h, w = x.shape
-    out = empty((n_images, 7, h * w))
-    xs = x.detach().reshape(n_images, 4, h * w)
-    if xs.stride(2) != 1:
-        xs = xs.contiguous()
-    for i in range(n_images):
-        _split(_features_pixels, h * w, threads, (xs[i].numpy(), floor, water, out[i].numpy()))
-    water_rows = out[:, 5].unflatten(1, (h, w))
-    water_rows.copy_(box_mean(water_rows, radius))
-    return out
 
 
 def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads: int) -> torch.Tensor:
