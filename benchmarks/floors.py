@@ -283,6 +283,7 @@ def pipeline_note(r: dict[str, Any]) -> str:
     else:
         outside = r["pipeline"] - max(busy["read"], busy["inference"], busy["write"])
         parts.append(f"The stages overlap; {fmt_s(outside)} s of the wall time lie outside the busiest stage: loading the "
-                     "model, opening the bands, filling the pipeline before the first batch and building overviews "
-                     "after the last chunk, which a tile of 4 chunks cannot amortise.")
+                     "model, opening the bands, filling the pipeline before the first batch and, after the last "
+                     f"chunk, closing the products and hashing them for the STAC item, which a tile of {r['n_chunks']} "
+                     "chunks cannot amortise.")
     return " ".join(parts)
