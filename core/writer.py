@@ -40,7 +40,7 @@ FLOAT_PRODUCTS = ("maxprob", "entropy", "gap")
 #: Products of codes, not measures: no predictor, and overviews that pick a pixel instead of averaging (:func:`_halve`).
 CATEGORICAL_PRODUCTS = ("class", "mask")
 BLOCK = 512
-#: Overview block edge: a level holds back at most two block rows before writing (_OverviewPyramid).
+#: Overview block edge: a level holds back less than one block row before writing (_OverviewPyramid).
 OVERVIEW_BLOCK = 128
 #: Prefix of the empty file that shows an output folder is writable.
 WRITE_TEST_PREFIX = ".s2seg-write-test-"
@@ -515,6 +515,9 @@ class _OverviewFeed:
         self.top = 0  # the first row of the first level not yet handed over
         self.rows = np.empty((bands, 0, self.half_width), dtype=dtype)  # from ``top`` on
         self.filled = np.zeros(0, dtype=np.int64)  # pixels written in each of those rows
+        #: the windows in those rows (first-level rows from ``top``, cols): a row is complete when its windows,
+        #: which may not overlap, add up to its width; a few dozen a chunk row, so a list is enough
+        self.windows: list[tuple[int, int, int, int]] = []
         self.broken = False
 
     @property
@@ -538,19 +541,22 @@ class _OverviewFeed:
             grown[:, : self.rows.shape[1]] = self.rows
             self.rows = grown
             self.filled = np.concatenate([self.filled, np.zeros(r1 - len(self.filled), dtype=np.int64)])
-        self.rows[:, r0:r1, c0: c0 + half.shape[2]] = half
-        self.filled[r0:r1] += half.shape[2]
-        if (self.filled[r0:r1] > self.half_width).any():
+        c1 = c0 + half.shape[2]
+        if any(r0 < b1 and b0 < r1 and c0 < d1 and d0 < c1 for b0, b1, d0, d1 in self.windows):
             return self._break()  # a pixel written twice
+        self.windows.append((r0, r1, c0, c1))
+        self.rows[:, r0:r1, c0:c1] = half
+        self.filled[r0:r1] += half.shape[2]
         done = int(np.argmin(self.filled == self.half_width)) if (self.filled < self.half_width).any() else len(self.filled)
         if done:
             self.top += done
             self.pyramid.add(self.rows[:, :done], 0, last=self.top == self.half_height)
             self.rows, self.filled = self.rows[:, done:].copy(), self.filled[done:].copy()
+            self.windows = [(b0 - done, b1 - done, d0, d1) for b0, b1, d0, d1 in self.windows if b1 > done]
 
     def _break(self) -> None:
         self.broken = True
-        self.rows, self.filled = self.rows[:, :0], self.filled[:0]
+        self.rows, self.filled, self.windows = self.rows[:, :0], self.filled[:0], []
 
 
 def _halve(x: np.ndarray, nearest: bool) -> np.ndarray:

@@ -245,3 +245,23 @@ def test_a_pixel_written_twice_stops_the_feed_and_the_commit_reads_the_file_back
         np.testing.assert_allclose(level, expected, rtol=0, atol=1e-6, equal_nan=True)
     for k, level in enumerate(levels["class"], start=1):
         assert np.array_equal(level, classes[:: 2**k, :: 2**k])
+
+
+def test_a_window_written_twice_cannot_make_up_for_one_never_written(tmp_path):
+    """Counting pixels per row is not enough: a chunk written twice beside one never written adds up to the
+    row's width. The feed stops at the second write, and the overviews are read back from the file (where the
+    hole is nodata)."""
+    classes, maxprob, _ = _products(5)
+    writer = _writer(tmp_path, write_probs=False)
+    arrays = {"class": classes, "maxprob": maxprob, "entropy": maxprob, "gap": maxprob}
+    chunks = [(r, c) for r in range(0, H, 480) for c in range(0, W, 480)]
+    assert math.ceil(W / 2) == 2 * 240 + 170  # chunk (0, 0) twice + chunk (0, 960): the first level's width
+    _write_chunks(writer, arrays, [(0, 0), (0, 0)] + [c for c in chunks if c not in ((0, 0), (0, 480))])
+    assert writer._feeds["maxprob"].broken
+    levels = _all_levels(writer.commit())
+    hole = maxprob.copy()
+    hole[:480, 480:960] = np.nan  # never written: nodata in the file
+    expected = hole.astype(np.float64)
+    for level in levels["maxprob"]:
+        expected = _halve_mean(expected)
+        np.testing.assert_allclose(level, expected, rtol=0, atol=1e-6, equal_nan=True)
