@@ -484,21 +484,35 @@ class _OverviewPyramid:
         self.add(_halve(rows, self.nearest), 0, last)
 
     def add(self, rows: np.ndarray, level: int = 0, last: bool = False) -> None:
-        """Add ``rows`` (bands, rows, cols) of overview ``level`` (0: the first, half the full resolution)."""
+        """Add ``rows`` (bands, rows, cols) of overview ``level`` (0: the first, half the full resolution).
+        Whole block rows are written from ``rows`` itself: only the rows held back are copied (a feed hands
+        over a chunk row of the first level at once)."""
         if level == len(self.levels):
             return
-        held = self.pending[level]
-        pending = rows if held is None else np.concatenate([held, rows], axis=1)
         block = self.levels[level][0].GetBlockSize()[1]  # even: the next level halves whole row pairs
-        n = pending.shape[1] if last else pending.shape[1] // block * block
-        self.pending[level] = pending[:, n:].copy()
-        if n == 0 and not last:
-            return
-        if n:
-            for band, plane in zip(self.levels[level], pending[:, :n]):
+        held = self.pending[level]
+        if held is not None and held.shape[1]:
+            take = min(rows.shape[1], block - held.shape[1])
+            head, rows = np.concatenate([held, rows[:, :take]], axis=1), rows[:, take:]
+            if head.shape[1] < block and not last:
+                self.pending[level] = head
+                return
+            self.pending[level] = None
+            self._write(head, level, last and not rows.shape[1])
+            if last and not rows.shape[1]:
+                return
+        n = rows.shape[1] if last else rows.shape[1] // block * block
+        self.pending[level] = rows[:, n:].copy()
+        if n or last:
+            self._write(rows[:, :n], level, last)
+
+    def _write(self, rows: np.ndarray, level: int, last: bool) -> None:
+        """Write ``rows`` (whole block rows unless ``last``) into ``level`` and pass them on, halved."""
+        if rows.shape[1]:
+            for band, plane in zip(self.levels[level], rows):
                 band.WriteArray(plane, 0, self.written[level])
-            self.written[level] += n
-        self.add(_halve(pending[:, :n], self.nearest), level + 1, last)
+            self.written[level] += rows.shape[1]
+        self.add(_halve(rows, self.nearest), level + 1, last)
 
 
 class _OverviewFeed:
