@@ -22,6 +22,7 @@ import errno
 import math
 import os
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .atomic import exclusive_file, fsync_folder
+from .config import usable_cores
 from .errors import OutputError
 from .nomenclature import hex_to_rgb
 from .scl import MASK_CLASSES, MASK_COLOURS, MASK_NODATA
@@ -429,17 +431,23 @@ class ProductWriter:
 
     def _close_all(self, raise_errors: bool = False) -> None:
         self._feeds.clear()  # their band handles keep a dataset open
-        first: OutputError | None = None
-        for key in list(self._datasets):
-            holder = [self._datasets.pop(key)]
+        holders = {key: [self._datasets.pop(key)] for key in list(self._datasets)}
+
+        def close(key: str) -> OutputError | None:
             try:
                 # The last reference going away closes the dataset (GDAL 3.6 has no Close()):
-                # drop it inside the error handler so that errors of the final write are seen.
-                _checked(self._partial(key), holder.clear)
+                # drop it inside the error handler (per thread) so that errors of the final write are seen.
+                _checked(self._partial(key), holders[key].clear)
             except OutputError as exc:
-                first = first or exc
-        if first is not None and raise_errors:
-            raise first
+                return exc
+            return None
+
+        # Side by side: GDAL takes ~0.1 s to close each product of a 5040² tile (0.42 → 0.22 s for four, measured)
+        # and nothing else runs then. Each dataset is closed by one thread only.
+        with ThreadPoolExecutor(max(1, min(len(holders), usable_cores())), thread_name_prefix="s2seg-close") as pool:
+            errors = [e for e in pool.map(close, holders) if e is not None]
+        if errors and raise_errors:
+            raise errors[0]
 
 
 def release_frames(exc: BaseException | None) -> None:
