@@ -573,7 +573,9 @@ class _OverviewFeed:
         if done:
             self.top += done
             self.pyramid.add(self.rows[:, :done], 0, last=self.top == self.half_height)
-            self.rows, self.filled = self.rows[:, done:].copy(), self.filled[done:].copy()
+            # Views, not copies: the last chunk of a row hands its rows over strip by strip, and copying what
+            # remains each time would copy most of a chunk row again per strip (no row handed over is written again).
+            self.rows, self.filled = self.rows[:, done:], self.filled[done:]
             self.windows = [(b0 - done, b1 - done, d0, d1) for b0, b1, d0, d1 in self.windows if b1 > done]
 
     def _break(self) -> None:
