@@ -57,7 +57,7 @@ from typing import Any
 from .blending import blend_section, monai_blend_confidence, ours_blend_confidence, plain_confidence, seed_blend_confidence
 from .common import (AGREEMENT_TOL, DEFAULT_WORK_DIR, DOCS_PATH, ONE_PASS_OVER_IO_MAX, PIPELINE_OVER_FLOOR_MAX, Log, bench_config, fmt_s,
                      heavy_model_folder, load_average, machine_info, sample_tile)
-from .floors import BUSY_HEADER, busy_cells, cpu_bound, cpu_bound_target, patches_cell, pipeline_note, run_regime
+from .floors import BUSY_HEADER, busy_cells, cpu_bound, cpu_bound_target, engine_alone_target, patches_cell, pipeline_note, run_regime
 from .mask_cost import MASK_BENCH_SIZE, mask_section
 from .overhead import overhead_cases, overhead_section
 from .peer_row import CROP, DEMO_SCENE, PEER_MODEL, crop_bbox, peer_section
@@ -163,6 +163,9 @@ def bench(size: int = 5040, *, heavy: bool = True, heavy_size: int | None = None
             bound_target = cpu_bound_target(r, label, ONE_PASS_OVER_IO_MAX)  # beside it: the floor 2 cores allow
             result.ratios[f"pipeline_over_cpu_bound_{key}"] = r["pipeline"] / max(r["io_floor"], cpu_bound(r))
             result.targets.append(bound_target)
+            if r["engine"] is not None:  # and the engine alone: the model's products replayed, its work taken out
+                result.ratios[f"engine_over_io_floor_{key}"] = r["engine"]["seconds"] / r["io_floor"]
+                result.targets.append(engine_alone_target(r, label, ONE_PASS_OVER_IO_MAX))
     pipeline_section.notes.append(
         "busy = time each stage thread spent working (SegmentResult.timings); with overlapping stages the wall "
         "time approaches the largest of them.")

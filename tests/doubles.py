@@ -9,8 +9,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
+from s2seg.core import kernels
 from s2seg.core.models.base import apply_activation
 from s2seg.core.models.card import ModelCard
 from s2seg.core.nomenclature import BIGEARTHNET19_COLOURS, BIGEARTHNET19_NAMES
@@ -206,3 +208,7 @@ def write_checkpoint(
     state = {BEN_V2_PREFIX + k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     return folder
+
+
+#: Tests of the compiled CPU kernels' own path (bits, fused products): skipped where numba is off.
+needs_numba = pytest.mark.skipif(not kernels.enabled(), reason="numba not installed or switched off")

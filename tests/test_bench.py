@@ -13,6 +13,8 @@ from s2seg.core.blend import blend_patch_level
 from s2seg.core.grid import plan
 from s2seg.core.uncertainty import confidence
 
+from doubles import needs_numba
+
 pytestmark = pytest.mark.bench
 
 
@@ -98,7 +100,8 @@ def test_every_ratio_is_computed(result):
     out, _ = result
     for key in ("pipeline_over_floor_builtin", "pipeline_over_floor_heavy", "blend_seed_over_ours_patch",
                 "blend_seed_over_ours_dense", "blend_monai_over_ours_patch", "blend_monai_over_ours_dense",
-                "half_nodata_over_full", "inference_overhead_torch-one-pass", "inference_overhead_torch-patch"):
+                "half_nodata_over_full", "inference_overhead_torch-one-pass", "inference_overhead_torch-patch",
+                "engine_over_io_floor_builtin"):
         assert key in out.ratios and math.isfinite(out.ratios[key]) and out.ratios[key] > 0, key
     for key in ("builtin_io_floor", "builtin_compute_floor", "heavy_compute_floor", "builtin_pipeline"):
         assert out.seconds[key] > 0, key
@@ -366,3 +369,32 @@ def test_mask_costs_are_measured_against_the_unmasked_run(result):
         row = next(r for s in out.sections if s.title.startswith("Masking") for r in s.rows if r[0] == "--mask model")
         computed, grid = (int(n) for n in row[3].split(" / "))
         assert computed == grid  # each cloud patch once
+
+
+@needs_numba
+def test_engine_alone_replays_the_products_the_model_made(small_tile, tmp_path):
+    """The engine-alone run writes what the real run wrote (same windows, same order), the model's method comes
+    back afterwards, and a replay asked for other windows than were recorded fails instead of measuring them."""
+    import rasterio
+
+    from s2seg.benchmarks.floors import ProductReplay, engine_alone
+    from s2seg.core.config import EngineConfig
+    from s2seg.core.errors import ModelError
+    from s2seg.core.models import load_model
+    from s2seg.core.pipeline import segment
+
+    model = load_model("builtin", "cpu")
+    config = EngineConfig(chunk_size=240, overwrite=True)
+    real = segment(small_tile, tmp_path / "real", model=model, config=config)
+    engine = engine_alone(small_tile, model, config, tmp_path / "engine")
+    assert engine["seconds"] > 0 and engine["cpu"] > 0
+    assert "predict_confidence" not in vars(model)
+    for name in ("class", "maxprob", "entropy", "gap"):
+        with rasterio.open(real.products[name]) as a, rasterio.open(tmp_path / "engine" / real.products[name].name) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+    replay = ProductReplay(model)
+    with replay.recording():
+        segment(small_tile, tmp_path / "rec", model=model, config=config)
+    with pytest.raises(ModelError, match="other windows"), replay.replaying():  # 4 chunks of 120², not one of 240²
+        segment(small_tile, tmp_path / "other", model=model, config=config.with_(chunk_size=120))
+    assert "predict_confidence" not in vars(model)

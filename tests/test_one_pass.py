@@ -22,6 +22,8 @@ from s2seg.core.reader import ChunkReader
 from s2seg.core.sample import write_sample_tile
 from s2seg.core.sentinel2 import discover
 
+from doubles import needs_numba
+
 
 class Recording(BuiltinModel):
     """The built-in model, recording the shape of every input it is given (and which of its methods ran)."""
@@ -208,8 +210,6 @@ def _confidence_products(result) -> dict[str, np.ndarray]:
     return out
 
 
-needs_numba = pytest.mark.skipif(not __import__("s2seg.core.kernels", fromlist=["enabled"]).enabled(),
-                                 reason="numba not installed or switched off")
 
 
 @needs_numba

@@ -119,3 +119,30 @@ def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
         sentinel = 77 if name == "classes" else -5
         assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
         assert not (array[p0:p1] == sentinel).any(), name
+
+
+def test_a_pixels_bits_do_not_depend_on_its_blocks_other_pixels(model):
+    """A prototype far below a pixel's best gets weight 0 for that pixel (WEIGHT_CUTOFF), and a block skips the
+    prototypes every one of its pixels is that far from: the same pixel gives the same bits in a block of its own
+    kind (where the cloud prototypes are skipped) and in a block shared with cloud (where they are computed)."""
+    tables = model.net.kernel_tables
+    n = prototype_kernels.BLOCK
+    forest = torch.tensor([0.036, 0.023, 0.231, 0.115])  # B03, B04, B08, B11 of a conifer stand (test_models_builtin)
+    cloud = torch.tensor([0.638, 0.636, 0.769, 0.666])
+    alone = forest[None, :, None, None].expand(1, 4, 1, n).contiguous()
+    mixed = alone.clone()
+    mixed[0, :, 0, 1::2] = cloud[:, None]
+    f_alone, f_mixed = model.net._features(alone), model.net._features(mixed)
+    # The open-water feature is a neighbourhood mean: give the forest pixels of both the same value.
+    f_mixed[0, 5, 0::2] = f_alone[0, 5, 0::2]
+    scores = torch.matmul(model.net.affine, f_alone[0])
+    far = (scores - scores.max(dim=0).values <= prototype_kernels.WEIGHT_CUTOFF).all(dim=1)
+    assert far.any()  # some prototypes are skipped in the forest-only block ...
+    scores_mixed = torch.matmul(model.net.affine, f_mixed[0])
+    assert (scores_mixed - scores_mixed.max(dim=0).values > prototype_kernels.WEIGHT_CUTOFF)[far].any()  # ... not here
+    p_alone = prototype_kernels.mixture_probabilities(f_alone, tables, 1)
+    p_mixed = prototype_kernels.mixture_probabilities(f_mixed, tables, 1)
+    assert torch.equal(p_alone[0, :, 0::2], p_mixed[0, :, 0::2])
+    reference = torch.softmax(scores.double(), dim=0)  # the exact mixture, no cutoff
+    exact = model.net.targets.double() @ reference
+    assert torch.allclose(p_alone[0].double(), exact, atol=1e-6, rtol=0)
