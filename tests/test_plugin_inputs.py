@@ -12,9 +12,10 @@ from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
 from rasterio.enums import Resampling
 
 from plugin_feedback import RecordingFeedback
+from s2seg.core.models.builtin_card import BUILTIN_CARD
 
 ALG_ID = "s2seg:segmenttile"
-BUILTIN_BANDS = ("B03", "B04", "B08", "B11")
+BUILTIN_BANDS = BUILTIN_CARD.bands
 
 
 def classes(results) -> np.ndarray:
@@ -60,7 +61,7 @@ def stack_layer(raw_stack):
 def described_classes(s2seg_registered, small_tile, tmp_path_factory) -> np.ndarray:
     """The same pixels as a GEE export (offset removed, bands described B3, B4 …) picked as a file."""
     folder = tmp_path_factory.mktemp("described")
-    stack = write_stack(folder / "gee.tif", small_tile, -1000, ("B3", "B4", "B8", "B11"))
+    stack = write_stack(folder / "gee.tif", small_tile, -1000, tuple(b.replace("B0", "B") for b in BUILTIN_BANDS))
     return classes(processing.run(ALG_ID, {"INPUT": str(stack), "DEVICE": "cpu", "CLOUD_MASK": "none",
                                            "OUTPUT_FOLDER": str(folder / "out")}))
 

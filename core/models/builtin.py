@@ -1,20 +1,22 @@
 """The built-in default model: a spectral-prototype classifier that needs no weights.
 
-It computes per-pixel spectral indices (NDVI, MNDWI, NDBI), visible brightness,
-near-infrared reflectance and a neighbourhood "open water" fraction, and scores
-them against prototypes (a Gaussian mixture: log-likelihoods, softmax over
+It computes per-pixel spectral indices (NDVI, MNDWI, NDBI, the blue-red ratio), visible brightness,
+near-infrared reflectance and a neighbourhood "open water" fraction from B02, B03, B04, B08 and B11, and
+scores them against prototypes (a Gaussian mixture: log-likelihoods, softmax over
 prototypes). Each prototype carries a distribution over the BigEarthNet-19 classes:
 one class for a clear spectrum, a spread where the spectrum cannot tell classes
 apart, so that maxprob, entropy and gap say so: snow (high NDSI, which is the MNDWI,
-but bright in the NIR, unlike water) shows what pokes through it (forest under snow
-is forest, open snow is fields, meadows, bogs or frozen lakes, none likely); clouds
+but bright in the NIR, unlike water; in shade darker and bluer) shows what pokes through it (forest under
+snow is forest, open snow is fields, meadows, bogs or frozen lakes, none likely); clouds
 (bright and white up to the SWIR) are nearly uniform; leafless winter broad-leaved
-forest is told from bare fields by its dark SWIR. Prototypes were placed by hand from published
+forest is told from bare fields by its dark SWIR. The blue-red ratio tells water (bluer than red) from
+marsh and dark ground. Prototypes were placed by hand on the first six features from published
 spectral behaviour and from the k-means centres of real BigEarthNet patches; then the positions
 and priors of the one-class (land-cover) prototypes were fitted on the 60 labelled patches of the
 evaluation (``benchmarks/fit_builtin.py``: the evaluation's precision and recall made smooth, anchored
-to the hand-set places and to the demo scene's class shares). The snow, cloud and leafless-forest rows
-are not fitted. Scored on data it did not learn from by two-fold cross-validation (docs/models.md).
+to the hand-set places and to the demo scene's class shares; the blue-red coordinate of each row starts
+at its pixels' mean). The snow, cloud, leafless-forest and tidal-mudflat rows are not fitted. Scored on
+data it did not learn from by two-fold cross-validation (docs/models.md).
 
 Limits: no texture or context beyond 150 m (the receptive field), so classes defined
 by land use rather than spectra (agro-forestry, permanent crops, complex
@@ -37,13 +39,15 @@ from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS, OPEN_WATER_RADIUS  # noqa
 from .card import ModelCard
 from .runlog import Log
 
-_FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water")
+#: "blue_red" is (B02 − B04) / (B02 + B04): water is bluer than red (it absorbs the red), wet vegetation,
+#: soil and dark ground are not, so it tells calm dark sea and lakes from marsh where the other five cannot.
+_FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water", "blue_red")
 #: Reflectances are raised to this before the ratios (no division by zero on nodata or dark pixels).
 _REFLECTANCE_FLOOR = 1e-4
 #: Water, whose extent around a pixel is the open-water feature: high MNDWI and dark in the NIR (snow has as
 #: high an MNDWI, the NDSI, but is bright): σ((MNDWI − 0.2) / 0.05) · σ((0.12 − NIR) / 0.02).
 _WATER_TEST = (0.2, 0.05, 0.12, 0.02)
-_FEATURE_SCALE = (0.15, 0.15, 0.15, 0.05, 0.07, 0.25)
+_FEATURE_SCALE = (0.15, 0.15, 0.15, 0.05, 0.07, 0.25, 0.2)
 
 #: What a prototype says about the land cover: one class, or a spread over classes (weights summing to 1)
 #: where the spectrum does not tell them apart (snow hides what lies under it, a cloud everything).
@@ -66,45 +70,48 @@ _LEAFLESS_FOREST = (("Broad-leaved forest", 0.5), ("Mixed forest", 0.2), ("Trans
 
 #: (target, prototype feature values in _FEATURES order, log prior). Reflectances are bottom-of-atmosphere
 #: (L2A) or top-of-atmosphere (L1C) alike: the prototypes sit between the two where they differ. The values
-#: of the one-class rows are fitted (``benchmarks/fit_builtin.py --fit-on all``), the others set by hand.
+#: of the one-class rows are fitted (``benchmarks/fit_builtin.py --fit-on all``), the others set by hand on the first six
+#: features (their blue-red coordinate is the mean of the pixels they take, see the fitting script).
 _PROTOTYPES = (
-    ("Marine waters", (-0.300, 0.700, -0.600, 0.080, 0.030, 0.951), 0.00),
-    ("Inland waters", (-0.205, 0.604, -0.514, 0.068, 0.038, 0.434), -0.08),
-    ("Inland waters", (0.029, 0.317, -0.089, 0.061, 0.055, 0.303), 0.27),  # turbid or glacial lakes, rivers
-    ("Marine waters", (0.051, 0.595, -0.701, 0.151, 0.120, 0.735), -0.03),  # surf: white foam on open water, not snow
-    ("Inland waters", (0.396, -0.271, -0.004, 0.011, 0.027, 0.341), -0.21),  # dark humic (boreal) lakes
-    ("Coastal wetlands", (0.267, 0.124, -0.090, 0.062, 0.144, 0.602), -0.30),  # salt marsh
-    ("Coastal wetlands", (0.00, 0.15, -0.05, 0.09, 0.08, 0.40), 0.0),  # tidal mudflats (hand-set: fitted, it took big turbid lakes)
-    ("Inland wetlands", (0.333, -0.009, -0.094, 0.038, 0.124, 0.138), -0.46),
-    ("Beaches, dunes, sands", (0.047, -0.057, 0.122, 0.214, 0.242, 0.438), -0.08),
-    ("Coniferous forest", (0.730, -0.423, -0.372, 0.032, 0.220, 0.000), 0.08),
-    ("Broad-leaved forest", (0.859, -0.527, -0.383, 0.027, 0.333, 0.001), -0.18),
-    ("Mixed forest", (0.787, -0.466, -0.391, 0.031, 0.266, 0.000), -0.05),
-    ("Transitional woodland, shrub", (0.563, -0.443, -0.179, 0.056, 0.244, -0.003), -0.13),
-    (_LEAFLESS_FOREST, (0.42, -0.38, -0.08, 0.045, 0.16, 0.0), -0.5),  # winter: bare crowns, dark in the SWIR
-    ("Arable land", (0.193, -0.353, 0.143, 0.113, 0.197, -0.011), 0.02),  # bare, ploughed fields
-    ("Arable land", (0.265, -0.367, 0.039, 0.170, 0.334, -0.001), -0.03),  # bare fields, bottom of atmosphere
-    ("Arable land", (0.632, -0.422, -0.246, 0.051, 0.355, -0.001), 0.19),  # growing crops
-    ("Arable land", (0.833, -0.469, -0.427, 0.052, 0.463, 0.001), -0.37),  # dense crops
-    ("Pastures", (0.577, -0.321, -0.095, 0.056, 0.276, 0.008), -0.10),
-    ("Pastures", (0.880, -0.500, -0.450, 0.050, 0.550, 0.000), 0.00),  # lush meadows: brighter in the NIR than forest
-    ("Complex cultivation patterns", (0.414, -0.328, 0.029, 0.064, 0.213, -0.001), -0.55),
-    ("Natural grassland and sparsely vegetated areas", (0.251, -0.245, 0.112, 0.095, 0.169, 0.011), -0.48),
-    ("Urban fabric", (0.156, -0.147, 0.039, 0.124, 0.159, -0.006), 0.11),
-    ("Urban fabric", (0.246, -0.244, -0.032, 0.141, 0.237, 0.003), -0.98),  # villages, bottom of atmosphere
-    ("Industrial or commercial units", (0.053, -0.098, 0.041, 0.187, 0.192, 0.000), -0.21),
-    ("Moors, heathland and sclerophyllous vegetation", (0.401, -0.298, -0.002, 0.050, 0.169, -0.001), -1.47),
-    ("Agro-forestry areas", (0.600, -0.400, -0.250, 0.050, 0.260, 0.000), -1.50),
-    ("Land principally occupied by agriculture, with significant areas of natural vegetation", (0.551, -0.383, -0.197, 0.049, 0.250, 0.000), -1.02),
-    ("Permanent crops", (0.500, -0.350, -0.100, 0.060, 0.250, 0.000), -1.50),
+    ("Marine waters", (-0.300, 0.698, -0.598, 0.080, 0.030, 0.954, 0.331), 0.00),
+    ("Inland waters", (-0.202, 0.601, -0.500, 0.070, 0.041, 0.454, 0.208), -0.01),
+    ("Inland waters", (0.063, 0.227, -0.065, 0.068, 0.061, 0.320, -0.045), 0.86),  # turbid or glacial lakes, rivers
+    ("Marine waters", (0.052, 0.599, -0.702, 0.148, 0.119, 0.703, 0.168), -0.01),  # surf: white foam on open water, not snow
+    ("Inland waters", (0.310, -0.252, 0.032, -0.001, 0.002, 0.412, 0.067), -0.50),  # dark humic (boreal) lakes
+    ("Inland waters", (-0.036, 0.402, -0.166, 0.075, 0.050, 0.983, 0.582), -0.12),  # wide turbid or glacial lakes
+    ("Coastal wetlands", (0.129, 0.137, -0.064, 0.070, 0.126, 0.541, 0.228), -0.06),  # salt marsh
+    ("Coastal wetlands", (0.000, 0.150, -0.050, 0.090, 0.080, 0.400, 0.000), 0.00),  # tidal mudflats (hand-set, not fitted: fitted, they took big turbid lakes)
+    ("Inland wetlands", (0.304, 0.084, -0.070, 0.039, 0.153, 0.249, 0.052), -0.87),
+    ("Beaches, dunes, sands", (0.048, -0.057, 0.124, 0.214, 0.241, 0.441, -0.120), -0.10),
+    ("Coniferous forest", (0.732, -0.409, -0.350, 0.033, 0.219, 0.005, -0.142), 0.16),
+    ("Broad-leaved forest", (0.842, -0.524, -0.373, 0.032, 0.342, 0.000, -0.002), -0.14),
+    ("Mixed forest", (0.780, -0.468, -0.386, 0.032, 0.265, 0.000, -0.115), -0.07),
+    ("Transitional woodland, shrub", (0.563, -0.399, -0.188, 0.057, 0.231, 0.004, -0.191), 0.07),
+    (_LEAFLESS_FOREST, (0.420, -0.380, -0.080, 0.045, 0.160, 0.000, -0.238), -0.50),  # winter: bare crowns, dark in the SWIR
+    ("Arable land", (0.206, -0.321, 0.109, 0.113, 0.197, -0.007, -0.296), 0.11),  # bare, ploughed fields
+    ("Arable land", (0.258, -0.366, 0.047, 0.173, 0.337, 0.001, -0.250), -0.05),  # bare fields, bottom of atmosphere
+    ("Arable land", (0.631, -0.420, -0.250, 0.049, 0.358, 0.000, -0.175), 0.17),  # growing crops
+    ("Arable land", (0.838, -0.474, -0.432, 0.051, 0.459, 0.000, -0.123), -0.38),  # dense crops
+    ("Pastures", (0.563, -0.327, -0.099, 0.054, 0.279, 0.001, -0.153), -0.19),
+    ("Pastures", (0.880, -0.500, -0.450, 0.050, 0.550, 0.000, -0.053), 0.00),  # lush meadows: brighter in the NIR than forest
+    ("Complex cultivation patterns", (0.405, -0.288, 0.008, 0.065, 0.203, 0.005, -0.117), -0.38),
+    ("Natural grassland and sparsely vegetated areas", (0.245, -0.241, 0.114, 0.100, 0.176, 0.009, -0.136), -0.52),
+    ("Urban fabric", (0.142, -0.126, 0.050, 0.121, 0.152, -0.016, -0.095), 0.04),
+    ("Urban fabric", (0.251, -0.251, -0.029, 0.141, 0.239, -0.001, -0.189), -0.95),  # villages, bottom of atmosphere
+    ("Industrial or commercial units", (0.050, -0.095, 0.040, 0.187, 0.191, -0.001, -0.128), -0.23),
+    ("Moors, heathland and sclerophyllous vegetation", (0.401, -0.299, 0.000, 0.050, 0.171, 0.000, -0.202), -1.51),
+    ("Agro-forestry areas", (0.600, -0.400, -0.250, 0.050, 0.260, 0.000, -0.162), -1.50),
+    ("Land principally occupied by agriculture, with significant areas of natural vegetation", (0.550, -0.380, -0.200, 0.050, 0.250, 0.000, -0.174), -1.00),
+    ("Permanent crops", (0.500, -0.350, -0.100, 0.060, 0.250, 0.000, -0.195), -1.50),
     # Snow (NDSI = MNDWI high, but bright in the NIR, unlike water): what shows through it.
-    (_FOREST_UNDER_SNOW, (0.42, 0.50, -0.72, 0.08, 0.18, 0.0), 0.0),
-    (_TREES_IN_SNOW, (0.20, 0.72, -0.80, 0.17, 0.22, 0.0), 0.0),
-    (_OPEN_SNOW, (0.08, 0.78, -0.80, 0.35, 0.40, 0.0), 0.0),
-    (_OPEN_SNOW, (0.04, 0.82, -0.80, 0.65, 0.70, 0.0), 0.0),
+    (_FOREST_UNDER_SNOW, (0.420, 0.500, -0.720, 0.080, 0.180, 0.000, -0.017), 0.00),
+    (_TREES_IN_SNOW, (0.200, 0.720, -0.800, 0.170, 0.220, 0.000, 0.006), 0.00),
+    (_OPEN_SNOW, (0.080, 0.780, -0.800, 0.350, 0.400, 0.000, -0.009), 0.00),
+    (_OPEN_SNOW, (0.040, 0.820, -0.800, 0.650, 0.700, 0.000, 0.004), 0.00),
+    (_TREES_IN_SNOW, (0.100, 0.750, -0.780, 0.110, 0.120, 0.000, 0.232), 0.00),  # snow in shade: dark, and blue (sky light)
     # Clouds: bright and white from the visible to the SWIR (NDSI near 0).
-    (_CLOUD, (0.15, -0.05, -0.15, 0.35, 0.45, 0.0), 0.0),
-    (_CLOUD, (0.08, -0.03, -0.10, 0.60, 0.68, 0.0), 0.0),
+    (_CLOUD, (0.150, -0.050, -0.150, 0.350, 0.450, 0.000, -0.034), 0.00),
+    (_CLOUD, (0.080, -0.030, -0.100, 0.600, 0.680, 0.000, -0.004), 0.00),
 )
 
 
@@ -118,7 +125,7 @@ def _target_matrix() -> torch.Tensor:
 
 
 class SpectralPrototypeNet(torch.nn.Module):
-    """Features from reflectances (B03, B04, B08, B11) → class probabilities / logits (N, 19, H, W), at any H, W.
+    """Features from reflectances (B02, B03, B04, B08, B11) → class probabilities / logits (N, 19, H, W), at any H, W.
 
     The prototype weights are a Gaussian mixture's posterior: with standardised
     features ``f`` and prototype centres ``μₖ``, ``log Lₖ = −½‖f − μₖ‖² + prior_k``.
@@ -147,15 +154,15 @@ class SpectralPrototypeNet(torch.nn.Module):
         self.kernel_tables = prototype_kernels.MixtureTables(self.affine, self.targets)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 6, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction."""
+        """``(N, 7, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction, blue-red ratio."""
         return self._features(x)[:, : len(_FEATURES)].unflatten(2, x.shape[2:])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, F + 1, H·W)``: the features and a row of ones (the affine map's bias input)."""
         n, _, h, w = x.shape
-        green, red, nir, swir = x.clamp_min(_REFLECTANCE_FLOOR).unbind(dim=1)
+        blue, green, red, nir, swir = x.clamp_min(_REFLECTANCE_FLOOR).unbind(dim=1)
         out = torch.empty((n, len(_FEATURES) + 1, h, w), dtype=x.dtype, device=x.device)
-        ndvi, mndwi, ndbi, visible, near, open_water, ones = out.unbind(dim=1)
+        ndvi, mndwi, ndbi, visible, near, open_water, blue_red, ones = out.unbind(dim=1)
 
         def ratio(a: torch.Tensor, b: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
             torch.sub(a, b, out=into)
@@ -169,6 +176,7 @@ class SpectralPrototypeNet(torch.nn.Module):
         mndwi_at, mndwi_width, nir_at, nir_width = _WATER_TEST
         water = torch.sigmoid((mndwi - mndwi_at) / mndwi_width) * torch.sigmoid((nir_at - nir) / nir_width)
         open_water.copy_(box_mean(water, OPEN_WATER_RADIUS))
+        ratio(blue, red, blue_red)
         ones.fill_(1.0)
         return out.flatten(2)
 

@@ -12,7 +12,7 @@ OPEN_WATER_RADIUS = 15
 BUILTIN_CARD = ModelCard(
     name="builtin",
     format="builtin",
-    bands=("B03", "B04", "B08", "B11"),
+    bands=("B02", "B03", "B04", "B08", "B11"),
     patch_size=120,
     class_names=BIGEARTHNET19_NAMES,
     class_colours=BIGEARTHNET19_COLOURS,
@@ -21,7 +21,7 @@ BUILTIN_CARD = ModelCard(
     input_scale="reflectance",
     resampling="bilinear",
     levels=("L1C", "L2A"),
-    description=("Spectral prototype classifier (NDVI, MNDWI/NDSI, NDBI, brightness, NIR, open-water extent) whose "
+    description=("Spectral prototype classifier (NDVI, MNDWI/NDSI, NDBI, brightness, NIR, blue/red, open-water extent) whose "
                  "prototypes spread their probability where spectra cannot decide (snow, cloud); no weights needed."),
     licence="GPL-2.0-or-later (part of s2seg)",
     source="s2seg built-in",
