@@ -18,8 +18,8 @@ Every fit starts from :data:`HAND_SET`, the table placed by hand on the first si
 3ffd3fd), never from a table that has seen the patches: the coordinates of the features added since
 (the blue-red ratio) start at each row's responsibility-weighted mean over the fitted patches and the
 demo scene under the hand-set six-feature model (an in-fold EM step), except where :data:`HAND_SET_LATER`
-sets them by hand. The class distributions of the
-rows are ``builtin._PROTOTYPES``'s.
+sets them by hand; no land row's blue-red coordinate may pass :data:`LAND_BLUE_RED_CEILING`, at the start
+or in the fit. The class distributions of the rows are ``builtin._PROTOTYPES``'s.
 
 Prints the fitted ``_PROTOTYPES`` centres and priors to paste into ``core/models/builtin.py``,
 and the scores on the fitted split and on the other one (measured again with ``make evaluate``).

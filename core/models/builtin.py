@@ -15,8 +15,9 @@ spectral behaviour and from the k-means centres of real BigEarthNet patches; the
 and priors of the one-class (land-cover) prototypes were fitted on the 60 labelled patches of the
 evaluation (``benchmarks/fit_builtin.py``: the evaluation's precision and recall made smooth, anchored
 to the hand-set places and to the demo scene's class shares; the blue-red coordinate of each row starts
-at its pixels' mean). The snow, cloud, leafless-forest and tidal-mudflat rows are not fitted. Scored on
-data it did not learn from by two-fold cross-validation (docs/models.md).
+at its pixels' mean, and no land row may be bluer than measured land surfaces). The snow, cloud,
+leafless-forest and tidal-mudflat rows are not fitted. Scored on data it did not learn from by two-fold
+cross-validation (docs/models.md).
 
 Limits: no texture or context beyond 150 m (the receptive field), so classes defined
 by land use rather than spectra (agro-forestry, permanent crops, complex
@@ -71,7 +72,8 @@ _LEAFLESS_FOREST = (("Broad-leaved forest", 0.5), ("Mixed forest", 0.2), ("Trans
 #: (target, prototype feature values in _FEATURES order, log prior). Reflectances are bottom-of-atmosphere
 #: (L2A) or top-of-atmosphere (L1C) alike: the prototypes sit between the two where they differ. The values
 #: of the one-class rows are fitted (``benchmarks/fit_builtin.py --fit-on all``), the others set by hand on the first six
-#: features (their blue-red coordinate is the mean of the pixels they take, see the fitting script).
+#: features (their blue-red coordinate is the mean of the pixels they take, see the fitting script). The wide-lake
+#: row was added with the blue-red ratio: the turbid row's spectrum where the open-water extent is a lake's, not a river's.
 _PROTOTYPES = (
     ("Marine waters", (-0.300, 0.698, -0.598, 0.080, 0.030, 0.954, 0.331), 0.00),
     ("Inland waters", (-0.202, 0.601, -0.500, 0.070, 0.041, 0.454, 0.208), -0.01),
