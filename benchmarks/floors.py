@@ -314,6 +314,10 @@ def engine_alone_target(r: dict[str, Any], label: str, goal: float) -> Target:
             f"against the I/O floor's {fmt_s(r['io_floor'])} s ({fmt_s(r['io_cpu'])} s CPU) and the whole pipeline's "
             f"{fmt_s(r['pipeline'])} s: the model's own work accounts for {fmt_s(r['pipeline'] - engine['seconds'])} s of the "
             "pipeline's wall time.")
+    if r.get("compute_cpu"):
+        bound = (engine["cpu"] + r["compute_cpu"]) / r["cores"]
+        note += (f" The engine's CPU seconds and the model's (one thread, {fmt_s(r['compute_cpu'])} s) need "
+                 f"{fmt_s(bound)} s on {r['cores']} cores at best, {bound / r['io_floor']:.2f}× the I/O floor.")
     return Target(f"one-pass engine alone (the model's products replayed) ≤ {goal} × its I/O floor, {label}", f"{ratio:.2f}×",
                   f"≤ {goal}×", ratio <= goal, note)
 
