@@ -17,8 +17,9 @@ Per-pixel results do not depend on where a pixel sits in the image or in a block
 padded to :data:`BLOCK` pixels (no scalar tail loop: every pixel runs the same vector code), the only
 fast-math flag is ``contract`` (a multiply and its add fused into one FMA, never reordered), and a
 prototype's weight is cut to 0 pixel by pixel (:data:`WEIGHT_CUTOFF`), not block by block. So chunk
-sizes, strip heights and thread counts give the same bits (the card's receptive-field promise). Without numba (or ``S2SEG_NO_NUMBA=1``)
-and on accelerators the model's torch path runs; the two agree within 1e-5.
+sizes, strip heights and thread counts give the same bits (the card's receptive-field promise).
+Without numba (or ``S2SEG_NO_NUMBA=1``) and on accelerators the model's torch path runs; the two
+agree within 1e-5.
 """
 from __future__ import annotations
 
