@@ -127,9 +127,9 @@ def test_a_pixels_bits_do_not_depend_on_its_blocks_other_pixels(model):
     kind (where the cloud prototypes are skipped) and in a block shared with cloud (where they are computed)."""
     tables = model.net.kernel_tables
     n = prototype_kernels.BLOCK
-    forest = torch.tensor([0.036, 0.023, 0.231, 0.115])  # B03, B04, B08, B11 of a conifer stand (test_models_builtin)
-    cloud = torch.tensor([0.638, 0.636, 0.769, 0.666])
-    alone = forest[None, :, None, None].expand(1, 4, 1, n).contiguous()
+    forest = torch.tensor([0.0193, 0.036, 0.023, 0.231, 0.115])  # B02, B03, B04, B08, B11 of a conifer stand
+    cloud = torch.tensor([0.631, 0.638, 0.636, 0.769, 0.666])  # (the spectra of test_models_builtin)
+    alone = forest[None, :, None, None].expand(1, len(forest), 1, n).contiguous()
     mixed = alone.clone()
     mixed[0, :, 0, 1::2] = cloud[:, None]
     f_alone, f_mixed = model.net._features(alone), model.net._features(mixed)
