@@ -10,6 +10,16 @@ overall accuracy, eq. 6 user's, eq. 7 producer's, eq. 10 area), since the ratio
 variance's residual ``y - R x`` reduces to Olofsson's two terms. So strata of class ×
 confidence need no second code path.
 
+Intervals: the standard errors are Olofsson's (design-unbiased), but ``value ± 1.96 SE``
+under-covers where a stratum with few units and a rare class in it shows no variation (no
+unit of the class drawn: that stratum's s² is 0, though its true share is not). The area
+proportions, the matrix cells and overall accuracy are linear functions Σ_h W_h p_h of the
+strata's binomial proportions, so their 95 % intervals are those of Price & Bonett (2004,
+Comput. Stat. Data Anal. 45:449-456) for a linear function of k binomial proportions: add
+2/k successes and 4/k trials to each stratum's proportion, then a Wald interval on the
+adjusted proportions (Agresti & Caffo 2000 for k = 2, the "plus four" of Agresti & Coull
+1998 for k = 1). User's and producer's accuracies (ratios) keep ``value ± 1.96 SE``.
+
 Sample-size planning: Olofsson 2014 eq. 13 (target standard error of overall accuracy)
 and the allocation advice of its section 5.1.1 (a minimum per stratum, the rest
 proportional to area).
@@ -38,10 +48,13 @@ class Estimate:
 
     value: float | None
     se: float | None
+    interval: tuple[float, float] | None = None  # a 95 % interval other than value ± 1.96 SE
 
     @property
     def ci95(self) -> tuple[float, float] | None:
-        """The 95 % confidence interval ``value ± 1.96 SE``, or None."""
+        """The 95 % confidence interval: ``interval`` where one was computed, else ``value ± 1.96 SE``; or None."""
+        if self.interval is not None:
+            return self.interval
         if self.value is None or self.se is None:
             return None
         return self.value - Z95 * self.se, self.value + Z95 * self.se
@@ -50,7 +63,8 @@ class Estimate:
         """The same estimate in other units (proportion → m², …)."""
         if self.value is None:
             return self
-        return Estimate(self.value * factor, None if self.se is None else self.se * factor)
+        interval = None if self.interval is None else (self.interval[0] * factor, self.interval[1] * factor)
+        return Estimate(self.value * factor, None if self.se is None else self.se * factor, interval)
 
     def to_dict(self) -> dict[str, Any]:
         ci = self.ci95
@@ -169,8 +183,11 @@ def estimate(strata: Sequence[Hashable] | np.ndarray, map_class: Sequence[int] |
     counts = np.bincount(m * k + r, minlength=k * k).reshape(k, k).astype(float)
     p_ref = stats.total(on_ref) / total
     se_ref = np.sqrt(stats.variance_of_total(on_ref)) / total
+    low_ref, high_ref = stats.linear_interval(on_ref)
     oa = float(stats.total(correct)[0] / total)
-    overall = Estimate(oa, float(np.sqrt(stats.variance_of_total(correct))[0] / total))
+    low_oa, high_oa = stats.linear_interval(correct)
+    overall = Estimate(oa, float(np.sqrt(stats.variance_of_total(correct))[0] / total),
+                       (float(low_oa[0]), float(high_oa[0])))
     diag = on_map * on_ref
     users = _ratios(stats, diag, on_map, names, "map class", "user's", messages)
     producers = _ratios(stats, diag, on_ref, names, "reference class", "producer's", messages)
@@ -179,7 +196,8 @@ def estimate(strata: Sequence[Hashable] | np.ndarray, map_class: Sequence[int] |
     mapped = stats.total(on_map) / total
     return Assessment(classes=classes, class_names=names, total_area=float(total * unit_area), counts=counts,
                       matrix=matrix, overall=overall, users=users, producers=producers,
-                      proportions=[Estimate(float(p), float(s)) for p, s in zip(p_ref, se_ref)],
+                      proportions=[Estimate(float(p), float(s), (float(lo), float(hi)))
+                                   for p, s, lo, hi in zip(p_ref, se_ref, low_ref, high_ref)],
                       mapped_proportions=[float(x) for x in mapped], n_units=n, messages=messages)
 
 
@@ -190,6 +208,7 @@ class _Strata:
         self.h, self.n_h, self.sizes = h, n_h, sizes
         self.sampled = n_h > 0
         finite = (1 - n_h / np.where(sizes > 0, sizes, 1)) if fpc else np.ones_like(n_h)
+        self.finite = np.clip(finite, 0.0, 1.0)
         # N_h² (1 − f_h) / n_h: the weight of the sample variance s²_h in V(total); 0 for unsampled strata.
         self.var_weight = np.where(self.sampled, sizes ** 2 * finite / np.maximum(n_h, 1), 0.0)
 
@@ -211,6 +230,24 @@ class _Strata:
         ss = squares - sums ** 2 / np.maximum(n, 1)
         s2 = np.where(n > 1, np.maximum(ss, 0) / np.maximum(n - 1, 1), 0.0)
         return (self.var_weight[:, None] * s2).sum(axis=0)
+
+    def linear_interval(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """95 % interval of Ŷ/N for each 0/1 column of ``y``: Price & Bonett (2004).
+
+        Σ_h W_h p̃_h ± 1.96 √(Σ_h W_h² (1 − f_h) p̃_h (1 − p̃_h) / ñ_h) with p̃_h = (y_h + 2/k)/ñ_h,
+        ñ_h = n_h + 4/k, over the k sampled strata, clipped to [0, 1]. A censused stratum
+        (f_h = 1 under ``fpc``) is known exactly and keeps its plain proportion.
+        """
+        weights = self.sizes / self.sizes.sum()
+        k = max(int(self.sampled.sum()), 1)
+        add = np.where(self.sampled & (self.finite > 0), 1.0, 0.0)[:, None]
+        trials = self.n_h[:, None] + add * 4.0 / k
+        adjusted = (self._sums(y) + add * 2.0 / k) / np.maximum(trials, 1e-300)
+        centre = (weights[:, None] * adjusted).sum(axis=0)
+        spread = np.where(self.sampled[:, None], weights[:, None] ** 2 * self.finite[:, None]
+                          * adjusted * (1 - adjusted) / np.maximum(trials, 1e-300), 0.0).sum(axis=0)
+        half = Z95 * np.sqrt(spread)
+        return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def _ratios(stats: _Strata, y: np.ndarray, x: np.ndarray, names: Sequence[str], what: str, kind: str,
