@@ -16,8 +16,8 @@ import math
 import numpy as np
 import pytest
 
-from s2seg.core.accuracy.estimate import (Z95, AccuracyError, allocate, estimate, sample_size_overall,
-                                          sample_size_users)
+from s2seg.core.accuracy.estimate import (Z95, AccuracyError, adjusted_linear_function, allocate, estimate,
+                                          sample_size_overall, sample_size_users)
 
 
 def units(counts: list[list[int]]) -> tuple[list[int], list[int]]:
@@ -185,3 +185,10 @@ def test_class_absent_from_the_sample_gets_an_upper_bound():
     low, high = a.proportions[2].ci95
     assert low == 0 and 0 < high < 0.5  # no unit of class 2 seen: its share is small, not known to be 0
     assert a.areas[2].ci95 == pytest.approx((0.0, high * 400))
+
+
+def test_adjusted_linear_function_reproduces_price_bonett():
+    # The example of ci.lc.prop.bs in the R package statpsych (D. G. Bonett), which implements Price & Bonett
+    # (2004): f = 26, 24, 38 of n = 60 each, contrast −.5, −.5, 1 → estimate 0.2119565, SE 0.07602892.
+    centre, se = adjusted_linear_function(np.array([26, 24, 38]), np.array([60, 60, 60]), np.array([-.5, -.5, 1]))
+    assert centre[0] == pytest.approx(0.2119565, abs=1e-7) and se[0] == pytest.approx(0.07602892, abs=1e-8)

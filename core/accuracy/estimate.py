@@ -236,22 +236,41 @@ class _Strata:
         return (self.var_weight[:, None] * s2).sum(axis=0)
 
     def linear_interval(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """95 % interval of Ŷ/N for each 0/1 column of ``y``: Price & Bonett (2004).
+        """95 % interval of Ŷ/N = Σ_h W_h p_h for each 0/1 column of ``y`` (Price & Bonett 2004),
+        clipped to [0, 1]. A censused stratum (f_h = 1 under ``fpc``) is known exactly: it gets no
+        pseudo-counts and adds no variance."""
+        weights = np.where(self.sampled, self.sizes / self.sizes.sum(), 0.0)
+        centre, se = adjusted_linear_function(self._sums(y), self.n_h, weights, self.finite,
+                                              adjust=self.finite > 0)
+        return np.clip(centre - Z95 * se, 0.0, 1.0), np.clip(centre + Z95 * se, 0.0, 1.0)
 
-        Σ_h W_h p̃_h ± 1.96 √(Σ_h W_h² (1 − f_h) p̃_h (1 − p̃_h) / ñ_h) with p̃_h = (y_h + 2/k)/ñ_h,
-        ñ_h = n_h + 4/k, over the k sampled strata, clipped to [0, 1]. A censused stratum
-        (f_h = 1 under ``fpc``) is known exactly and keeps its plain proportion.
-        """
-        weights = self.sizes / self.sizes.sum()
-        k = max(int(self.sampled.sum()), 1)
-        add = np.where(self.sampled & (self.finite > 0), 1.0, 0.0)[:, None]
-        trials = self.n_h[:, None] + add * 4.0 / k
-        adjusted = (self._sums(y) + add * 2.0 / k) / np.maximum(trials, 1e-300)
-        centre = (weights[:, None] * adjusted).sum(axis=0)
-        spread = np.where(self.sampled[:, None], weights[:, None] ** 2 * self.finite[:, None]
-                          * adjusted * (1 - adjusted) / np.maximum(trials, 1e-300), 0.0).sum(axis=0)
-        half = Z95 * np.sqrt(spread)
-        return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+def adjusted_linear_function(successes: np.ndarray, trials: np.ndarray, coefficients: np.ndarray,
+                             finite: np.ndarray | None = None,
+                             adjust: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and standard error of Σ_h c_h p_h from independent binomial samples, Price & Bonett (2004,
+    Comput. Stat. Data Anal. 45:449-456, doi:10.1016/S0167-9473(03)00007-0): each of the k proportions
+    with c_h ≠ 0 gets 2/k successes and 4/k trials, p̃_h = (y_h + 2/k)/(n_h + 4/k), and
+    SE² = Σ_h c_h² (1 − f_h) p̃_h (1 − p̃_h)/(n_h + 4/k); the interval is centre ± z SE.
+
+    ``successes``: (H,) or (H, columns) counts y_h; ``trials``: (H,) n_h; ``coefficients``: (H,) c_h;
+    ``finite``: (H,) 1 − f_h (1 if omitted); ``adjust``: (H,) which proportions get the pseudo-counts
+    (all with c_h ≠ 0 if omitted).
+    """
+    y = np.asarray(successes, dtype=float)
+    y = y[:, None] if y.ndim == 1 else y
+    n = np.asarray(trials, dtype=float)[:, None]
+    c = np.asarray(coefficients, dtype=float)[:, None]
+    f = np.ones_like(n) if finite is None else np.asarray(finite, dtype=float)[:, None]
+    used = c != 0
+    k = max(int(used.sum()), 1)
+    pseudo = used & (np.ones_like(used) if adjust is None else np.asarray(adjust, bool)[:, None])
+    n_adj = n + pseudo * 4.0 / k
+    p_adj = np.where(n_adj > 0, (y + pseudo * 2.0 / k) / np.where(n_adj > 0, n_adj, 1.0), 0.0)
+    centre = (c * p_adj).sum(axis=0)
+    variance = np.where(used & (n_adj > 0), c ** 2 * f * p_adj * (1 - p_adj) / np.where(n_adj > 0, n_adj, 1.0),
+                        0.0).sum(axis=0)
+    return centre, np.sqrt(variance)
 
 
 def _ratios(stats: _Strata, y: np.ndarray, x: np.ndarray, names: Sequence[str], what: str, kind: str,
