@@ -13,16 +13,16 @@ confidence need no second code path.
 Intervals: the standard errors are Olofsson's (design-unbiased), but ``value ± 1.96 SE``
 under-covers where a stratum with few units and a rare class in it shows no variation (no
 unit of the class drawn: that stratum's s² is 0, though its true share is not). The area
-proportions, the matrix cells and overall accuracy are linear functions Σ_h W_h p_h of the
-strata's binomial proportions, so their 95 % intervals are those of Price & Bonett (2004,
-Comput. Stat. Data Anal. 45:449-456) for a linear function of k binomial proportions: add
-2/k successes and 4/k trials to each stratum's proportion, then a Wald interval on the
-adjusted proportions (Agresti & Caffo 2000 for k = 2, the "plus four" of Agresti & Coull
-1998 for k = 1). User's and producer's accuracies (ratios) keep ``value ± 1.96 SE``.
-On Olofsson's Table 8 this widens the area intervals of the two rare classes by 14 % and 35 %
-(their large stable strata drew none of them, which Wald reads as "none there") and the others,
-and overall accuracy's, by 1-2 %; on the known-truth tile of the tests it lifts the coverage of
-the designs from 74-95 % to 92-99 %.
+proportions and overall accuracy are linear functions Σ_h W_h p_h of the strata's binomial
+proportions, so their 95 % intervals are those of Price & Bonett (2004, Comput. Stat. Data
+Anal. 45:449-456) for a linear function of k binomial proportions: add 2/k successes and 4/k
+trials to each stratum's proportion, then a Wald interval on the adjusted proportions
+(Agresti & Caffo 2000 for k = 2, the "plus four" of Agresti & Coull 1998 for k = 1). User's
+and producer's accuracies (ratios) keep ``value ± 1.96 SE``. On Olofsson's Table 8 this
+widens the area intervals of the two rare classes by 14 % and 35 % (their large stable strata
+drew none of them, which Wald reads as "none there") and the others, and overall accuracy's,
+by 1-2 %; on the known-truth tile of the tests it lifts the coverage of the designs from
+74-95 % to 92-99 %.
 
 Sample-size planning: Olofsson 2014 eq. 13 (target standard error of overall accuracy)
 and the allocation advice of its section 5.1.1 (a minimum per stratum, the rest
