@@ -88,7 +88,6 @@ class AssessAlgorithm(AccuracyAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.accuracy.assess import assess
-        from ..core.accuracy.estimate import Z95
         from ..core.accuracy.report import HECTARE, write_reports
         from ..core.errors import S2SegError
 
@@ -105,8 +104,9 @@ class AssessAlgorithm(AccuracyAlgorithm):
         a = result.assessment
         for message in a.messages:
             feedback.pushWarning(message)
-        feedback.pushInfo(self.tr("Overall accuracy {:.3f} ± {:.3f} from {} labelled points").format(
-            a.overall.value, Z95 * a.overall.se, a.n_units))
+        low, high = a.overall.ci95
+        feedback.pushInfo(self.tr("Overall accuracy {:.3f} (95 % interval {:.3f}–{:.3f}) from {} labelled points").format(
+            a.overall.value, low, high, a.n_units))
 
         fields = QgsFields()
         for name in _COLUMNS:

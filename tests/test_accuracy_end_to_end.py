@@ -49,18 +49,19 @@ def scene(tmp_path_factory):
     return products, reference, codes, true_p
 
 
-def intervals(scene, confidence: str) -> tuple[np.ndarray, np.ndarray]:
-    """Over SEEDS designs of TOTAL units: (covered (seeds, classes), interval width (seeds, classes))."""
+def intervals(scene, confidence: str, minimum: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Over SEEDS designs of TOTAL units: (covered (seeds, classes), interval width (seeds, classes)),
+    for the 95 % intervals the assessment reports (``Estimate.ci95``)."""
     products, reference, codes, true_p = scene
     covered, width = [], []
     for seed in range(SEEDS):
-        d = draw_design(products, DesignConfig(total=TOTAL, minimum=5, confidence=confidence, threshold=THRESHOLD,
-                                               seed=seed))
+        d = draw_design(products, DesignConfig(total=TOTAL, minimum=minimum, confidence=confidence,
+                                               threshold=THRESHOLD, seed=seed))
         a = estimate(d.stratum, d.map_class, reference[d.rows, d.cols], {s.code: s.pixels for s in d.strata}, codes)
-        value = np.array([e.value for e in a.proportions])
-        se = np.array([e.se for e in a.proportions])
-        covered.append(np.abs(value - true_p) <= Z95 * se + 1e-12)
-        width.append(2 * Z95 * se)
+        low = np.array([e.ci95[0] for e in a.proportions])
+        high = np.array([e.ci95[1] for e in a.proportions])
+        covered.append((low - 1e-12 <= true_p) & (true_p <= high + 1e-12))
+        width.append(high - low)
     return np.array(covered), np.array(width)
 
 
@@ -77,11 +78,25 @@ def by_confidence(scene):
 @pytest.mark.parametrize("design", ["class_only", "by_confidence"])
 def test_area_intervals_cover_the_true_areas(scene, design, request):
     covered, _ = request.getfixturevalue(design)
-    present = scene[3] > 0  # classes with a true area (the others' intervals are [0, 0] and cover trivially)
+    present = scene[3] > 0  # classes with a true area (the others cannot be missed: their intervals start at 0)
     rates = covered[:, present].mean(axis=0)
     print(f"{design}: coverage per class {np.round(rates, 2).tolist()}, pooled {covered[:, present].mean():.3f}")
     assert covered[:, present].mean() >= 0.90
-    assert rates.min() >= 0.80  # Wald intervals under-cover a little where rare errors hide in large strata
+    assert rates.min() >= 0.80
+
+
+@pytest.mark.parametrize("confidence", ["none", "gap"])
+def test_area_intervals_cover_with_the_default_minimum(scene, confidence):
+    """Minimum 50 of 1,000 units leaves the large strata a few dozen units, so the rare errors in them are
+    mostly not drawn: ``value ± 1.96 SE`` covered 0.74 (gap) and 0.87 (none) of the designs with the
+    built-in model here; the Price & Bonett intervals hold."""
+    covered, _ = intervals(scene, confidence, minimum=50)
+    present = scene[3] > 0
+    rates = covered[:, present].mean(axis=0)
+    print(f"minimum 50, {confidence}: coverage per class {np.round(rates, 2).tolist()}, "
+          f"pooled {covered[:, present].mean():.3f}")
+    assert covered[:, present].mean() >= 0.90
+    assert rates.min() >= 0.80
 
 
 def test_confidence_strata_hold_the_errors_and_their_intervals_are_measured(scene, class_only, by_confidence):

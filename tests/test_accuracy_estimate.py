@@ -11,11 +11,13 @@ printed precision):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from s2seg.core.accuracy.estimate import (Z95, AccuracyError, allocate, estimate, sample_size_overall,
-                                          sample_size_users)
+from s2seg.core.accuracy.estimate import (Z95, AccuracyError, adjusted_linear_function, allocate, estimate,
+                                          sample_size_overall, sample_size_users)
 
 
 def units(counts: list[list[int]]) -> tuple[list[int], list[int]]:
@@ -141,3 +143,52 @@ def test_census_with_fpc_has_no_variance():
     m, r = [0, 0, 1, 1], [0, 1, 1, 1]
     a = estimate(m, m, r, {0: 2, 1: 2}, [0, 1], fpc=True)
     assert a.overall.se == 0 and a.overall.value == 0.75
+
+
+def test_rare_class_in_small_strata_keeps_its_interval_coverage():
+    """A class absent from a large stratum and rare (5 %) in a small one (5 units): most samples draw no
+    unit of it there, so that stratum's s² is 0 and ``value ± 1.96 SE`` collapses to a point that misses the
+    true area. The Price & Bonett interval keeps its coverage; computed exactly over the binomial outcomes."""
+    sizes = {0: 9_000, 1: 800, 2: 200}  # stratum 2 is the class's own map stratum, pure
+    n_small, share = 5, 0.05
+    true = (sizes[1] * share + sizes[2]) / sum(sizes.values())
+    wald = price_bonett = 0.0
+    for drawn in range(n_small + 1):
+        strata = [0] * 100 + [1] * n_small + [2] * 5
+        reference = [0] * 100 + [1] * drawn + [0] * (n_small - drawn) + [1] * 5
+        a = estimate(strata, [0] * 100 + [0] * n_small + [1] * 5, reference, sizes, [0, 1])
+        e = a.proportions[1]
+        chance = math.comb(n_small, drawn) * share ** drawn * (1 - share) ** (n_small - drawn)
+        wald += chance * (abs(e.value - true) <= Z95 * e.se)
+        low, high = e.ci95
+        price_bonett += chance * (low <= true <= high)
+    assert wald < 0.5  # P(no unit drawn) = 0.95⁵ = 0.77, and then the Wald interval has width 0
+    assert price_bonett >= 0.95
+
+
+def test_interval_close_to_wald_where_every_stratum_shows_variation():
+    """The adjustment is 2/k successes in 4/k trials per stratum: negligible for overall accuracy of
+    Table 8 (every stratum has errors), noticeable only for the rare classes whose large strata drew none."""
+    m, r = units(TABLE8)
+    a = estimate(m, m, r, TABLE8_PIXELS, [0, 1, 2, 3])
+    low, high = a.overall.ci95
+    assert high - low == pytest.approx(2 * Z95 * a.overall.se, rel=0.05)
+    assert low < a.overall.value < high
+    for e in a.proportions:
+        low, high = e.ci95
+        assert 0 <= low < e.value < high <= 1
+        assert high - low >= 2 * Z95 * e.se * 0.99  # never much narrower than Wald
+
+
+def test_class_absent_from_the_sample_gets_an_upper_bound():
+    a = estimate([0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 0], {0: 100, 1: 300}, [0, 1, 2])
+    low, high = a.proportions[2].ci95
+    assert low == 0 and 0 < high < 0.5  # no unit of class 2 seen: its share is small, not known to be 0
+    assert a.areas[2].ci95 == pytest.approx((0.0, high * 400))
+
+
+def test_adjusted_linear_function_reproduces_price_bonett():
+    # The example of ci.lc.prop.bs in the R package statpsych (D. G. Bonett), which implements Price & Bonett
+    # (2004): f = 26, 24, 38 of n = 60 each, contrast −.5, −.5, 1 → estimate 0.2119565, SE 0.07602892.
+    centre, se = adjusted_linear_function(np.array([26, 24, 38]), np.array([60, 60, 60]), np.array([-.5, -.5, 1]))
+    assert centre[0] == pytest.approx(0.2119565, abs=1e-7) and se[0] == pytest.approx(0.07602892, abs=1e-8)

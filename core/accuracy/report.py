@@ -37,9 +37,12 @@ def _e(value: object) -> str:
 
 
 def _pm(estimate: Estimate, scale: float = 1.0, digits: int = 3) -> str:
-    """``value ± 1.96 SE`` or a dash."""
+    """``value ± 1.96 SE``, ``value [low, high]`` where the 95 % interval is not symmetric, or a dash."""
     if estimate.value is None:
         return "—"
+    if estimate.interval is not None:
+        low, high = estimate.interval
+        return f"{estimate.value * scale:,.{digits}f} [{low * scale:,.{digits}f}, {high * scale:,.{digits}f}]"
     half = Z95 * (estimate.se or 0.0) * scale
     return f"{estimate.value * scale:,.{digits}f} ± {half:,.{digits}f}"
 
@@ -105,7 +108,9 @@ td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}} th{{background:#
 td:first-child{{text-align:left}} small{{color:#777}}</style></head><body>
 <h1>Accuracy and error-adjusted area — {_e(result.products.tile)}</h1>
 <p>Stratified estimators of Olofsson et al. (2014, <i>Remote Sensing of Environment</i> 148:42–57) and
-Stehman (2014, <i>Int. J. Remote Sensing</i> 35:4923–4939); intervals are estimate ± 1.96 standard errors.
+Stehman (2014, <i>Int. J. Remote Sensing</i> 35:4923–4939). 95 % intervals: user's and producer's accuracy
+± 1.96 standard errors; overall accuracy and areas [low, high] by Price &amp; Bonett (2004), which stay honest
+where a stratum with few points shows no unit of a rare class.
 Sample: {_e(result.sample_path)}, reference field <code>{_e(result.reference_field)}</code>,
 {a.n_units} labelled unit(s).</p>
 {f"<h2>Notes</h2><ul>{messages}</ul>" if messages else ""}
