@@ -22,7 +22,7 @@ and producer's accuracies (ratios) keep ``value ± 1.96 SE``. On Olofsson's Tabl
 widens the area intervals of the two rare classes by 14 % and 35 % (their large stable strata
 drew none of them, which Wald reads as "none there") and the others, and overall accuracy's,
 by 1-2 %; on the known-truth tile of the tests it lifts the coverage of the designs from
-74-95 % to 92-99 %.
+74-95 % (six-feature built-in table) and 80-93 % (seven-feature) to 92-99 %.
 
 Sample-size planning: Olofsson 2014 eq. 13 (target standard error of overall accuracy)
 and the allocation advice of its section 5.1.1 (a minimum per stratum, the rest

@@ -190,8 +190,12 @@ class SpectralPrototypeNet(torch.nn.Module):
             features = self._features(x)
             return prototype_kernels.mixture_probabilities(features, self.kernel_tables, torch.get_num_threads()
                                                            ).unflatten(2, x.shape[2:])
-        z = torch.matmul(self.affine, self._features(x))  # (N, K, H·W) prototype scores
-        z.sub_(z.amax(dim=1, keepdim=True)).exp_()  # stable: the best prototype scores exp(0) = 1
+        # (N, K, H·W) prototype scores, in float64 where the device has it: they reach ±220, and their float32
+        # rounding alone moved the weights by ~1e-5 (3.6e-6 in the probabilities, measured against float64; 0.9e-6
+        # with the scores in float64). The compiled kernel's fused multiply-adds round less.
+        exact = torch.float64 if x.device.type in ("cpu", "cuda") else x.dtype
+        z = torch.matmul(self.affine.to(exact), self._features(x).to(exact))
+        z = z.sub_(z.amax(dim=1, keepdim=True)).to(x.dtype).exp_()  # stable: the best prototype scores exp(0) = 1
         total = z.sum(dim=1, keepdim=True)
         # Each prototype's weight spread over its classes: one (C, K) × (K, H·W) product.
         return torch.matmul(self.targets, z).div_(total).unflatten(2, x.shape[2:])
