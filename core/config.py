@@ -8,8 +8,9 @@ the model card (:mod:`s2seg.core.models.card`), never to this file.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterable, TypeVar
 
 from .errors import ConfigError
 
@@ -36,6 +37,20 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def map_on_cores(function: Callable[[_T], _R], items: Iterable[_T], name: str, limit: int | None = None) -> list[_R]:
+    """``[function(item) for item in items]``, the items side by side on up to :func:`usable_cores` threads (and
+    at most ``limit``), for work that releases the GIL (hashing, GDAL, zlib). Results keep the items' order; the
+    first item's error is re-raised after every thread has ended. Threads are named ``name-i``."""
+    items = list(items)
+    threads = max(1, min(len(items), usable_cores(), limit or len(items) or 1))
+    with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
+        return list(pool.map(function, items))
 
 
 @dataclass(frozen=True)

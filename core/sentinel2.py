@@ -13,7 +13,6 @@ import re
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import BinaryIO, Callable, Sequence, TypeVar
@@ -25,6 +24,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from .bands import BAND_BY_ID, TILE_SIZE_PX, Band, normalise_band_id
+from .config import map_on_cores
 from .errors import InputError, ModelError
 
 #: The L2A scene classification and cloud / snow probabilities, read as categorical layers of the tile
@@ -409,9 +409,7 @@ def _verify_members(source: Path, members: list[zipfile.ZipInfo]) -> None:
         except OSError as exc:
             raise InputError(f"cannot read member {info.filename} of zip archive {source}: {exc}") from None
 
-    threads = max(1, min(len(members), os.cpu_count() or 1, _CRC_THREADS))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s2seg-crc") as pool:
-        list(pool.map(verify, members))  # re-raises the first member's error, in member order
+    map_on_cores(verify, members, "s2seg-crc", limit=_CRC_THREADS)  # re-raises the first member's error, in member order
 
 
 def _band_id_of(file_name: str) -> str | None:

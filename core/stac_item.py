@@ -150,13 +150,10 @@ def _points(geometry: Mapping) -> list:
 def _checksums(paths: list[Path]) -> dict[Path, str]:
     """:func:`multihash_sha256` of each file, several at once (hashlib releases the GIL): the products of a
     full tile are gigabytes, hashed after the last chunk where nothing else runs."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .config import usable_cores
+    from .config import map_on_cores
 
     paths = [Path(p) for p in paths]
-    with ThreadPoolExecutor(max(1, min(len(paths), usable_cores())), thread_name_prefix="s2seg-checksum") as pool:
-        return dict(zip(paths, pool.map(multihash_sha256, paths)))
+    return dict(zip(paths, map_on_cores(multihash_sha256, paths, "s2seg-checksum")))
 
 
 def _file_fields(asset, path: Path, checksums: Mapping[Path, str]) -> None:

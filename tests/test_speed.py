@@ -36,6 +36,32 @@ def test_reader_decodes_local_bands_with_one_thread_per_core(one_core, small_til
         assert reader._pool._max_workers == 1
 
 
+def test_map_on_cores_keeps_order_caps_threads_and_reraises_the_first_error(apparent_cores):
+    import threading
+
+    apparent_cores(3)
+    seen: set[str] = set()
+
+    def square(i: int) -> int:
+        seen.add(threading.current_thread().name)
+        return i * i
+
+    assert config.map_on_cores(square, range(20), "t") == [i * i for i in range(20)]
+    assert 1 <= len(seen) <= 3 and all(name.startswith("t") for name in seen)
+    seen.clear()
+    config.map_on_cores(square, range(20), "t", limit=1)
+    assert len(seen) == 1
+    assert config.map_on_cores(square, [], "t") == []
+
+    def fail_on_odd(i: int) -> int:
+        if i % 2:
+            raise ValueError(f"item {i}")
+        return i
+
+    with pytest.raises(ValueError, match="item 1$"):
+        config.map_on_cores(fail_on_odd, range(6), "t")
+
+
 def test_torch_pool_is_capped_to_the_process_cores(one_core, monkeypatch):
     from s2seg.core.inferer import cap_torch_threads
 
