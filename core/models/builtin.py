@@ -184,9 +184,10 @@ class SpectralPrototypeNet(torch.nn.Module):
         return box_mean(_water(_ratio(green, swir, torch.empty_like(green)), nir), OPEN_WATER_RADIUS)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, one compiled pass
-        per block of pixels (:mod:`.prototype_kernels`, the same ``affine`` and ``targets``); else the torch
-        steps below (the reference: the two agree within 1e-5)."""
+        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, the open-water mean
+        (:meth:`_open_water`) and then one compiled pass per block of pixels, from the bands to the probabilities
+        (:mod:`.prototype_kernels`: the same features, bit for bit, the same ``affine`` and ``targets``); else the
+        torch steps below (the reference: the two agree within 1e-5)."""
         if prototype_kernels.usable(x):
             return prototype_kernels.mixture_probabilities(x, self._open_water(x), self.kernel_tables,
                                                            torch.get_num_threads())

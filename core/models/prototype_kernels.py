@@ -1,9 +1,15 @@
-"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
-distributions in one pass over the pixels (or, when probabilities are not written, straight on to the
-confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
+"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): features → prototype scores → softmax →
+class distributions in one pass over the pixels (or, when probabilities are not written, straight on to
+the confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
 
-The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
-once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
+The pass reads the five reflectance bands and the open-water mean (a neighbourhood feature, made
+before it) and computes each block's seven features itself (:func:`_run_features`), with the same
+float32 operations as the model's torch steps, so the same bits (tests): no ``(N, 8, H·W)`` feature
+array and its temporaries are allocated, filled and read back per strip (~1.5 GB of fresh memory,
+touched once, on a 5040² tile). It takes the model's own tables (its affine score map and
+class-distribution matrix, built once from ``_PROTOTYPES`` and the feature scales) and reflectance
+floor, so what changes there flows through unchanged; the features it computes (:data:`FEATURES`)
+are checked against the model's list.
 
 torch evaluates the prototype mixture as separate whole-image steps (a ``(K, F + 1) × (F + 1, n)``
 product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step writes and reads a
@@ -11,12 +17,14 @@ product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step w
 chunk on one core, measured). The kernel below keeps one block of :data:`BLOCK` pixels in cache
 from the features to the probabilities, and evaluates ``exp`` with a polynomial numba can vectorise
 (numba has no vectorised ``exp`` without Intel's SVML). It is generic over the model's tables: any
-number of features, prototypes and classes; each prototype's class distribution is a sparse row.
+number of prototypes and classes; each prototype's class distribution is a sparse row.
 
 Per-pixel results do not depend on where a pixel sits in the image or in a block: every block is
 padded to :data:`BLOCK` pixels (no scalar tail loop: every pixel runs the same vector code), the only
 fast-math flag is ``contract`` (a multiply and its add fused into one FMA, never reordered), and a
-prototype's weight is cut to 0 pixel by pixel (:data:`WEIGHT_CUTOFF`), not block by block. So chunk
+prototype's weight is cut to 0 pixel by pixel (:data:`WEIGHT_CUTOFF`), not block by block. The features
+are made along runs of any length (a block crosses output rows), vector code and a scalar tail, which is
+safe: their operations (compare, add, subtract, divide, halve) round alike in both. So chunk
 sizes, strip heights and thread counts give the same bits (the card's receptive-field promise).
 Without numba (or ``S2SEG_NO_NUMBA=1``) and on accelerators the model's torch path runs; the two
 agree within 1e-5.
