@@ -163,3 +163,22 @@ def test_the_kernel_refuses_a_model_whose_features_are_not_the_ones_it_computes(
     with pytest.raises(ValueError, match="features"):
         prototype_kernels.MixtureTables(model.net.affine, model.net.targets, swapped, _REFLECTANCE_FLOOR)
     assert prototype_kernels.MixtureTables(model.net.affine, model.net.targets, _FEATURES, _REFLECTANCE_FLOOR).floor > 0
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 7, 15])
+def test_the_compiled_box_mean_adds_each_window_in_order(radius):
+    """The box sums add five terms per sweep (and the rest one by one): still each window's terms in order, one
+    float32 addition at a time, then one division, so the same bits as the plain running order."""
+    g = torch.Generator().manual_seed(radius)
+    x = torch.rand((2, 41, 67), generator=g) * torch.rand((2, 41, 67), generator=g)
+    k = 2 * radius + 1
+    h, w = x.shape[1:]
+    padded = torch.nn.functional.pad(x[:, None], (radius,) * 4, mode="replicate")[:, 0]
+    rows = padded[:, :, 0:w].clone()
+    for t in range(1, k):
+        rows = rows + padded[:, :, t:t + w]
+    cols = rows[:, 0:h].clone()
+    for t in range(1, k):
+        cols = cols + rows[:, t:t + h]
+    expected = cols / torch.tensor(float(k * k))
+    assert torch.equal(prototype_kernels.box_mean(x, radius).view(torch.int32), expected.view(torch.int32))
