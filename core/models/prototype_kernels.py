@@ -127,7 +127,7 @@ def _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc,
         inv_total[b] = one / inv_total[b]
 
 
-#: The features :func:`_block_features` computes, row by row, from the bands B02, B03, B04, B08, B11 and the
+#: The features :func:`_run_features` computes, row by row, from the bands B02, B03, B04, B08, B11 and the
 #: open-water mean: the model's own (:data:`.builtin._FEATURES`; :class:`MixtureTables` checks they match).
 FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water", "blue_red")
 
@@ -187,7 +187,7 @@ def _features_pixels(bands, open_water, floor, out, p0, p1):  # pragma: no cover
 @_njit
 def _mixture_pixels(bands, open_water, floor, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
     """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``bands (5, n)`` and ``open_water (n)``
-    (:func:`_block_features`, :func:`_mixture_block`)."""
+    (:func:`_run_features`, :func:`_mixture_block`)."""
     n_protos, n_affine = affine.shape
     n_features = n_affine - 1
     n_classes = out.shape[0]
@@ -211,7 +211,7 @@ def _mixture_confidence(bands, open_water, floor, width_in, row_off, col_off, va
                         weights, n_classes, class_out, maxprob, entropy, gap, bad, p0, p1):  # pragma: no cover - compiled by numba
     """Confidence products of output pixels ``p0 … p1-1`` of a window ``valid (h, w)`` whose pixel ``(y, x)`` is
     input pixel ``(row_off + y, col_off + x)`` of ``bands (5, H · width_in)`` and ``open_water (H · width_in)``:
-    each block's features (:func:`_block_features`) and probabilities (:func:`_mixture_block`, the same values
+    each block's features (:func:`_run_features`) and probabilities (:func:`_mixture_block`, the same values
     :func:`_mixture_pixels` writes) are folded class by class into the products by the confidence kernel's own
     functions (:mod:`..uncertainty`), so no ``(C, n)`` array exists. Products are flat ``(h · w)``; blocks without
     a valid pixel are not computed (nodata). ``bad[0]`` is set to 1 when a valid pixel's probabilities are not
