@@ -8,6 +8,8 @@ from s2seg.core.models.builtin import BuiltinModel, box_mean
 from s2seg.core.models.builtin_card import BUILTIN_CARD
 from s2seg.core.nomenclature import BIGEARTHNET19_NAMES, LABEL_GROUPS, group_of
 
+from doubles import needs_numba
+
 #: Reflectances (B02 blue, B03 green, B04 red, B08 NIR, B11 SWIR) of real BigEarthNet pixels (k-means centres of
 #: the evaluation patches, docs/models.md; B02 is the median of the 50 pixels of the 60 patches and the demo scene
 #: nearest in the other four bands), and the group the model must give them.
@@ -77,10 +79,6 @@ def test_box_mean_depends_only_on_the_window():
 
 # --- the compiled CPU kernels (speed): the same probabilities as the torch steps ----------------------------
 
-needs_numba = pytest.mark.skipif(not __import__("s2seg.core.kernels", fromlist=["enabled"]).enabled(),
-                                 reason="numba not installed or switched off")
-
-
 def _sample_chunk(seed: int = 3) -> torch.Tensor:
     """A 200² crop of a real-format sample tile, normalised as the engine feeds it (land, water, nodata edge)."""
     import tempfile
@@ -131,8 +129,59 @@ def test_compiled_probabilities_depend_only_on_the_window_and_not_on_threads(mon
     r = BUILTIN_CARD.receptive_field
     part = model.predict(x[:, :, 13:187, 29:171].contiguous())  # 174 × 142: pixels shift in the 256-pixel blocks
     assert torch.equal(whole[:, :, 13 + r: 187 - r, 29 + r: 171 - r], part[:, :, r: -r, r: -r])
-    features = model.net._features(x)
+    open_water = model.net._open_water(x)
     monkeypatch.setattr(prototype_kernels, "PARALLEL_MIN_PIXELS", 1000)  # 40,000 px: split them
-    one = prototype_kernels.mixture_probabilities(features, model.net.kernel_tables, 1)
-    three = prototype_kernels.mixture_probabilities(features, model.net.kernel_tables, 3)
+    one = prototype_kernels.mixture_probabilities(x, open_water, model.net.kernel_tables, 1)
+    three = prototype_kernels.mixture_probabilities(x, open_water, model.net.kernel_tables, 3)
     assert torch.equal(one, three)
+
+
+def _kernel_and_torch_features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features of ``x`` as the compiled pass makes them (block by block, from the bands and the open-water
+    mean) and as :meth:`SpectralPrototypeNet.features` does (the torch steps)."""
+    from s2seg.core.models import prototype_kernels
+
+    net = BuiltinModel(BUILTIN_CARD, torch.device("cpu")).net
+    with torch.inference_mode():
+        return prototype_kernels.features(x, net._open_water(x), net.kernel_tables), net.features(x)
+
+
+def _assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@needs_numba
+def test_compiled_features_are_the_models_bit_for_bit(real_patches):
+    """The compiled pass computes the features itself: the same bits as the model's torch steps, on the six real
+    BigEarthNet patches (forest, fields, water, snow) and on a sample chunk with a nodata corner (reflectances below
+    the floor)."""
+    import numpy as np
+
+    from s2seg.core.feed import Normaliser
+    from s2seg.core.reader import ChunkReader
+    from s2seg.core.sentinel2 import discover
+
+    card = BUILTIN_CARD
+    for patch in real_patches:
+        bandset = discover(patch.folder)
+        with ChunkReader(bandset, card.bands, card.name, card.resampling) as reader:
+            pixels = reader.read((0, bandset.height), (0, bandset.width))
+        x = Normaliser(card, bandset, torch.device("cpu"))(torch.from_numpy(pixels.data[None].astype(np.float32)))
+        _assert_same_bits(*_kernel_and_torch_features(x))
+    x = _sample_chunk()
+    assert (x < 1e-4).any()  # nodata: below the floor
+    _assert_same_bits(*_kernel_and_torch_features(x))
+
+
+@needs_numba
+def test_compiled_features_keep_the_floor_and_non_finite_values():
+    """Reflectances below the floor (zero, negative: the L2A offset makes some), tiny, saturated and non-finite:
+    the same bits as the torch steps where finite, NaN where they give NaN (the non-finite check sees it)."""
+    values = torch.tensor([0.0, -0.05, 1e-6, 1e-4, 0.00011, 0.3, 1.6, float("nan"), float("inf")])
+    g = torch.Generator().manual_seed(1)
+    x = values[torch.randint(len(values), (1, 5, 37, 29), generator=g)]  # every band meets every value
+    compiled, reference = _kernel_and_torch_features(x)
+    assert torch.equal(compiled.isnan(), reference.isnan()) and reference.isnan().any()
+    finite = ~reference.isnan()
+    _assert_same_bits(compiled[finite], reference[finite])

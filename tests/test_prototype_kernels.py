@@ -64,9 +64,9 @@ def test_fused_products_equal_the_confidence_of_the_probabilities(strip, model, 
 
 def test_fused_products_do_not_depend_on_threads(strip, model, monkeypatch):
     x, valid = strip
-    features = model.net._features(x)
+    open_water = model.net._open_water(x)
     monkeypatch.setattr(prototype_kernels, "PARALLEL_MIN_PIXELS", 1000)  # 40,000 px: split them
-    runs = [prototype_kernels.mixture_confidence(features, 200, (0, 0), valid, model.net.kernel_tables, threads)
+    runs = [prototype_kernels.mixture_confidence(x, open_water, (0, 0), valid, model.net.kernel_tables, threads)
             for threads in (1, 3)]
     assert runs[0][1] and runs[1][1]
     _assert_equal(runs[0][0], runs[1][0])
@@ -106,15 +106,17 @@ def test_the_fused_kernel_writes_inside_its_share_only(strip, model):
     """Each thread's share of pixels (whole blocks) is written by it alone: nothing before or after is touched
     (numba once stored class ids 8 bytes past a row: uncertainty._finish_pixels keeps them in a loop of their own)."""
     x, valid = strip
-    features = model.net._features(x)[0].contiguous().numpy()
+    bands = x[0].reshape(5, -1).contiguous().numpy()
+    open_water = model.net._open_water(x)[0].reshape(-1).contiguous().numpy()
     tables = model.net.kernel_tables
     n = 200 * 200
     guard = {"classes": np.full(n, 77, np.uint8), "maxprob": np.full(n, -5, np.float32),
              "entropy": np.full(n, -5, np.float32), "gap": np.full(n, -5, np.float32)}
     bad = np.zeros(1, np.uint8)
     p0, p1 = prototype_kernels.BLOCK, 5 * prototype_kernels.BLOCK + 17  # a partial last block
-    prototype_kernels._mixture_confidence(features, 200, 0, 0, valid.numpy().copy(), tables.affine, tables.indptr,
-                                          tables.classes, tables.weights, tables.n_classes, *guard.values(), bad, p0, p1)
+    prototype_kernels._mixture_confidence(bands, open_water, tables.floor, 200, 0, 0, valid.numpy().copy(), tables.affine,
+                                          tables.indptr, tables.classes, tables.weights, tables.n_classes, *guard.values(),
+                                          bad, p0, p1)
     for name, array in guard.items():
         sentinel = 77 if name == "classes" else -5
         assert (array[:p0] == sentinel).all() and (array[p1:] == sentinel).all(), name
@@ -132,17 +134,51 @@ def test_a_pixels_bits_do_not_depend_on_its_blocks_other_pixels(model):
     alone = forest[None, :, None, None].expand(1, len(forest), 1, n).contiguous()
     mixed = alone.clone()
     mixed[0, :, 0, 1::2] = cloud[:, None]
-    f_alone, f_mixed = model.net._features(alone), model.net._features(mixed)
     # The open-water feature is a neighbourhood mean: give the forest pixels of both the same value.
+    water_alone = model.net._open_water(alone)
+    water_mixed = model.net._open_water(mixed)
+    water_mixed[0, 0, 0::2] = water_alone[0, 0, 0::2]
+    f_alone = model.net._features(alone)
+    f_mixed = model.net._features(mixed)
     f_mixed[0, 5, 0::2] = f_alone[0, 5, 0::2]
     scores = torch.matmul(model.net.affine, f_alone[0])
     far = (scores - scores.max(dim=0).values <= prototype_kernels.WEIGHT_CUTOFF).all(dim=1)
     assert far.any()  # some prototypes are skipped in the forest-only block ...
     scores_mixed = torch.matmul(model.net.affine, f_mixed[0])
     assert (scores_mixed - scores_mixed.max(dim=0).values > prototype_kernels.WEIGHT_CUTOFF)[far].any()  # ... not here
-    p_alone = prototype_kernels.mixture_probabilities(f_alone, tables, 1)
-    p_mixed = prototype_kernels.mixture_probabilities(f_mixed, tables, 1)
+    p_alone = prototype_kernels.mixture_probabilities(alone, water_alone, tables, 1)[:, :, 0]
+    p_mixed = prototype_kernels.mixture_probabilities(mixed, water_mixed, tables, 1)[:, :, 0]
     assert torch.equal(p_alone[0, :, 0::2], p_mixed[0, :, 0::2])
     reference = torch.softmax(scores.double(), dim=0)  # the exact mixture, no cutoff
     exact = model.net.targets.double() @ reference
     assert torch.allclose(p_alone[0].double(), exact, atol=1e-6, rtol=0)
+
+
+def test_the_kernel_refuses_a_model_whose_features_are_not_the_ones_it_computes(model):
+    """The kernel computes the features itself: a model listing others (or another order) is refused, not scored
+    with the wrong columns."""
+    from s2seg.core.models.builtin import _FEATURES, _REFLECTANCE_FLOOR
+
+    swapped = (_FEATURES[1], _FEATURES[0], *_FEATURES[2:])
+    with pytest.raises(ValueError, match="features"):
+        prototype_kernels.MixtureTables(model.net.affine, model.net.targets, swapped, _REFLECTANCE_FLOOR)
+    assert prototype_kernels.MixtureTables(model.net.affine, model.net.targets, _FEATURES, _REFLECTANCE_FLOOR).floor > 0
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 7, 15])
+def test_the_compiled_box_mean_adds_each_window_in_order(radius):
+    """The box sums add five terms per sweep (and the rest one by one): still each window's terms in order, one
+    float32 addition at a time, then one division, so the same bits as the plain running order."""
+    g = torch.Generator().manual_seed(radius)
+    x = torch.rand((2, 41, 67), generator=g) * torch.rand((2, 41, 67), generator=g)
+    k = 2 * radius + 1
+    h, w = x.shape[1:]
+    padded = torch.nn.functional.pad(x[:, None], (radius,) * 4, mode="replicate")[:, 0]
+    rows = padded[:, :, 0:w].clone()
+    for t in range(1, k):
+        rows = rows + padded[:, :, t:t + w]
+    cols = rows[:, 0:h].clone()
+    for t in range(1, k):
+        cols = cols + rows[:, t:t + h]
+    expected = cols / torch.tensor(float(k * k))
+    assert torch.equal(prototype_kernels.box_mean(x, radius).view(torch.int32), expected.view(torch.int32))

@@ -153,10 +153,11 @@ class SpectralPrototypeNet(torch.nn.Module):
         self.register_buffer("targets", _target_matrix().T.contiguous().float())  # (C, K)
         self.num_classes = len(BIGEARTHNET19_NAMES)
         #: the same tables for the compiled CPU kernel (:mod:`.prototype_kernels`)
-        self.kernel_tables = prototype_kernels.MixtureTables(self.affine, self.targets)
+        self.kernel_tables = prototype_kernels.MixtureTables(self.affine, self.targets, _FEATURES, _REFLECTANCE_FLOOR)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 7, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction, blue-red ratio."""
+        """``(N, 7, H, W)``: NDVI, MNDWI, NDBI, visible brightness, NIR, open-water fraction, blue-red ratio (the
+        torch steps: the reference the compiled kernel's features equal bit for bit, tests)."""
         return self._features(x)[:, : len(_FEATURES)].unflatten(2, x.shape[2:])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,31 +166,31 @@ class SpectralPrototypeNet(torch.nn.Module):
         blue, green, red, nir, swir = x.clamp_min(_REFLECTANCE_FLOOR).unbind(dim=1)
         out = torch.empty((n, len(_FEATURES) + 1, h, w), dtype=x.dtype, device=x.device)
         ndvi, mndwi, ndbi, visible, near, open_water, blue_red, ones = out.unbind(dim=1)
-
-        def ratio(a: torch.Tensor, b: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-            torch.sub(a, b, out=into)
-            return into.div_(a + b)
-
-        ratio(nir, red, ndvi)
-        ratio(green, swir, mndwi)
-        ratio(swir, nir, ndbi)
+        _ratio(nir, red, ndvi)
+        _ratio(green, swir, mndwi)
+        _ratio(swir, nir, ndbi)
         torch.add(green, red, out=visible).mul_(0.5)
         near.copy_(nir)
-        mndwi_at, mndwi_width, nir_at, nir_width = _WATER_TEST
-        water = torch.sigmoid((mndwi - mndwi_at) / mndwi_width) * torch.sigmoid((nir_at - nir) / nir_width)
-        open_water.copy_(box_mean(water, OPEN_WATER_RADIUS))
-        ratio(blue, red, blue_red)
+        open_water.copy_(box_mean(_water(mndwi, nir), OPEN_WATER_RADIUS))
+        _ratio(blue, red, blue_red)
         ones.fill_(1.0)
         return out.flatten(2)
 
+    def _open_water(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)``: the open-water feature alone (a neighbourhood mean, made before the compiled pass, which
+        computes the other features per block): the same steps as :meth:`_features`, on the two bands it needs."""
+        _, green, _, nir, swir = x.unbind(dim=1)
+        green, nir, swir = (band.clamp_min(_REFLECTANCE_FLOOR) for band in (green, nir, swir))
+        return box_mean(_water(_ratio(green, swir, torch.empty_like(green)), nir), OPEN_WATER_RADIUS)
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, one compiled pass
-        per block of pixels (:mod:`.prototype_kernels`, the same ``affine`` and ``targets``); else the torch
-        steps below (the reference: the two agree within 1e-5)."""
+        """Class probabilities ``(N, C, H, W)`` (each pixel sums to 1). On the CPU with numba, the open-water mean
+        (:meth:`_open_water`) and then one compiled pass per block of pixels, from the bands to the probabilities
+        (:mod:`.prototype_kernels`: the same features, bit for bit, the same ``affine`` and ``targets``); else the
+        torch steps below (the reference: the two agree within 1e-5)."""
         if prototype_kernels.usable(x):
-            features = self._features(x)
-            return prototype_kernels.mixture_probabilities(features, self.kernel_tables, torch.get_num_threads()
-                                                           ).unflatten(2, x.shape[2:])
+            return prototype_kernels.mixture_probabilities(x, self._open_water(x), self.kernel_tables,
+                                                           torch.get_num_threads())
         # (N, K, H·W) prototype scores, in float64 where the device has it: they reach ±220, and their float32
         # rounding alone moved the weights by ~1e-5 (3.6e-6 in the probabilities, measured against float64; 0.9e-6
         # with the scores in float64). The compiled kernel's fused multiply-adds round less.
@@ -209,12 +210,25 @@ class SpectralPrototypeNet(torch.nn.Module):
         compiled kernels cannot run (no numba, an accelerator)."""
         if not prototype_kernels.usable(x):
             return None
-        return prototype_kernels.mixture_confidence(self._features(x), x.shape[3], window, valid, self.kernel_tables,
+        return prototype_kernels.mixture_confidence(x, self._open_water(x), window, valid, self.kernel_tables,
                                                     torch.get_num_threads())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (log-probabilities): their softmax is :meth:`probabilities`."""
         return torch.log(self.probabilities(x).clamp_min(1e-30))
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+    """``(a − b) / (a + b)``, written into ``into``."""
+    torch.sub(a, b, out=into)
+    return into.div_(a + b)
+
+
+def _water(mndwi: torch.Tensor, nir: torch.Tensor) -> torch.Tensor:
+    """Each pixel's water test (:data:`_WATER_TEST`), a new tensor: ``mndwi`` and ``nir`` are kept."""
+    mndwi_at, mndwi_width, nir_at, nir_width = _WATER_TEST
+    water = (mndwi - mndwi_at).div_(mndwi_width).sigmoid_()
+    return water.mul_((nir_at - nir).div_(nir_width).sigmoid_())
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:

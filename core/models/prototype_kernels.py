@@ -1,9 +1,15 @@
-"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): prototype scores → softmax → class
-distributions in one pass over the pixels (or, when probabilities are not written, straight on to the
-confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
+"""Compiled CPU kernels of the built-in model (:mod:`.builtin`): features → prototype scores → softmax →
+class distributions in one pass over the pixels (or, when probabilities are not written, straight on to
+the confidence products in the same pass: :func:`mixture_confidence`), and the open-water box mean.
 
-The kernel takes the model's own tables (its affine score map and class-distribution matrix, built
-once from ``_PROTOTYPES`` and the feature scales), so what changes there flows through unchanged.
+The pass reads the five reflectance bands and the open-water mean (a neighbourhood feature, made
+before it) and computes each block's seven features itself (:func:`_run_features`), with the same
+float32 operations as the model's torch steps, so the same bits (tests): no ``(N, 8, H·W)`` feature
+array and its temporaries are allocated, filled and read back per strip (~1.5 GB of fresh memory,
+touched once, on a 5040² tile). It takes the model's own tables (its affine score map and
+class-distribution matrix, built once from ``_PROTOTYPES`` and the feature scales) and reflectance
+floor, so what changes there flows through unchanged; the features it computes (:data:`FEATURES`)
+are checked against the model's list.
 
 torch evaluates the prototype mixture as separate whole-image steps (a ``(K, F + 1) × (F + 1, n)``
 product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step writes and reads a
@@ -11,12 +17,14 @@ product, max, exp, sum, a ``(C, K) × (K, n)`` product, a division): each step w
 chunk on one core, measured). The kernel below keeps one block of :data:`BLOCK` pixels in cache
 from the features to the probabilities, and evaluates ``exp`` with a polynomial numba can vectorise
 (numba has no vectorised ``exp`` without Intel's SVML). It is generic over the model's tables: any
-number of features, prototypes and classes; each prototype's class distribution is a sparse row.
+number of prototypes and classes; each prototype's class distribution is a sparse row.
 
 Per-pixel results do not depend on where a pixel sits in the image or in a block: every block is
 padded to :data:`BLOCK` pixels (no scalar tail loop: every pixel runs the same vector code), the only
 fast-math flag is ``contract`` (a multiply and its add fused into one FMA, never reordered), and a
-prototype's weight is cut to 0 pixel by pixel (:data:`WEIGHT_CUTOFF`), not block by block. So chunk
+prototype's weight is cut to 0 pixel by pixel (:data:`WEIGHT_CUTOFF`), not block by block. The features
+are made along runs of any length (a block crosses output rows), vector code and a scalar tail, which is
+safe: their operations (compare, add, subtract, divide, halve) round alike in both. So chunk
 sizes, strip heights and thread counts give the same bits (the card's receptive-field promise).
 Without numba (or ``S2SEG_NO_NUMBA=1``) and on accelerators the model's torch path runs; the two
 agree within 1e-5.
@@ -119,6 +127,11 @@ def _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc,
         inv_total[b] = one / inv_total[b]
 
 
+#: The features :func:`_run_features` computes, row by row, from the bands B02, B03, B04, B08, B11 and the
+#: open-water mean: the model's own (:data:`.builtin._FEATURES`; :class:`MixtureTables` checks they match).
+FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water", "blue_red")
+
+
 @_njit
 def _block_scratch(n_features, n_protos, n_classes):  # pragma: no cover - compiled by numba
     """A block's features (padding 0), scores, max, 1 / Σ, class sums and exponent bits."""
@@ -128,18 +141,62 @@ def _block_scratch(n_features, n_protos, n_classes):  # pragma: no cover - compi
 
 
 @_njit
-def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
-    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``features (≥ F, n)`` (:func:`_mixture_block`)."""
+def _run_features(bands, open_water, i0, n, floor, x, b0):  # pragma: no cover - compiled by numba
+    """The features (:data:`FEATURES`) of input pixels ``i0 … i0+n-1`` of ``bands (5, npx)`` (B02, B03, B04, B08,
+    B11) and ``open_water (npx)``, into columns ``b0 … b0+n-1`` of a block's ``x (7, BLOCK)``: the same float32
+    operations in the same order as :meth:`.builtin.SpectralPrototypeNet.features`, so the same bits (tests):
+    reflectances raised to ``floor`` (NaN stays NaN: the non-finite check sees it), each ratio ``(a − b) / (a + b)``,
+    visible ``(green + red) · 0.5`` (no multiply-add that ``contract`` could fuse)."""
+    b02, b03, b04, b08, b11 = bands[0], bands[1], bands[2], bands[3], bands[4]
+    ndvi, mndwi, ndbi, visible, near, water, blue_red = x[0], x[1], x[2], x[3], x[4], x[5], x[6]
+    half = np.float32(0.5)
+    for j in range(n):
+        i, b = i0 + j, b0 + j
+        bl = b02[i]
+        bl = floor if bl < floor else bl
+        g = b03[i]
+        g = floor if g < floor else g
+        r = b04[i]
+        r = floor if r < floor else r
+        nr = b08[i]
+        nr = floor if nr < floor else nr
+        sw = b11[i]
+        sw = floor if sw < floor else sw
+        ndvi[b] = (nr - r) / (nr + r)
+        mndwi[b] = (g - sw) / (g + sw)
+        ndbi[b] = (sw - nr) / (sw + nr)
+        visible[b] = (g + r) * half
+        near[b] = nr
+        water[b] = open_water[i]
+        blue_red[b] = (bl - r) / (bl + r)
+
+
+@_njit
+def _features_pixels(bands, open_water, floor, out, p0, p1):  # pragma: no cover - compiled by numba
+    """The features ``out (7, n)`` of pixels ``p0 … p1-1`` as the mixture kernels compute them (:func:`features`)."""
+    x = np.empty((out.shape[0], BLOCK), np.float32)
+    for s in range(p0, p1, BLOCK):
+        nb = min(BLOCK, p1 - s)
+        _run_features(bands, open_water, s, nb, floor, x, 0)
+        for f in range(out.shape[0]):
+            xf, of = x[f], out[f]
+            for b in range(nb):
+                of[s + b] = xf[b]
+
+
+@_njit
+def _mixture_pixels(bands, open_water, floor, affine, indptr, classes, weights, out, p0, p1):  # pragma: no cover - compiled by numba
+    """Probabilities ``out (C, n)`` of pixels ``p0 … p1-1`` from ``bands (5, n)`` and ``open_water (n)``
+    (:func:`_run_features`, :func:`_mixture_block`)."""
     n_protos, n_affine = affine.shape
     n_features = n_affine - 1
     n_classes = out.shape[0]
     x, z, best, inv_total, acc, bits = _block_scratch(n_features, n_protos, n_classes)
     for s in range(p0, p1, BLOCK):
         nb = min(BLOCK, p1 - s)
-        for f in range(n_features):
-            row, xf = features[f], x[f]
-            for b in range(nb):
-                xf[b] = row[s + b]
+        _run_features(bands, open_water, s, nb, floor, x, 0)
+        for f in range(n_features):  # padding: the features of the last partial block's missing pixels
+            xf = x[f]
             for b in range(nb, BLOCK):
                 xf[b] = np.float32(0.0)
         _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc, bits)
@@ -150,21 +207,21 @@ def _mixture_pixels(features, affine, indptr, classes, weights, out, p0, p1):  #
 
 
 @_njit
-def _mixture_confidence(features, width_in, row_off, col_off, valid, affine, indptr, classes, weights, n_classes,
-                        class_out, maxprob, entropy, gap, bad, p0, p1):  # pragma: no cover - compiled by numba
+def _mixture_confidence(bands, open_water, floor, width_in, row_off, col_off, valid, affine, indptr, classes,
+                        weights, n_classes, class_out, maxprob, entropy, gap, bad, p0, p1):  # pragma: no cover - compiled by numba
     """Confidence products of output pixels ``p0 … p1-1`` of a window ``valid (h, w)`` whose pixel ``(y, x)`` is
-    input pixel ``(row_off + y, col_off + x)`` of ``features (≥ F, H · width_in)``: each block's probabilities
-    (:func:`_mixture_block`, the same values :func:`_mixture_pixels` writes) are folded class by class into the
-    products by the confidence kernel's own functions (:mod:`..uncertainty`), so no ``(C, n)`` array exists.
-    Products are flat ``(h · w)``; blocks without a valid pixel are not computed (nodata). ``bad[0]`` is set to
-    1 when a valid pixel's probabilities are not finite or do not sum to 1."""
+    input pixel ``(row_off + y, col_off + x)`` of ``bands (5, H · width_in)`` and ``open_water (H · width_in)``:
+    each block's features (:func:`_run_features`) and probabilities (:func:`_mixture_block`, the same values
+    :func:`_mixture_pixels` writes) are folded class by class into the products by the confidence kernel's own
+    functions (:mod:`..uncertainty`), so no ``(C, n)`` array exists. Products are flat ``(h · w)``; blocks without
+    a valid pixel are not computed (nodata). ``bad[0]`` is set to 1 when a valid pixel's probabilities are not
+    finite or do not sum to 1."""
     n_protos, n_affine = affine.shape
     n_features = n_affine - 1
     w = valid.shape[1]
     flat_valid = valid.reshape(-1)
     x, z, best, inv_total, acc, bits = _block_scratch(n_features, n_protos, n_classes)
     buf, mant, top1, top2, psum, plogp, arg = uncertainty._row_buffers(BLOCK)
-    src = np.empty(BLOCK, np.int64)
     f32 = np.float32
     for s in range(p0, p1, BLOCK):
         nb = min(BLOCK, p1 - s)
@@ -172,16 +229,13 @@ def _mixture_confidence(features, width_in, row_off, col_off, valid, affine, ind
         for b in range(nb):
             any_valid = any_valid or flat_valid[s + b]
         if any_valid:
-            y, c0 = s // w, s % w
-            for b in range(nb):  # the block's input pixels, across output rows
-                src[b] = (row_off + y) * width_in + col_off + c0
-                c0 += 1
-                if c0 == w:
-                    y, c0 = y + 1, 0
+            y, c0, b = s // w, s % w, 0
+            while b < nb:  # the block's input pixels: a run along each output row it crosses
+                n = min(w - c0, nb - b)
+                _run_features(bands, open_water, (row_off + y) * width_in + col_off + c0, n, floor, x, b)
+                y, c0, b = y + 1, 0, b + n
             for f in range(n_features):
-                row, xf = features[f], x[f]
-                for b in range(nb):
-                    xf[b] = row[src[b]]
+                xf = x[f]
                 for b in range(nb, BLOCK):
                     xf[b] = f32(0.0)
             _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc, bits)
@@ -215,7 +269,9 @@ _cache_depends_on(_mixture_confidence, uncertainty)
 
 @_njit
 def _box_sum_rows(x, radius, out):  # pragma: no cover - compiled by numba
-    """``out[i, y, j] = Σ x[i, y, j … j + 2r]``, summed in that order (``x`` padded by ``r`` columns)."""
+    """``out[i, y, j] = Σ x[i, y, j … j + 2r]``, summed in that order (``x`` padded by ``r`` columns): five terms
+    per sweep of the row, so the partial sums are loaded and stored once per five additions, not each time
+    (the same additions in the same order, so the same bits)."""
     k = 2 * radius + 1
     n, h, w = out.shape
     for i in range(n):
@@ -223,14 +279,20 @@ def _box_sum_rows(x, radius, out):  # pragma: no cover - compiled by numba
             src, dst = x[i, y], out[i, y]
             for j in range(w):
                 dst[j] = src[j]
-            for t in range(1, k):
+            t = 1
+            while t + 5 <= k:
+                for j in range(w):
+                    dst[j] = dst[j] + src[j + t] + src[j + t + 1] + src[j + t + 2] + src[j + t + 3] + src[j + t + 4]
+                t += 5
+            for t in range(t, k):
                 for j in range(w):
                     dst[j] += src[j + t]
 
 
 @_njit
 def _box_sum_cols(x, radius, scale, out):  # pragma: no cover - compiled by numba
-    """``out[i, y, :] = scale · Σ x[i, y … y + 2r, :]``, summed in that order (``x`` padded by ``r`` rows)."""
+    """``out[i, y, :] = Σ x[i, y … y + 2r, :] / scale``, summed in that order (``x`` padded by ``r`` rows), five
+    rows per sweep as in :func:`_box_sum_rows`."""
     k = 2 * radius + 1
     n, h, w = out.shape
     for i in range(n):
@@ -239,7 +301,13 @@ def _box_sum_cols(x, radius, scale, out):  # pragma: no cover - compiled by numb
             first = x[i, y]
             for j in range(w):
                 dst[j] = first[j]
-            for t in range(1, k):
+            t = 1
+            while t + 5 <= k:
+                a, b, c, d, e = x[i, y + t], x[i, y + t + 1], x[i, y + t + 2], x[i, y + t + 3], x[i, y + t + 4]
+                for j in range(w):
+                    dst[j] = dst[j] + a[j] + b[j] + c[j] + d[j] + e[j]
+                t += 5
+            for t in range(t, k):
                 src = x[i, y + t]
                 for j in range(w):
                     dst[j] += src[j]
@@ -253,12 +321,16 @@ def usable(x: torch.Tensor) -> bool:
 
 
 class MixtureTables:
-    """The prototype mixture's tables as the kernel takes them: the model's score map and its prototypes'
-    class distributions (sparse rows), float32 numpy."""
+    """The model's inputs to the kernels: its score map and its prototypes' class distributions (sparse rows),
+    float32 numpy, and the reflectance floor of its features."""
 
-    def __init__(self, affine: torch.Tensor, targets: torch.Tensor):
+    def __init__(self, affine: torch.Tensor, targets: torch.Tensor, features: tuple[str, ...], floor: float):
         """``affine (K, F + 1)``: scores from the features and a constant 1; ``targets (C, K)``: column k is
-        prototype k's class distribution (:class:`.builtin.SpectralPrototypeNet`'s buffers)."""
+        prototype k's class distribution (:class:`.builtin.SpectralPrototypeNet`'s buffers); ``features``: the
+        names of the affine map's F inputs, which must be the ones the kernel computes (:data:`FEATURES`);
+        ``floor``: reflectances are raised to it before the ratios."""
+        if tuple(features) != FEATURES or affine.shape[1] != len(FEATURES) + 1:
+            raise ValueError(f"the compiled kernel computes the features {FEATURES}, not the model's {tuple(features)}")
         self.affine = affine.detach().cpu().float().numpy().copy()
         rows = targets.detach().cpu().float().T.numpy()  # (K, C)
         self.n_classes = rows.shape[1]
@@ -266,41 +338,59 @@ class MixtureTables:
         self.indptr = np.searchsorted(k_idx, np.arange(rows.shape[0] + 1)).astype(np.int64)
         self.classes = c_idx.astype(np.int64)
         self.weights = rows[k_idx, c_idx].astype(np.float32)
+        self.floor = np.float32(floor)
 
 
-def mixture_probabilities(features: torch.Tensor, tables: MixtureTables, threads: int) -> torch.Tensor:
-    """``features (N, ≥ F, n)`` float32 (rows beyond the affine map's F, e.g. its row of ones, are ignored) →
-    probabilities ``(N, C, n)``, split over ``threads`` threads (each pixel's bits do not depend on the split)."""
-    n_images, _, n = features.shape
-    out = empty((n_images, tables.n_classes, n))  # huge pages: a strip's outputs are tens of MB, written once
-    f = features.detach()
-    if f.stride(2) != 1:
-        f = f.contiguous()
+def _flat_inputs(x: torch.Tensor, open_water: torch.Tensor, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``i``'s bands ``(5, H · W)`` and open-water mean ``(H · W)`` as contiguous numpy (views where they are)."""
+    bands = x.detach()[i].reshape(x.shape[1], -1)
+    water = open_water.detach()[i].reshape(-1)
+    if bands.shape[0] != 5:
+        raise ValueError(f"the compiled kernel takes 5 bands (B02, B03, B04, B08, B11), not {bands.shape[0]}")
+    return bands.contiguous().numpy(), water.contiguous().numpy()
+
+
+def features(x: torch.Tensor, open_water: torch.Tensor, tables: MixtureTables) -> torch.Tensor:
+    """``(N, 7, H, W)``: the features (:data:`FEATURES`) of reflectances ``x (N, 5, H, W)`` with their open-water
+    mean ``(N, H, W)``, as the mixture kernels compute them block by block (equal to the model's, bit for bit)."""
+    n_images, _, h, w = x.shape
+    out = empty((n_images, len(FEATURES), h * w))
     for i in range(n_images):
-        args = (f[i].numpy(), tables.affine, tables.indptr, tables.classes, tables.weights, out[i].numpy())
-        _split(_mixture_pixels, n, threads, args)
-    return out
+        _features_pixels(*_flat_inputs(x, open_water, i), tables.floor, out[i].numpy(), 0, h * w)
+    return out.unflatten(2, (h, w))
 
 
-def mixture_confidence(features: torch.Tensor, width: int, window: tuple[int, int], valid: torch.Tensor,
+def mixture_probabilities(x: torch.Tensor, open_water: torch.Tensor, tables: MixtureTables, threads: int
+                          ) -> torch.Tensor:
+    """Reflectances ``x (N, 5, H, W)`` float32 (B02, B03, B04, B08, B11) and their open-water mean ``(N, H, W)``
+    → probabilities ``(N, C, H, W)``, the features made block by block in the pass, split over ``threads``
+    threads (each pixel's bits do not depend on the split)."""
+    n_images, _, h, w = x.shape
+    out = empty((n_images, tables.n_classes, h * w))  # huge pages: a strip's outputs are tens of MB, written once
+    for i in range(n_images):
+        args = (*_flat_inputs(x, open_water, i), tables.floor, tables.affine, tables.indptr, tables.classes,
+                tables.weights, out[i].numpy())
+        _split(_mixture_pixels, h * w, threads, args)
+    return out.unflatten(2, (h, w))
+
+
+def mixture_confidence(x: torch.Tensor, open_water: torch.Tensor, window: tuple[int, int], valid: torch.Tensor,
                        tables: MixtureTables, threads: int) -> tuple[uncertainty.Confidence, bool]:
     """``(products, ok)``: the confidence products ``(h, w)`` (``h, w = valid.shape``) of the output window whose
-    first pixel is input pixel ``window = (row, col)`` of ``features (1, ≥ F, H · width)``, made in the mixture
-    pass itself (:func:`_mixture_confidence`): equal to :func:`..uncertainty.confidence` of
-    :func:`mixture_probabilities`' output. ``ok`` is False when a valid pixel's probabilities were not finite.
-    Split over ``threads`` threads on block boundaries (each pixel's bits do not depend on the split)."""
+    first pixel is input pixel ``window = (row, col)`` of reflectances ``x (1, 5, H, W)`` with their open-water
+    mean ``(1, H, W)``, made in the mixture pass itself (:func:`_mixture_confidence`): equal to
+    :func:`..uncertainty.confidence` of :func:`mixture_probabilities`' output. ``ok`` is False when a valid
+    pixel's probabilities were not finite. Split over ``threads`` threads on block boundaries (each pixel's bits
+    do not depend on the split)."""
     h, w = valid.shape
     out, arrays = uncertainty.new_products(h, w)
     if h * w == 0:
         return out, True
-    f = features.detach()[0]
-    if f.stride(1) != 1:
-        f = f.contiguous()
     flat = tuple(a.reshape(-1) for a in arrays)
     bad = np.zeros(1, np.uint8)
     valid_np = np.ascontiguousarray(valid.cpu().numpy(), dtype=bool)
-    args = (f.numpy(), width, window[0], window[1], valid_np, tables.affine, tables.indptr, tables.classes,
-            tables.weights, tables.n_classes, *flat, bad)
+    args = (*_flat_inputs(x, open_water, 0), tables.floor, x.shape[3], window[0], window[1], valid_np, tables.affine,
+            tables.indptr, tables.classes, tables.weights, tables.n_classes, *flat, bad)
     _split(_mixture_confidence, h * w, threads, args)
     return out, not bad[0]
 
