@@ -42,7 +42,7 @@ from .runlog import Log
 
 #: "blue_red" is (B02 − B04) / (B02 + B04): water is bluer than red (it absorbs the red), wet vegetation,
 #: soil and dark ground are not, so it tells calm dark sea and lakes from marsh where the other five cannot.
-_FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water", "blue_red")
+_FEATURES = prototype_kernels.FEATURES  # NDVI, MNDWI, NDBI, visible, NIR, open water, blue-red: one list for both paths
 #: Reflectances are raised to this before the ratios (no division by zero on nodata or dark pixels).
 _REFLECTANCE_FLOOR = 1e-4
 #: Water, whose extent around a pixel is the open-water feature: high MNDWI and dark in the NIR (snow has as

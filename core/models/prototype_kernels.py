@@ -57,30 +57,31 @@ _njit = kernels.njit(frozenset({"contract"}))
 
 @_njit
 def _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc, bits):  # pragma: no cover - compiled by numba
-    """One block's prototype mixture: from its features ``x (F, BLOCK)`` the prototype scores
-    ``zₖ = Σ_f affine[k, f] · x_f + affine[k, F]`` (the model's own affine map), ``wₖ = exp(zₖ − max z)`` (0 below
-    :data:`WEIGHT_CUTOFF`), ``inv_total = 1 / Σₖ wₖ`` and ``acc[c] = Σₖ wₖ T_kc`` with ``T`` in compressed rows
-    (``indptr``, ``classes``, ``weights``): the class probabilities are ``acc[c] · inv_total``. ``z``, ``bits``:
-    scratch."""
-    n_protos, n_affine = affine.shape
-    n_features = n_affine - 1
+    """One block's prototype mixture: from its features ``x (F, BLOCK)`` (F = 7, :data:`FEATURES`) the prototype
+    scores ``zₖ = affine[k, F] + Σ_f affine[k, f] · x_f`` (the model's own affine map, summed in feature order),
+    ``wₖ = exp(zₖ − max z)`` (0 below :data:`WEIGHT_CUTOFF`), ``inv_total = 1 / Σₖ wₖ`` and ``acc[c] = Σₖ wₖ T_kc``
+    with ``T`` in compressed rows (``indptr``, ``classes``, ``weights``): the class probabilities are
+    ``acc[c] · inv_total``. ``z``, ``bits``: scratch."""
+    n_protos = affine.shape[0]
     n_classes = acc.shape[0]
     f32 = np.float32
+    # The seven terms written out, so that a score and the running max stay in registers: one pass over the block
+    # per prototype, not one per feature (57 → 49–50 ns per pixel for the fused pass, the same bits).
+    x0, x1, x2, x3, x4, x5, x6 = x[0], x[1], x[2], x[3], x[4], x[5], x[6]
     for k in range(n_protos):
         zk = z[k]
-        bias = affine[k, n_features]
+        a0, a1, a2, a3, a4, a5, a6, bias = (affine[k, 0], affine[k, 1], affine[k, 2], affine[k, 3], affine[k, 4],
+                                            affine[k, 5], affine[k, 6], affine[k, 7])
         for b in range(BLOCK):
-            zk[b] = bias
-        for f in range(n_features):
-            a, xf = affine[k, f], x[f]
-            for b in range(BLOCK):
-                zk[b] += a * xf[b]
-    for b in range(BLOCK):
-        best[b] = z[0, b]
-    for k in range(1, n_protos):
-        zk = z[k]
-        for b in range(BLOCK):
-            best[b] = max(best[b], zk[b])
+            v = bias + a0 * x0[b]
+            v = v + a1 * x1[b]
+            v = v + a2 * x2[b]
+            v = v + a3 * x3[b]
+            v = v + a4 * x4[b]
+            v = v + a5 * x5[b]
+            v = v + a6 * x6[b]
+            zk[b] = v
+            best[b] = v if k == 0 else max(best[b], v)
     for b in range(BLOCK):
         inv_total[b] = f32(0.0)
     for c in range(n_classes):
@@ -113,10 +114,8 @@ def _mixture_block(x, affine, indptr, classes, weights, z, best, inv_total, acc,
             p = p * r + f32(1.0 / 6.0)
             p = p * r + half
             p = p * r + one
-            zk[b] = p * r + one if v > cutoff else zero
-            bits[b] = (np.int32(n) + np.int32(127)) << np.int32(23)
-        for b in range(BLOCK):
-            w = zk[b] * scale[b]
+            bits[b] = (np.int32(n) + np.int32(127)) << np.int32(23)  # 2ⁿ, read back through its float view
+            w = (p * r + one if v > cutoff else zero) * scale[b]
             zk[b] = w
             inv_total[b] += w
         for j in range(indptr[k], indptr[k + 1]):
