@@ -40,9 +40,12 @@ from .builtin_card import BUILTIN_CARD, BUILTIN_CARDS, OPEN_WATER_RADIUS  # noqa
 from .card import ModelCard
 from .runlog import Log
 
-#: "blue_red" is (B02 − B04) / (B02 + B04): water is bluer than red (it absorbs the red), wet vegetation,
-#: soil and dark ground are not, so it tells calm dark sea and lakes from marsh where the other five cannot.
-_FEATURES = prototype_kernels.FEATURES  # NDVI, MNDWI, NDBI, visible, NIR, open water, blue-red: one list for both paths
+#: The features :meth:`SpectralPrototypeNet._features` makes, in its order. The compiled pass makes its own
+#: (:data:`.prototype_kernels.FEATURES`, another implementation): :class:`.prototype_kernels.MixtureTables` refuses
+#: this model when the two lists differ. "blue_red" is (B02 − B04) / (B02 + B04): water is bluer than red (it
+#: absorbs the red), wet vegetation, soil and dark ground are not, so it tells calm dark sea and lakes from marsh
+#: where the other five cannot.
+_FEATURES = ("ndvi", "mndwi", "ndbi", "visible", "nir", "open_water", "blue_red")
 #: Reflectances are raised to this before the ratios (no division by zero on nodata or dark pixels).
 _REFLECTANCE_FLOOR = 1e-4
 #: Water, whose extent around a pixel is the open-water feature: high MNDWI and dark in the NIR (snow has as
